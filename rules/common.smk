@@ -1,0 +1,134 @@
+# Helpers only (no rules): config validation, wildcard constraints, named input/param helpers.
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# Jobs run `python -m winnow` from the checkout's src/ (also inside conda envs and Slurm jobs,
+# which inherit the environment), so the code that runs is the code that was hashed.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+from winnow.provenance import command_hash  # noqa: E402
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+
+RUN = config["run"]
+SHARDS = list(range(config["tokenize"]["num_shards"]))
+ENV = "../envs/winnow.yaml"
+
+
+wildcard_constraints:
+    run=RUN,
+    shard=r"\d+",
+    seed=r"\d+",
+    method=r"[a-z][a-z0-9_]*",
+    subset=r"[A-Za-z0-9_]+",
+
+
+def as_json(obj):
+    """A deterministic JSON string for a shell argument (sorted keys: stable params)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def code(command):
+    """Hash of the package code a CLI command runs; as a param it reruns jobs whose code changed."""
+    return command_hash(command)
+
+
+def shard_tokens(wildcards):
+    return expand("results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run, shard=SHARDS)
+
+
+def shard_examples(wildcards):
+    return expand("results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run, shard=SHARDS)
+
+
+def subset_args(wildcards):
+    """CLI arguments of one named subset from config['subsets']."""
+    spec = config["subsets"][wildcards.subset]
+    args = []
+    if spec.get("splits"):
+        args += ["--splits", *spec["splits"]]
+    if spec.get("domains"):
+        args += ["--domains", *spec["domains"]]
+    args += ["--n", str(spec["n"])] if "n" in spec else ["--fraction", str(spec["fraction"])]
+    args += ["--seed", str(spec["seed"])]
+    return " ".join(args)
+
+
+def select_args(wildcards):
+    spec = config["select"][wildcards.method]
+    size = f"--ratio {spec['ratio']}" if "ratio" in spec else f"--k {spec['k']}"
+    return f"--direction {spec['direction']} {size} --temperature {spec.get('temperature', 0.0)}"
+
+
+def tokenizer_args(wildcards):
+    tok = config["tokenizer"]
+    if tok.get("kind", "bpe") == "local":
+        if not tok.get("path"):
+            raise ValueError("config key tokenizer.path is required when tokenizer.kind is local")
+        trust = " --trust-remote-code" if tok.get("trust_remote_code") else ""
+        return f"--local {tok['path']}{trust}"
+    return (
+        f"--vocab-size {tok.get('vocab_size', 8192)} --min-frequency {tok.get('min_frequency', 2)}"
+        f" --max-train-chars {tok.get('max_train_chars', 20000000)}"
+    )
+
+
+def ingest_args(wildcards):
+    c = config["corpus"]
+    args = [
+        f"--text-field {c.get('text_field', 'text')}",
+        f"--max-chars {c.get('max_chars', 1000000)}",
+        f"--split-seed {c.get('split_seed', 0)}",
+        f"--split-fractions '{as_json(c.get('split_fractions', {'train': 0.9, 'val': 0.05, 'test': 0.05}))}'",
+    ]
+    if c.get("domain_field"):
+        args.append(f"--domain-field {c['domain_field']}")
+    if c.get("id_field"):
+        args.append(f"--id-field {c['id_field']}")
+    if c.get("default_domain"):
+        args.append(f"--default-domain {c['default_domain']}")
+    return " ".join(args)
+
+
+def train_config():
+    keys = (
+        "steps batch_size micro_batch_size lr schedule warmup_steps min_lr_ratio decay_frac half_life"
+        " weight_decay betas grad_clip ckpt_every keep_checkpoints precision"
+    ).split()
+    return as_json({k: config["train"][k] for k in keys if k in config["train"]})
+
+
+def train_seed_config(wildcards):
+    cfg = json.loads(train_config())
+    cfg["seed"] = int(wildcards.seed)
+    return as_json(cfg)
+
+
+def model_config():
+    return as_json(config["model"])
+
+
+def eval_device():
+    return config["eval"].get("device", "auto")
+
+
+def spine_targets():
+    """Every configured method × seed: its trained model's evals, and the comparison table."""
+    models = expand(
+        "results/{run}/eval/{method}/s{seed}/{kind}.json",
+        run=RUN,
+        method=config["methods"],
+        seed=config["seeds"],
+        kind=["ppl", "harness"],
+    )
+    return models + [f"results/{RUN}/eval/summary.tsv"]
+
+
+def harness_limit_arg():
+    limit = config["eval"].get("harness_limit")
+    return f"--limit {limit}" if limit else ""

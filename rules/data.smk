@@ -1,0 +1,130 @@
+# The data layer: raw records → docs (+ rejects) → tokenizer → token shards + examples → id lists.
+
+
+# Every input record lands in docs or in rejects (with a reason); the manifest counts both.
+rule ingest:
+    input:
+        ancient(config["corpus"]["inputs"]),
+    output:
+        docs="results/{run}/data/docs.parquet",
+        rejects="results/{run}/data/rejects.parquet",
+        manifest="results/{run}/data/ingest.json",
+    log:
+        "results/{run}/logs/ingest.log",
+    benchmark:
+        "results/{run}/benchmarks/ingest.tsv"
+    params:
+        args=ingest_args,
+        code=code("data ingest"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data ingest --inputs {input:q} {params.args}"
+        " --docs {output.docs} --rejects {output.rejects} --manifest {output.manifest}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# A byte-level BPE trained on the train split (or a local HF tokenizer folder, copied).
+rule tokenizer:
+    input:
+        docs="results/{run}/data/docs.parquet",
+    output:
+        "results/{run}/tokenizer/tokenizer.json",
+    log:
+        "results/{run}/logs/tokenizer.log",
+    benchmark:
+        "results/{run}/benchmarks/tokenizer.tsv"
+    params:
+        args=tokenizer_args,
+        code=code("data tokenizer"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data tokenizer --docs {input.docs} {params.args} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# One packed token shard and its examples (global example_id = shard * 2**32 + index).
+rule tokenize:
+    input:
+        docs="results/{run}/data/docs.parquet",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+    output:
+        tokens="results/{run}/tokens/tokens-{shard}.bin",
+        examples="results/{run}/tokens/examples-{shard}.parquet",
+    log:
+        "results/{run}/logs/tokenize/{shard}.log",
+    benchmark:
+        "results/{run}/benchmarks/tokenize/{shard}.tsv"
+    params:
+        num_shards=config["tokenize"]["num_shards"],
+        seq_len=config["tokenize"]["seq_len"],
+        code=code("data tokenize"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data tokenize --docs {input.docs} --tokenizer {input.tokenizer}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --seq-len {params.seq_len}"
+        " --tokens {output.tokens} --examples {output.examples} --threads {threads} > {log} 2>&1"
+
+
+# The examples table of all shards, and the manifest every reader of the shards needs (dtype, seq_len).
+rule merge_examples:
+    input:
+        examples=shard_examples,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+    output:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+    log:
+        "results/{run}/logs/merge_examples.log",
+    params:
+        seq_len=config["tokenize"]["seq_len"],
+        code=code("data merge-examples"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data merge-examples --shards {input.examples} --tokenizer {input.tokenizer}"
+        " --seq-len {params.seq_len} --out {output.examples} --manifest {output.manifest}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# A named, seeded id list (config subsets.{subset}): the pool, proxy samples, warm-up sets, partitions.
+rule sample_subset:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+    output:
+        "results/{run}/subsets/{subset}/ids.parquet",
+    log:
+        "results/{run}/logs/sample_subset/{subset}.log",
+    params:
+        args=subset_args,
+        code=code("data sample-subset"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data sample-subset --examples {input.examples} {params.args}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+# Held-out evaluation data: LAMBADA-style last-word items and 4-way next-sentence choices.
+rule eval_tasks:
+    input:
+        docs="results/{run}/data/docs.parquet",
+    output:
+        lastword="results/{run}/eval/tasks/lastword.jsonl",
+        choice="results/{run}/eval/tasks/choice.jsonl",
+    log:
+        "results/{run}/logs/eval_tasks.log",
+    params:
+        split=config["eval"]["split"],
+        n_lastword=config["eval"]["n_lastword"],
+        n_choice=config["eval"]["n_choice"],
+        seed=config["eval"]["task_seed"],
+        code=code("data eval-tasks"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow data eval-tasks --docs {input.docs} --split {params.split}"
+        " --n-lastword {params.n_lastword} --n-choice {params.n_choice} --seed {params.seed}"
+        " --lastword {output.lastword} --choice {output.choice} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,37 @@
+# The selection core: any method's scores → selected ids. `random` is the baseline selector.
+
+
+# Seeded uniform scores over the pool: with deterministic top-k this is a uniform random sample.
+rule random_scores:
+    input:
+        pool="results/{run}/subsets/pool/ids.parquet",
+    output:
+        "results/{run}/scores/random/s{seed}/scores.parquet",
+    log:
+        "results/{run}/logs/random_scores/s{seed}.log",
+    params:
+        code=code("select random-scores"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow select random-scores --pool {input.pool} --seed {wildcards.seed}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+# Top-k (temperature 0, ties by example_id) or Gumbel-top-k sampling from softmax(goodness/τ).
+rule select:
+    input:
+        scores="results/{run}/scores/{method}/s{seed}/scores.parquet",
+    output:
+        ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
+        manifest="results/{run}/selected/{method}/s{seed}/manifest.json",
+    log:
+        "results/{run}/logs/select/{method}-s{seed}.log",
+    params:
+        args=select_args,
+        code=code("select select"),
+    conda:
+        ENV
+    shell:
+        "python -m winnow select select --scores {input.scores} {params.args} --seed {wildcards.seed}"
+        " --out {output.ids} --manifest {output.manifest} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,37 @@
+# The train layer: a causal LM trained on exactly the selected ids.
+
+
+# Intermediate checkpoints go to checkpoints/ (not outputs, so a killed job's rerun resumes from them).
+rule train_lm:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
+    output:
+        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
+        config="results/{run}/models/{method}/s{seed}/model/config.json",
+        optimizer="results/{run}/models/{method}/s{seed}/model/optimizer.safetensors",
+        state="results/{run}/models/{method}/s{seed}/model/trainer_state.json",
+    log:
+        "results/{run}/logs/train_lm/{method}-s{seed}.log",
+    benchmark:
+        "results/{run}/benchmarks/train_lm/{method}-s{seed}.tsv"
+    params:
+        model=model_config(),
+        train=train_seed_config,
+        ckpt_root="results/{run}/models/{method}/s{seed}/checkpoints",
+        code=code("train lm"),
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}'"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"

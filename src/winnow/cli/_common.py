@@ -1,0 +1,34 @@
+"""Argument helpers shared by the CLI groups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from winnow.provenance import write_sidecar
+
+
+def json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (the rule's threads)")
+
+
+def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:
+    """The parsed arguments that define the result (paths and thread counts are not params)."""
+    skip = {"func", "group", "command", "threads", "log_level"} | set(drop)
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=()) -> None:
+    params = params_of(args, drop)
+    for out in outputs:
+        write_sidecar(out, command=command, params=params, inputs=[str(i) for i in inputs], seed=seed, extra=extra)

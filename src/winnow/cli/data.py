@@ -1,0 +1,214 @@
+"""``winnow data ...``: ingest, tokenizer, tokenize, merge-examples, sample-subset, eval-tasks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.io.atomic import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ingest", help="raw records → docs + rejects + manifest")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--domain-field", default="domain")
+    p.add_argument("--id-field", default=None)
+    p.add_argument("--default-domain", default=None)
+    p.add_argument("--max-chars", type=int, default=1_000_000)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split-fractions", type=json_arg, default={"train": 0.9, "val": 0.05, "test": 0.05})
+    p.add_argument("--docs", required=True)
+    p.add_argument("--rejects", required=True)
+    p.add_argument("--manifest", required=True)
+    add_threads(p)
+    p.set_defaults(func=ingest)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE on the train docs, or copy a local one")
+    p.add_argument("--docs", required=True)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--max-train-chars", type=int, default=20_000_000, help="cap on training text")
+    p.add_argument("--local", default=None, help="a local HF tokenizer folder to use instead")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--out", required=True, help="output tokenizer.json (its folder holds the HF files)")
+    add_threads(p)
+    p.set_defaults(func=tokenizer)
+
+    p = sub.add_parser("tokenize", help="one token shard + its examples")
+    p.add_argument("--docs", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--examples", required=True)
+    add_threads(p)
+    p.set_defaults(func=tokenize)
+
+    p = sub.add_parser("merge-examples", help="per-shard examples → examples.parquet + manifest")
+    p.add_argument("--shards", nargs="+", required=True, help="per-shard examples parquet files")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--manifest", required=True)
+    add_threads(p)
+    p.set_defaults(func=merge_examples)
+
+    p = sub.add_parser("sample-subset", help="a seeded id list from the examples table")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--splits", nargs="*", default=None)
+    p.add_argument("--domains", nargs="*", default=None)
+    p.add_argument("--exclude", nargs="*", default=[], help="id lists whose ids are excluded")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--n", type=int)
+    g.add_argument("--fraction", type=float)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=sample_subset)
+
+    p = sub.add_parser("eval-tasks", help="last-word and multiple-choice task data from held-out docs")
+    p.add_argument("--docs", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-lastword", type=int, default=500)
+    p.add_argument("--n-choice", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lastword", required=True)
+    p.add_argument("--choice", required=True)
+    add_threads(p)
+    p.set_defaults(func=eval_tasks)
+
+
+def ingest(args) -> None:
+    from winnow.data.ingest import IngestOptions, ingest as run
+    from winnow.io.tables import DOCS, REJECTS, write_table
+
+    opts = IngestOptions(
+        text_field=args.text_field,
+        domain_field=args.domain_field,
+        id_field=args.id_field,
+        default_domain=args.default_domain,
+        max_chars=args.max_chars,
+        split_seed=args.split_seed,
+        split_fractions=args.split_fractions,
+    )
+    res = run(args.inputs, opts)
+    write_table(args.docs, res.docs, DOCS)
+    write_table(args.rejects, res.rejects, REJECTS)
+    write_json(args.manifest, res.manifest)
+    log.info("records %d = accepted %d + rejected %d; reasons %s",
+             res.manifest["records"], res.manifest["accepted"], res.manifest["rejected"], res.manifest["reasons"])
+    sidecars(args, "data ingest", [args.docs, args.rejects, args.manifest], args.inputs, seed=args.split_seed)
+
+
+def tokenizer(args) -> None:
+    from winnow.data import tokenizer as tk
+    from winnow.io.tables import DOCS, read_table
+
+    out_dir = Path(args.out).parent
+    if args.local:
+        tk.copy_local(args.local, out_dir, trust_remote_code=args.trust_remote_code)
+        inputs = [args.local]
+    else:
+        docs = read_table(args.docs, DOCS)
+        train = [t for t, s in zip(docs["text"].to_pylist(), docs["split"].to_pylist()) if s == "train"]
+        budget, texts = args.max_train_chars, []
+        for t in train:  # docs order is deterministic, so is the prefix we train on
+            if budget <= 0:
+                break
+            texts.append(t)
+            budget -= len(t)
+        log.info("training BPE (vocab %d) on %d train docs, %d chars", args.vocab_size, len(texts), sum(map(len, texts)))
+        tk.train_bpe(texts, args.vocab_size, out_dir, args.min_frequency)
+        inputs = [args.docs]
+    if not Path(args.out).exists():
+        raise FileNotFoundError(f"{args.out} was not written by the tokenizer")
+    sidecars(args, "data tokenizer", [args.out], inputs)
+
+
+def tokenize(args) -> None:
+    from winnow.data.tokenize import tokenize_shard
+    from winnow.data.tokenizer import load
+    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.tables import DOCS, EXAMPLES, read_table, write_table
+
+    tok = load(Path(args.tokenizer).parent)
+    docs = read_table(args.docs, DOCS)
+    tokens, examples, stats = tokenize_shard(docs, tok, args.shard, args.num_shards, args.seq_len)
+    write_shard(args.tokens, tokens, token_dtype(len(tok)))
+    write_table(args.examples, examples, EXAMPLES)
+    log.info("shard %d: %s", args.shard, stats)
+    sidecars(args, "data tokenize", [args.tokens, args.examples], [args.docs, args.tokenizer],
+             extra={"stats": stats, "dtype": token_dtype(len(tok)).str})
+
+
+def merge_examples(args) -> None:
+    import pyarrow as pa
+    from collections import Counter
+
+    from winnow.data.tokenizer import load
+    from winnow.io.shards import token_dtype
+    from winnow.io.tables import EXAMPLES, read_table, write_table
+    from winnow.provenance import file_sha256
+
+    tables = [read_table(p, EXAMPLES) for p in args.shards]
+    merged = pa.concat_tables(tables).sort_by("example_id")
+    ids = merged["example_id"].to_numpy()
+    if np.unique(ids).size != ids.size:
+        raise ValueError("duplicate example ids across shards")
+    write_table(args.out, merged, EXAMPLES)
+    tok = load(Path(args.tokenizer).parent)
+    length = merged["length"].to_numpy()
+    manifest = {
+        "examples": merged.num_rows,
+        "tokens": int(length.sum()),
+        "seq_len": args.seq_len,
+        "dtype": token_dtype(len(tok)).str,
+        "vocab_size": len(tok),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "tokenizer_sha256": file_sha256(args.tokenizer),
+        "chunking": "per document: tokens + eos, cut every seq_len tokens; pieces < 2 tokens dropped",
+        "shards": {int(t["shard"][0].as_py()): t.num_rows for t in tables if t.num_rows},
+        "splits": dict(sorted(Counter(merged["split"].to_pylist()).items())),
+        "domains": dict(sorted(Counter(merged["domain"].to_pylist()).items())),
+    }
+    write_json(args.manifest, manifest)
+    sidecars(args, "data merge-examples", [args.out, args.manifest], args.shards + [args.tokenizer])
+
+
+def sample_subset(args) -> None:
+    from winnow.data.subsets import filter_examples, ids_table, sample_ids
+    from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
+
+    examples = read_table(args.examples, EXAMPLES)
+    exclude = np.concatenate([read_table(p, IDS)["example_id"].to_numpy() for p in args.exclude]) if args.exclude else None
+    pool = filter_examples(examples, args.splits, args.domains, exclude)
+    ids = sample_ids(pool, args.seed, n=args.n, fraction=args.fraction)
+    write_table(args.out, ids_table(ids), IDS)
+    log.info("sampled %d of %d matching examples", ids.size, pool.size)
+    sidecars(args, "data sample-subset", [args.out], [args.examples, *args.exclude], seed=args.seed,
+             extra={"pool_size": int(pool.size), "selected": int(ids.size)})
+
+
+def eval_tasks(args) -> None:
+    from winnow.data.tasks import build_choice, build_lastword, write_jsonl
+    from winnow.io.tables import DOCS, read_table
+
+    docs = read_table(args.docs, DOCS)
+    held = docs.filter(np.asarray([s == args.split for s in docs["split"].to_pylist()]))
+    held = held.filter(np.asarray([p is None for p in held["prompt"].to_pylist()]))
+    rows = held.to_pylist()
+    lastword = build_lastword(rows, args.n_lastword, args.seed)
+    choice = build_choice(rows, args.n_choice, args.seed)
+    write_jsonl(args.lastword, lastword)
+    write_jsonl(args.choice, choice)
+    log.info("%d last-word items, %d choice items from %d %s docs", len(lastword), len(choice), len(rows), args.split)
+    sidecars(args, "data eval-tasks", [args.lastword, args.choice], [args.docs], seed=args.seed,
+             extra={"n_lastword": len(lastword), "n_choice": len(choice)})

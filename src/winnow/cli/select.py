@@ -1,0 +1,68 @@
+"""``winnow select ...``: random scores (the baseline selector) and scores → ids."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from winnow.cli._common import add_threads, sidecars
+from winnow.io.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("random-scores", help="seeded uniform scores for a pool (the random selector)")
+    p.add_argument("--pool", required=True, help="id list (IDS parquet) to score")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=random_scores)
+
+    p = sub.add_parser("select", help="scores table → selected ids (top-k or Gumbel-top-k)")
+    p.add_argument("--scores", required=True)
+    p.add_argument("--direction", choices=("higher", "lower"), required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ratio", type=float)
+    g.add_argument("--k", type=int)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--manifest", required=True)
+    add_threads(p)
+    p.set_defaults(func=select)
+
+
+def random_scores(args) -> None:
+    from winnow.io.tables import IDS, SCORES, read_table, write_table
+
+    ids = np.sort(read_table(args.pool, IDS)["example_id"].to_numpy())
+    scores = np.random.default_rng(args.seed).random(ids.size).astype(np.float32)
+    write_table(args.out, pa.table({"example_id": ids, "score": scores}), SCORES)
+    sidecars(args, "select random-scores", [args.out], [args.pool], seed=args.seed,
+             extra={"direction": "higher", "units": "uniform [0, 1)"})
+
+
+def select(args) -> None:
+    from winnow.io.tables import IDS, SCORES, read_table, write_table
+    from winnow.provenance import file_sha256
+    from winnow.select import SelectParams, select as run
+
+    params = SelectParams(args.direction, args.ratio, args.k, args.temperature, args.seed)
+    table = read_table(args.scores, SCORES)
+    ids, keys = run(table["example_id"].to_numpy(), table["score"].to_numpy(), params)
+    out = pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)})
+    write_table(args.out, out, IDS)
+    manifest = {
+        **params.as_dict(),
+        "noise": "gumbel" if params.temperature > 0 else "none",
+        "pool_size": table.num_rows,
+        "selected": int(ids.size),
+        "scores_sha256": file_sha256(args.scores),
+        "key_range": [float(keys.min()), float(keys.max())] if keys.size else None,
+    }
+    write_json(args.manifest, manifest)
+    log.info("selected %d of %d (%s)", ids.size, table.num_rows, params.as_dict())
+    sidecars(args, "select select", [args.out, args.manifest], [args.scores], seed=args.seed)

@@ -1,0 +1,270 @@
+"""Ingest raw records into a docs table; every bad record goes to a rejects table with a reason.
+
+Inputs: ``.jsonl``, ``.jsonl.gz``, ``.parquet`` files and ``datasets`` ``save_to_disk`` folders.
+A record is one of:
+
+* plain text: ``{text_field: str, [domain_field], [id_field], ...}``;
+* prompt/response: ``{"prompt": str, "response": str}``, stored as text = prompt + response and
+  ``prompt`` = the prefix, so the tokenizer can put the loss on the response only;
+* chat: ``{"messages": [{"role", "content"}, ...]}`` ending with an assistant turn, rendered with
+  :func:`render_messages`; the prompt is everything before the last assistant content.
+
+Invariant checked before anything is written: input records = accepted + rejected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from winnow.io.tables import DOCS, REJECTS
+from winnow.progress import Progress
+
+log = logging.getLogger(__name__)
+
+REASONS = (
+    "invalid_json",  # a line that does not parse as JSON (blank lines included)
+    "invalid_utf8",  # bytes that are not UTF-8
+    "not_an_object",  # JSON that is not an object
+    "missing_text",  # no text field (nor prompt/response, nor messages), or not a string
+    "empty_text",  # text present but empty or whitespace only
+    "over_length",  # longer than max_chars characters
+    "duplicate_id",  # an id already seen
+    "bad_messages",  # messages present but malformed (roles, contents, no final assistant turn)
+)
+RAW_KEEP = 4096  # bytes of a rejected record kept in the rejects table
+
+
+@dataclass
+class IngestOptions:
+    text_field: str = "text"
+    domain_field: str | None = "domain"
+    id_field: str | None = None
+    default_domain: str | None = None  # None: the input's file stem
+    max_chars: int = 1_000_000
+    split_seed: int = 0
+    split_fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05}
+    )
+
+
+@dataclass
+class IngestResult:
+    docs: pa.Table
+    rejects: pa.Table
+    manifest: dict
+
+
+def split_of(doc_id: str, seed: int, fractions: dict[str, float]) -> str:
+    """Seeded, order-independent split assignment from a hash of ``doc_id``."""
+    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    u = int.from_bytes(h[:8], "little") / 2**64
+    acc = 0.0
+    names = sorted(fractions)  # fixed order, whatever order the config lists them in
+    for name in names:
+        acc += fractions[name]
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def render_messages(messages: list[dict]) -> tuple[str, str]:
+    """Chat turns → (prompt, response); the response is the last assistant turn's content."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+            raise ValueError("each message needs string role and content")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's")
+    prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages[:-1]) + "<|assistant|>\n"
+    return prompt, messages[-1]["content"]
+
+
+def _records_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, object, str | None, str]]:
+    """Yield (index, raw_bytes, parsed_or_None, reason_or_None, detail)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for i, line in enumerate(fh):
+            raw = line.rstrip(b"\r\n")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield i, raw, None, "invalid_utf8", str(err)
+                continue
+            if not text.strip():
+                yield i, raw, None, "invalid_json", "blank line"
+                continue
+            try:
+                yield i, raw, json.loads(text), None, ""
+            except json.JSONDecodeError as err:
+                yield i, raw, None, "invalid_json", str(err)
+
+
+def _records_arrow(table: pa.Table) -> Iterator[tuple[int, bytes | None, object, str | None, str]]:
+    # Parquet/Arrow rows are already structured; binary text columns may still hold bad UTF-8.
+    for batch in table.to_batches(max_chunksize=4096):
+        base = 0
+        for row in batch.to_pylist():
+            yield base, None, row, None, ""
+            base += 1
+
+
+def _iter_source(path: Path) -> Iterator[tuple[str, Iterator]]:
+    if path.is_dir():
+        import datasets  # only needed for save_to_disk folders
+
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            for split in sorted(loaded):
+                yield f"{path}/{split}", _numbered(_records_arrow(loaded[split].data.table))
+        else:
+            yield str(path), _numbered(_records_arrow(loaded.data.table))
+    elif path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield str(path), _numbered(_records_arrow(pq.read_table(path)))
+    elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        yield str(path), _records_jsonl(path)
+    else:
+        raise ValueError(f"{path}: unsupported input (jsonl, jsonl.gz, parquet or a save_to_disk folder)")
+
+
+def _numbered(it: Iterator) -> Iterator:
+    for i, (_, raw, obj, reason, detail) in enumerate(it):
+        yield i, raw, obj, reason, detail
+
+
+def _source_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".ndjson", ".parquet"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _as_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")  # raises UnicodeDecodeError → invalid_utf8
+    return value if isinstance(value, str) else None
+
+
+def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
+    """Read every input; return docs, rejects and a manifest whose counts add up."""
+    docs: dict[str, list] = {f.name: [] for f in DOCS}
+    rejects: dict[str, list] = {f.name: [] for f in REJECTS}
+    seen_ids: set[str] = set()
+    per_input = []
+    prog = Progress("ingest", total=None, unit="records")
+
+    for raw_path in paths:
+        path = Path(raw_path)
+        stem = _source_stem(path)
+        for source, records in _iter_source(path):
+            counts: Counter = Counter()
+
+            def reject(i, raw, reason, detail, obj=None):
+                if raw is None and obj is not None:
+                    raw = json.dumps(obj, default=repr, ensure_ascii=False).encode("utf-8", "replace")
+                rejects["source"].append(source)
+                rejects["record"].append(i)
+                rejects["reason"].append(reason)
+                rejects["detail"].append(detail[:500])
+                rejects["raw"].append((raw or b"")[:RAW_KEEP])
+                counts[reason] += 1
+
+            n = 0
+            for i, raw, obj, reason, detail in records:
+                n += 1
+                prog.update(1)
+                if reason:
+                    reject(i, raw, reason, detail)
+                    continue
+                if not isinstance(obj, dict):
+                    reject(i, raw, "not_an_object", type(obj).__name__, obj)
+                    continue
+                prompt = None
+                try:
+                    if "messages" in obj and opts.text_field not in obj:
+                        try:
+                            prompt, response = render_messages(obj["messages"])
+                        except ValueError as err:
+                            reject(i, raw, "bad_messages", str(err), obj)
+                            continue
+                        text = prompt + response
+                    elif "prompt" in obj and "response" in obj and opts.text_field not in obj:
+                        prompt, response = _as_text(obj["prompt"]), _as_text(obj["response"])
+                        if prompt is None or response is None:
+                            reject(i, raw, "missing_text", "prompt/response not strings", obj)
+                            continue
+                        text = prompt + response
+                        if not response.strip():
+                            reject(i, raw, "empty_text", "empty response", obj)
+                            continue
+                    else:
+                        text = _as_text(obj.get(opts.text_field))
+                except UnicodeDecodeError as err:
+                    reject(i, raw, "invalid_utf8", str(err), {k: repr(v)[:200] for k, v in obj.items()})
+                    continue
+                if text is None:
+                    reject(i, raw, "missing_text", f"no string field {opts.text_field!r}", obj)
+                    continue
+                if not text.strip():
+                    reject(i, raw, "empty_text", "", obj)
+                    continue
+                if len(text) > opts.max_chars:
+                    reject(i, raw, "over_length", f"{len(text)} > {opts.max_chars} chars", obj)
+                    continue
+                rid = obj.get(opts.id_field) if opts.id_field else None
+                doc_id = f"{stem}/{rid}" if rid not in (None, "") else f"{stem}/{i}"
+                if rid is not None and isinstance(rid, str) and "/" in rid:
+                    doc_id = rid  # ids that already carry a namespace are kept as they are
+                if doc_id in seen_ids:
+                    reject(i, raw, "duplicate_id", doc_id, obj)
+                    continue
+                seen_ids.add(doc_id)
+                domain = obj.get(opts.domain_field) if opts.domain_field else None
+                if not isinstance(domain, str) or not domain:
+                    domain = opts.default_domain or stem
+                docs["doc_id"].append(doc_id)
+                docs["text"].append(text)
+                docs["domain"].append(domain)
+                docs["source"].append(str(obj.get("source") or source))
+                docs["split"].append(split_of(doc_id, opts.split_seed, opts.split_fractions))
+                docs["prompt"].append(prompt)
+                counts["accepted"] += 1
+            rejected = sum(v for k, v in counts.items() if k != "accepted")
+            per_input.append(
+                {"source": source, "records": n, "accepted": counts["accepted"], "rejected": rejected,
+                 "reasons": {k: v for k, v in sorted(counts.items()) if k != "accepted"}}
+            )
+            log.info("%s: %d records, %d accepted, %d rejected", source, n, counts["accepted"], rejected)
+    prog.done()
+
+    docs_table = pa.table(docs, schema=DOCS)
+    rejects_table = pa.table(rejects, schema=REJECTS)
+    total = sum(p["records"] for p in per_input)
+    reasons = Counter()
+    for p in per_input:
+        reasons.update(p["reasons"])
+    manifest = {
+        "records": total,
+        "accepted": docs_table.num_rows,
+        "rejected": rejects_table.num_rows,
+        "reasons": dict(sorted(reasons.items())),
+        "inputs": per_input,
+        "domains": dict(sorted(Counter(docs["domain"]).items())),
+        "splits": dict(sorted(Counter(docs["split"]).items())),
+    }
+    if total != docs_table.num_rows + rejects_table.num_rows:
+        raise AssertionError(f"lost records: {total} != {docs_table.num_rows} + {rejects_table.num_rows}")
+    return IngestResult(docs_table, rejects_table, manifest)

@@ -1,0 +1,45 @@
+"""Seeded id lists drawn from the examples table (proxy samples, warm-up subsets, pools, partitions).
+
+Sampling is uniform without replacement among the examples that pass the filters; the ids are
+sorted by ``example_id`` first so the result does not depend on the table's row order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from winnow.io.tables import IDS
+
+
+def filter_examples(examples: pa.Table, splits=None, domains=None, exclude_ids=None) -> np.ndarray:
+    """Sorted ``(n,)`` int64 example ids whose split/domain are in the given lists."""
+    mask = pa.array(np.ones(examples.num_rows, dtype=bool))
+    if splits:
+        mask = pc.and_(mask, pc.is_in(examples["split"], pa.array(list(splits))))
+    if domains:
+        mask = pc.and_(mask, pc.is_in(examples["domain"], pa.array(list(domains))))
+    ids = np.sort(examples.filter(mask)["example_id"].to_numpy())
+    if exclude_ids is not None and len(exclude_ids):
+        ids = ids[~np.isin(ids, np.asarray(exclude_ids, dtype=np.int64))]
+    return ids
+
+
+def sample_ids(ids: np.ndarray, seed: int, n: int | None = None, fraction: float | None = None) -> np.ndarray:
+    """Uniform sample without replacement; ``(k,)`` int64 in sampled order."""
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    if (n is None) == (fraction is None):
+        raise ValueError("give exactly one of n or fraction")
+    k = n if n is not None else int(math.floor(fraction * ids.size))
+    if k > ids.size:
+        raise ValueError(f"asked for {k} ids but only {ids.size} examples match")
+    rng = np.random.default_rng(seed)
+    return ids[rng.permutation(ids.size)[:k]]
+
+
+def ids_table(ids: np.ndarray) -> pa.Table:
+    ids = np.asarray(ids, dtype=np.int64)
+    return pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)}, schema=IDS)

@@ -1,0 +1,62 @@
+"""Causal LMs: a GPT-NeoX (Pythia-style) from a config block, or a local pretrained folder.
+
+Nothing is fetched from a hub: ``pretrained`` must be a local folder, loaded with
+``local_files_only=True``, safetensors only, and ``trust_remote_code`` off unless the config opts in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ARCH_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
+
+
+def neox_config(cfg: dict, vocab_size: int, eos_id: int, pad_id: int):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=cfg.get("intermediate_size", 4 * cfg["hidden_size"]),
+        max_position_embeddings=cfg["max_position_embeddings"],
+        rotary_pct=cfg.get("rotary_pct", 0.25),
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        initializer_range=cfg.get("initializer_range", 0.02),
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+
+
+def build_model(cfg: dict, vocab_size: int, eos_id: int, pad_id: int, seed: int) -> torch.nn.Module:
+    """A new model (random init seeded by ``seed``) or the local pretrained folder in ``cfg['pretrained']``."""
+    from transformers import GPTNeoXForCausalLM
+
+    if cfg.get("pretrained"):
+        return load_pretrained(cfg["pretrained"], trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(neox_config(cfg, vocab_size, eos_id, pad_id))
+    return model
+
+
+def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"pretrained model {path} is not a local folder (no hub downloads)")
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Floor 3: the trainer, its schedules and its batches."""

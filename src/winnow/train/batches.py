@@ -1,0 +1,81 @@
+"""Batches of examples read from token shards, in an order that is a pure function of the step.
+
+Sample ``g`` of the run (g = step · batch_size + j) is the ``g mod n``-th id of the permutation
+drawn for epoch ``g // n`` with ``default_rng([seed, epoch])``. A resumed run therefore sees
+exactly the samples an uninterrupted run would, without saving a sampler state.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from winnow.io.shards import open_shard
+
+
+class ExampleStore:
+    """Random access to examples by ``example_id``.
+
+    Args:
+        examples: EXAMPLES table (may hold more examples than are used).
+        shard_paths: ``{shard: path to tokens-{shard}.bin}``.
+        dtype: token dtype of the shards (from the tokenized manifest).
+    """
+
+    def __init__(self, examples: pa.Table, shard_paths: dict[int, str | Path], dtype: str):
+        cols = examples.select(["example_id", "shard", "offset", "length", "loss_start", "loss_end"]).to_pydict()
+        self.index = {eid: i for i, eid in enumerate(cols["example_id"])}
+        self.cols = {k: np.asarray(v) for k, v in cols.items()}
+        self.shards = {int(s): open_shard(p, dtype) for s, p in shard_paths.items()}
+
+    def get(self, example_id: int) -> tuple[np.ndarray, int, int]:
+        """``(tokens (length,) int64, loss_start, loss_end)`` of one example."""
+        i = self.index[int(example_id)]
+        shard = int(self.cols["shard"][i])
+        if shard not in self.shards:
+            raise KeyError(f"example {example_id} lives in shard {shard}, which was not given")
+        off, n = int(self.cols["offset"][i]), int(self.cols["length"][i])
+        tokens = np.asarray(self.shards[shard][off : off + n], dtype=np.int64)
+        return tokens, int(self.cols["loss_start"][i]), int(self.cols["loss_end"][i])
+
+    def n_loss_tokens(self, example_id: int) -> int:
+        """Positions that are predicted: i in [max(loss_start, 1), loss_end)."""
+        i = self.index[int(example_id)]
+        return int(self.cols["loss_end"][i]) - max(int(self.cols["loss_start"][i]), 1)
+
+
+def collate(store: ExampleStore, ids, seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: ``input_ids``/``attention_mask``/``loss_mask`` all ``(b, seq_len)``.
+
+    ``loss_mask[b, i]`` is 1 where token i is a training target (predicted from tokens < i).
+    """
+    b = len(ids)
+    input_ids = torch.full((b, seq_len), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, seq_len), dtype=torch.long)
+    loss_mask = torch.zeros((b, seq_len), dtype=torch.bool)
+    for r, eid in enumerate(ids):
+        tokens, ls, le = store.get(eid)
+        n = min(len(tokens), seq_len)
+        input_ids[r, :n] = torch.from_numpy(tokens[:n])
+        attention[r, :n] = 1
+        loss_mask[r, max(ls, 1) : min(le, n)] = True
+    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+
+
+@lru_cache(maxsize=4)
+def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def step_ids(ids: np.ndarray, step: int, batch_size: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The ``(batch_size,)`` example ids of optimizer step ``step``."""
+    n = len(ids)
+    g = np.arange(step * batch_size, (step + 1) * batch_size)
+    epoch, pos = g // n, g % n
+    if not shuffle:
+        return ids[pos]
+    return np.array([ids[_epoch_perm(seed, int(e), n)[p]] for e, p in zip(epoch, pos)], dtype=np.int64)

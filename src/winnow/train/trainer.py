@@ -1,0 +1,277 @@
+"""A plain causal-LM trainer over a given list of example ids (nanoGPT-style, one loop).
+
+AdamW, warm-up + cosine/constant/WSD/exp schedules, gradient accumulation, bf16 autocast and SDPA
+on GPU, DDP when started under ``torchrun`` (WORLD_SIZE > 1). Checkpoints every ``ckpt_every``
+steps into ``ckpt_root/step-N``; a rerun resumes from the newest complete one and reaches the
+same weights as an uninterrupted run (data order and schedule are pure functions of the step).
+
+Loss: token-mean cross-entropy over the loss-masked positions of the whole optimizer step
+(sum over micro-batches and ranks / number of target tokens in the step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from winnow.models.checkpoint import (
+    decode_rng,
+    encode_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint_files,
+)
+from winnow.progress import Progress
+from winnow.train.batches import ExampleStore, collate, step_ids
+from winnow.train.schedules import lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int  # sequences per optimizer step, all ranks together
+    micro_batch_size: int  # sequences per forward pass on one rank
+    seq_len: int
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    decay_frac: float = 0.2
+    half_life: float = 50.0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    shuffle: bool = True
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16
+    log_every_s: float = 10.0
+    extra: dict = field(default_factory=dict)
+
+    def fingerprint(self, ids: np.ndarray, init: str) -> str:
+        """What a checkpoint must match to be resumed (everything but logging/checkpoint cadence)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("ckpt_every", "keep_checkpoints", "log_every_s")}
+        h = hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode())
+        h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        h.update(init.encode())
+        return h.hexdigest()[:16]
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            torch.distributed.init_process_group("nccl")
+            device = torch.device("cuda", local)
+        else:
+            torch.distributed.init_process_group("gloo")
+            device = torch.device("cpu")
+        return torch.distributed.get_rank(), world, device
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def masked_ce_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token CE (nats) over target positions.
+
+    Args: logits ``(b, t, V)``, input_ids ``(b, t)``, loss_mask ``(b, t)`` bool (target positions).
+    """
+    pred = logits[:, :-1].float()
+    tgt = input_ids[:, 1:]
+    mask = loss_mask[:, 1:]
+    ce = F.cross_entropy(pred.reshape(-1, pred.size(-1)), tgt.reshape(-1), reduction="none")
+    return (ce * mask.reshape(-1)).sum()
+
+
+def train(
+    model: torch.nn.Module,
+    store: ExampleStore,
+    ids: np.ndarray,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    ckpt_root: str | os.PathLike,
+    pad_id: int,
+    init: str = "scratch",
+    resume_from: str | os.PathLike | None = None,
+) -> dict:
+    """Train ``model`` on ``ids`` for ``cfg.steps`` steps; write the final checkpoint to ``out_dir``.
+
+    Args:
+        ids: ``(n,)`` int64 example ids the run may draw from (in any order).
+        init: a string describing the initial weights (folds into the resume fingerprint).
+        resume_from: an existing checkpoint folder to continue (weights *and* optimizer state), e.g.
+            the end of a previous stage; its trainer_state's ``step`` is not reused — steps restart
+            at 0 for this run's schedule, unless ``cfg.extra['continue_schedule']``.
+    Returns:
+        A summary dict (final loss, tokens, wall time, tokens/s).
+    """
+    rank, world, device = setup_distributed()
+    if cfg.batch_size % (world * cfg.micro_batch_size):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not a multiple of world_size {world} × micro_batch_size {cfg.micro_batch_size}"
+        )
+    accum = cfg.batch_size // (world * cfg.micro_batch_size)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    ids = np.asarray(ids, dtype=np.int64)
+    fingerprint = cfg.fingerprint(ids, init)
+    ckpt_root = Path(ckpt_root)
+
+    model.to(device)
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        foreach=device.type == "cuda",
+    )
+
+    start_step = 0
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        saved = json.loads((latest / "trainer_state.json").read_text())
+        if saved.get("fingerprint") == fingerprint:
+            state = load_checkpoint(latest, model, optimizer)
+            start_step = state["step"]
+            torch.set_rng_state(decode_rng(state["rng"]["torch"]))
+            if device.type == "cuda" and state["rng"].get("cuda"):
+                torch.cuda.set_rng_state(decode_rng(state["rng"]["cuda"]))
+            log.info("resumed from %s at step %d", latest, start_step)
+        else:
+            log.warning("checkpoints in %s are from another configuration; starting over", ckpt_root)
+            if rank == 0:
+                shutil.rmtree(ckpt_root)
+    elif resume_from is not None:
+        load_checkpoint(resume_from, model, optimizer)
+        log.info("initialised weights and optimizer state from %s", resume_from)
+    if start_step == 0:
+        torch.manual_seed(cfg.seed)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
+        n_params, len(ids), cfg.steps, cfg.batch_size, cfg.seq_len, accum, world, device,
+        "bf16" if use_bf16 else "fp32",
+    )
+    prog = Progress("train", total=cfg.steps, unit="steps", interval_s=cfg.log_every_s)
+    prog.count = start_step
+    t0 = time.monotonic()
+    tokens_seen = 0
+    loss_value = float("nan")
+    for step in range(start_step, cfg.steps):
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac, cfg.half_life)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch_ids = step_ids(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
+        n_targets = sum(store.n_loss_tokens(e) for e in batch_ids)
+        chunks = [batch_ids[i : i + cfg.micro_batch_size] for i in range(0, len(batch_ids), cfg.micro_batch_size)]
+        mine = chunks[rank::world]
+        loss_sum = torch.zeros((), device=device)
+        step_tokens = 0
+        for j, chunk in enumerate(mine):
+            batch = {k: v.to(device) for k, v in collate(store, chunk, cfg.seq_len, pad_id).items()}
+            sync = j == len(mine) - 1
+            ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
+            with ctx:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                ce = masked_ce_sum(logits, batch["input_ids"], batch["loss_mask"])
+                # DDP averages gradients over ranks; × world turns that back into a sum.
+                (ce * world / max(n_targets, 1)).backward()
+            loss_sum += ce.detach()
+            step_tokens += int(batch["attention_mask"].sum())
+        tokens_seen += step_tokens
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        loss_value = float(loss_sum) / max(n_targets, 1)
+        if not np.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}")
+        prog.update(1, tokens=step_tokens * world)
+        done = step + 1
+        if rank == 0 and (done % cfg.ckpt_every == 0) and done < cfg.steps:
+            state = _state(done, fingerprint, cfg, device, loss_value)
+            save_checkpoint(ckpt_root / f"step-{done:08d}", model, optimizer, state)
+            _prune(ckpt_root, cfg.keep_checkpoints)
+        if done % max(1, cfg.steps // 20) == 0 or done == cfg.steps:
+            log.info("step %d/%d loss %.4f lr %.2e", done, cfg.steps, loss_value, lr)
+    prog.done()
+    wall = time.monotonic() - t0
+    summary = {
+        "final_loss": loss_value,
+        "steps": cfg.steps,
+        "resumed_at": start_step,
+        "tokens_this_run": tokens_seen * world,
+        "wall_s": wall,
+        "tokens_per_s": tokens_seen * world / wall if wall > 0 else None,
+        "n_params": n_params,
+        "world_size": world,
+        "device": str(device),
+        "precision": "bf16" if use_bf16 else "fp32",
+    }
+    if device.type == "cuda":
+        summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if rank == 0:
+        write_checkpoint_files(out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value), "summary": summary})
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _state(step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float) -> dict:
+    rng = {"torch": encode_rng(torch.get_rng_state())}
+    if device.type == "cuda":
+        rng["cuda"] = encode_rng(torch.cuda.get_rng_state(device))
+    return {
+        "step": step,
+        "samples_seen": step * cfg.batch_size,  # data position: the order is a function of this
+        "fingerprint": fingerprint,
+        "schedule": {"name": cfg.schedule, "lr": cfg.lr, "total": cfg.steps, "warmup": cfg.warmup_steps},
+        "last_loss": loss,
+        "rng": rng,
+        "config": asdict(cfg),
+    }
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("step-"))
+    for d in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

