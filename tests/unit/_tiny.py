@@ -6,7 +6,6 @@ sys.path when it collects a test module from there.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -14,12 +13,13 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
 
-def offline_env(tmp_path: Path) -> None:
-    """Force offline mode and a throwaway HF cache; call before anything downloads or caches."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ["HF_HOME"] = str(tmp_path / "hf_home")
+def offline_env(tmp_path: Path, mp) -> None:
+    """Force offline mode and a throwaway HF cache through ``mp`` (a ``pytest.MonkeyPatch``, so
+    the session's environment is restored afterwards); call before anything downloads or caches."""
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    mp.setenv("HF_HOME", str(tmp_path / "hf_home"))
 
 
 _SUBJECTS = {

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -15,10 +16,16 @@ from winnow.eval.perplexity import ALL, domain_perplexity
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _offline(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        offline_env(tmp_path_factory.mktemp("hf"), mp)
+        yield
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("harness")
-    offline_env(tmp)
     docs = make_docs(n_per_domain=12, sentences=8, seed=2)
     model_dir, tok_dir = save_tiny(tmp, [d["text"] for d in docs], max_positions=1024, init_range=0.1)
     items = {
@@ -81,7 +88,7 @@ def _loglik(model, ctx_ids: list[int], cont_ids: list[int]) -> float:
     with torch.no_grad():
         logp = model(input_ids=ids[:, :-1]).logits[0].double().log_softmax(-1)
     positions = range(len(ctx_ids) - 1, len(ctx_ids) + len(cont_ids) - 1)
-    return float(sum(logp[p, t] for p, t in zip(positions, cont_ids)))
+    return float(sum(logp[p, t] for p, t in zip(positions, cont_ids, strict=True)))
 
 
 def test_choice_acc_matches_direct_scoring(setup, result):
@@ -96,10 +103,11 @@ def test_choice_acc_matches_direct_scoring(setup, result):
         # non-empty) and scores " " + choice (its default target delimiter).
         ctx = tok.encode(it["context"], add_special_tokens=False)
         lls = [_loglik(model, ctx, tok.encode(" " + c, add_special_tokens=False)) for c in it["choices"]]
-        norm = [ll / len(c) for ll, c in zip(lls, it["choices"])]
+        norm = [ll / len(c) for ll, c in zip(lls, it["choices"], strict=True)]
         correct += max(range(4), key=lls.__getitem__) == it["label"]
         correct_norm += max(range(4), key=norm.__getitem__) == it["label"]
     n = len(items["choice"])
+    assert 0 < correct < n  # a non-degenerate accuracy, so agreement is not a coincidence of 0 or 1
     assert result["winnow_choice"]["acc"] == pytest.approx(correct / n)
     assert result["winnow_choice"]["acc_norm"] == pytest.approx(correct_norm / n)
 
@@ -121,9 +129,11 @@ def test_rolling_task_matches_domain_perplexity(setup, result):
 
 def test_limit_and_determinism(setup, result):
     tmp, model_dir, tok_dir, _, files = setup
+    env = {k: os.environ.get(k) for k in ("DISABLE_MULTIPROC", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     again = run_harness(model_dir, tok_dir, files, "cpu", 2, None, tmp / "work2")
     for task in ("winnow_choice", "winnow_lastword", "winnow_ppl"):
         for metric, value in result[task].items():
             assert again[task][metric] == pytest.approx(value, rel=1e-6), (task, metric)
+    assert {k: os.environ.get(k) for k in env} == env  # run_harness restores the environment
     limited = run_harness(model_dir, tok_dir, {"choice": files["choice"]}, "cpu", 4, 5, tmp / "work3")
     assert limited["n_samples"] == {"winnow_choice": 5}

@@ -13,9 +13,15 @@ torch.set_num_threads(1)
 PREFIX = 0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _offline(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        offline_env(tmp_path_factory.mktemp("hf"), mp)
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    offline_env(tmp_path_factory.mktemp("hf"))
     docs = make_docs(n_per_domain=3, sentences=3, seed=1)
     texts = [d["text"] for d in docs] + ["Café naïve — résumé über straße."]
     tok = train_tokenizer(texts, vocab_size=300)
@@ -40,9 +46,7 @@ def _lm_eval_windows(tokens, max_len, context_len):
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     out = []
-    for ctx, cont in map(
-        make_disjoint_window, get_rolling_token_windows(tokens, PREFIX, max_len, context_len)
-    ):
+    for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(tokens, PREFIX, max_len, context_len)):
         seq = (ctx + cont)[-(max_len + 1) :]
         out.append((seq, [False] * (len(seq) - len(cont)) + [True] * len(cont)))
     return out
@@ -54,7 +58,7 @@ def test_rolling_windows_match_lm_eval_and_cover_each_token_once(n, max_len, con
     tokens = list(range(100, 100 + n))
     wins = rolling_windows(tokens, max_len, PREFIX, context_len=context_len)
     assert wins == _lm_eval_windows(tokens, max_len, context_len)
-    predicted = [t for seq, mask in wins for t, m in zip(seq, mask) if m]
+    predicted = [t for seq, mask in wins for t, m in zip(seq, mask, strict=True) if m]
     assert predicted == tokens  # every token exactly once, in order
     for i, (seq, mask) in enumerate(wins):
         assert len(seq) == len(mask) <= max_len + 1 and not mask[0]
@@ -63,7 +67,7 @@ def test_rolling_windows_match_lm_eval_and_cover_each_token_once(n, max_len, con
 
 def test_rolling_windows_lm_eval_docstring_example():
     wins = rolling_windows(list(range(10)), 4, -1)
-    model_inputs = [(seq[:-1], [t for t, m in zip(seq, mask) if m]) for seq, mask in wins]
+    model_inputs = [(seq[:-1], [t for t, m in zip(seq, mask, strict=True) if m]) for seq, mask in wins]
     assert model_inputs == [
         ([-1, 0, 1, 2], [0, 1, 2, 3]),
         ([3, 4, 5, 6], [4, 5, 6, 7]),
@@ -129,12 +133,9 @@ def test_matches_lm_eval_hflm_loglikelihood_rolling(tiny):
 
     tok, model, pairs = tiny
     lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=4, max_length=16)
-    reqs = [
-        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
-        for _, text in pairs
-    ]
+    reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0) for _, text in pairs]
     theirs = lm.loglikelihood_rolling(reqs, disable_tqdm=True)
-    for (domain, text), value in zip(pairs, theirs):
+    for (domain, text), value in zip(pairs, theirs, strict=True):
         ours = domain_perplexity(model, tok, [(domain, text)], max_len=16, batch_size=2, device="cpu")
         assert ours[domain]["sum_logprob"] == pytest.approx(value, rel=1e-5)
 

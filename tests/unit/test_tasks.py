@@ -56,8 +56,14 @@ def test_lastword_respects_max_chars_and_skips_docs_without_items():
     docs = [
         {"doc_id": "long", "text": long_text, "domain": "x", "source": "s", "split": "test", "prompt": None},
         # No final word occurs earlier; one ends in a 2-letter word.
-        {"doc_id": "none", "text": "Cats sleep. Dogs bark. We go.", "domain": "x", "source": "s",
-         "split": "test", "prompt": None},
+        {
+            "doc_id": "none",
+            "text": "Cats sleep. Dogs bark. We go.",
+            "domain": "x",
+            "source": "s",
+            "split": "test",
+            "prompt": None,
+        },
     ]
     items = build_lastword(docs, 10, seed=0, max_chars=120)
     assert [it["doc_id"] for it in items] == ["long"]

@@ -16,8 +16,9 @@ import os
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from winnow.io.atomic import write_text
 from winnow.progress import Progress

@@ -17,10 +17,12 @@ Kinds, recognised from the first item's keys:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +90,15 @@ def _task_config(name: str, kind: str, data_file: Path, cache_dir: Path | None) 
     # exactly what tasks.py wrote.
     if kind == "lastword":
         # target already starts with its space; lm-eval's default delimiter would add another.
-        cfg.update(output_type="loglikelihood", doc_to_text="context", doc_to_target="target",
-                   target_delimiter="")
+        cfg.update(output_type="loglikelihood", doc_to_text="context", doc_to_target="target", target_delimiter="")
     elif kind == "choice":
-        cfg.update(output_type="multiple_choice", doc_to_text="context", doc_to_choice="choices",
-                   doc_to_target="label", target_delimiter=" ")
+        cfg.update(
+            output_type="multiple_choice",
+            doc_to_text="context",
+            doc_to_choice="choices",
+            doc_to_target="label",
+            target_delimiter=" ",
+        )
     else:
         cfg.update(output_type="loglikelihood_rolling", doc_to_text="", doc_to_target="text")
     return cfg
@@ -116,14 +122,31 @@ def write_task_yamls(
     return task_dir
 
 
-def _set_offline_env() -> None:
-    # Must hold before datasets/transformers/huggingface_hub are imported to take full effect;
-    # the CLI sets them too. Local folders and json files never need the network anyway.
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
+_ENV = {
+    # Must hold before datasets/transformers/huggingface_hub are first imported to take full
+    # effect (the CLI sets them too); local folders and json files never need the network anyway.
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
     # lm-eval bootstraps stderrs in a multiprocessing pool of cpu_count() workers, forked from a
     # process holding a model; one process is enough for our sizes and respects the job's threads.
-    os.environ["DISABLE_MULTIPROC"] = "1"
+    "DISABLE_MULTIPROC": "1",
+}
+
+
+@contextlib.contextmanager
+def _harness_env() -> Iterator[None]:
+    """Set ``_ENV`` for the duration of a run, then restore the caller's environment."""
+    saved = {k: os.environ.get(k) for k in _ENV}
+    os.environ.update(_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _plain(value: Any) -> Any:
@@ -157,12 +180,27 @@ def run_harness(
     Seeds are fixed, so a rerun gives the same numbers. ``bootstrap_iters`` drives lm-eval's
     stderr estimate of non-mean metrics (perplexity); 0 drops all stderrs.
     """
-    _set_offline_env()
+    with _harness_env():
+        return _run(
+            model_dir, tokenizer_dir, task_files, device, batch_size, limit, Path(work_dir), bootstrap_iters, dtype
+        )
+
+
+def _run(
+    model_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    task_files: dict[str, Path],
+    device: str,
+    batch_size: int,
+    limit: int | None,
+    work_dir: Path,
+    bootstrap_iters: int,
+    dtype: str,
+) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    work_dir = Path(work_dir)
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]
 

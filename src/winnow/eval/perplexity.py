@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -152,7 +152,7 @@ def domain_perplexity(
         if not pending:
             return
         sums = _score_batch(model, [(s, m) for _, s, m in pending], pad_id, device)
-        for (domain, _, _), value in zip(pending, sums.tolist()):
+        for (domain, _, _), value in zip(pending, sums.tolist(), strict=True):
             stats[domain]["sum_logprob"] += value
         pending.clear()
 

@@ -33,10 +33,12 @@ def summary_rows(ppl_paths, harness_paths) -> list[dict]:
         key = model_key(path)
         res = json.loads(Path(path).read_text())
         row = rows.setdefault(key, {"method": key[0], "seed": key[1]})
-        for task, metrics in sorted(res.get("results", {}).items()):
+        for task, metrics in sorted(res.items()):
+            if not task.startswith("winnow_") or not isinstance(metrics, dict):
+                continue  # n_samples, lm_eval_version
             for metric, value in sorted(metrics.items()):
-                if isinstance(value, (int, float)):
-                    row[f"{task}/{metric}"] = value
+                if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
+                    row[f"{task.removeprefix('winnow_')}/{metric}"] = value
     return [rows[k] for k in sorted(rows)]
 
 
