@@ -1,6 +1,5 @@
 # Helpers only (no rules): config validation, wildcard constraints, named input/param helpers.
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -10,8 +9,10 @@ from snakemake.utils import validate
 # which inherit the environment), so the code that runs is the code that was hashed.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 from winnow.provenance import command_hash  # noqa: E402
+from winnow.workflow_env import export_source_tree  # noqa: E402
+
+export_source_tree(SRC)
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
@@ -39,11 +40,15 @@ def code(command):
 
 
 def shard_tokens(wildcards):
-    return expand("results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run, shard=SHARDS)
+    return expand(
+        "results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run, shard=SHARDS
+    )
 
 
 def shard_examples(wildcards):
-    return expand("results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run, shard=SHARDS)
+    return expand(
+        "results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run, shard=SHARDS
+    )
 
 
 def subset_args(wildcards):
@@ -54,7 +59,11 @@ def subset_args(wildcards):
         args += ["--splits", *spec["splits"]]
     if spec.get("domains"):
         args += ["--domains", *spec["domains"]]
-    args += ["--n", str(spec["n"])] if "n" in spec else ["--fraction", str(spec["fraction"])]
+    args += (
+        ["--n", str(spec["n"])]
+        if "n" in spec
+        else ["--fraction", str(spec["fraction"])]
+    )
     args += ["--seed", str(spec["seed"])]
     return " ".join(args)
 
@@ -69,7 +78,9 @@ def tokenizer_args(wildcards):
     tok = config["tokenizer"]
     if tok.get("kind", "bpe") == "local":
         if not tok.get("path"):
-            raise ValueError("config key tokenizer.path is required when tokenizer.kind is local")
+            raise ValueError(
+                "config key tokenizer.path is required when tokenizer.kind is local"
+            )
         trust = " --trust-remote-code" if tok.get("trust_remote_code") else ""
         return f"--local {tok['path']}{trust}"
     return (

@@ -13,11 +13,11 @@ rule ingest:
         "results/{run}/logs/ingest.log",
     benchmark:
         "results/{run}/benchmarks/ingest.tsv"
+    conda:
+        ENV
     params:
         args=ingest_args,
         code=code("data ingest"),
-    conda:
-        ENV
     shell:
         "python -m winnow data ingest --inputs {input:q} {params.args}"
         " --docs {output.docs} --rejects {output.rejects} --manifest {output.manifest}"
@@ -34,11 +34,11 @@ rule tokenizer:
         "results/{run}/logs/tokenizer.log",
     benchmark:
         "results/{run}/benchmarks/tokenizer.tsv"
+    conda:
+        ENV
     params:
         args=tokenizer_args,
         code=code("data tokenizer"),
-    conda:
-        ENV
     shell:
         "python -m winnow data tokenizer --docs {input.docs} {params.args} --out {output}"
         " --threads {threads} > {log} 2>&1"
@@ -56,12 +56,12 @@ rule tokenize:
         "results/{run}/logs/tokenize/{shard}.log",
     benchmark:
         "results/{run}/benchmarks/tokenize/{shard}.tsv"
+    conda:
+        ENV
     params:
         num_shards=config["tokenize"]["num_shards"],
         seq_len=config["tokenize"]["seq_len"],
         code=code("data tokenize"),
-    conda:
-        ENV
     shell:
         "python -m winnow data tokenize --docs {input.docs} --tokenizer {input.tokenizer}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --seq-len {params.seq_len}"
@@ -78,11 +78,11 @@ rule merge_examples:
         manifest="results/{run}/tokens/manifest.json",
     log:
         "results/{run}/logs/merge_examples.log",
+    conda:
+        ENV
     params:
         seq_len=config["tokenize"]["seq_len"],
         code=code("data merge-examples"),
-    conda:
-        ENV
     shell:
         "python -m winnow data merge-examples --shards {input.examples} --tokenizer {input.tokenizer}"
         " --seq-len {params.seq_len} --out {output.examples} --manifest {output.manifest}"
@@ -97,11 +97,11 @@ rule sample_subset:
         "results/{run}/subsets/{subset}/ids.parquet",
     log:
         "results/{run}/logs/sample_subset/{subset}.log",
+    conda:
+        ENV
     params:
         args=subset_args,
         code=code("data sample-subset"),
-    conda:
-        ENV
     shell:
         "python -m winnow data sample-subset --examples {input.examples} {params.args}"
         " --out {output} --threads {threads} > {log} 2>&1"
@@ -116,14 +116,14 @@ rule eval_tasks:
         choice="results/{run}/eval/tasks/choice.jsonl",
     log:
         "results/{run}/logs/eval_tasks.log",
+    conda:
+        ENV
     params:
         split=config["eval"]["split"],
         n_lastword=config["eval"]["n_lastword"],
         n_choice=config["eval"]["n_choice"],
         seed=config["eval"]["task_seed"],
         code=code("data eval-tasks"),
-    conda:
-        ENV
     shell:
         "python -m winnow data eval-tasks --docs {input.docs} --split {params.split}"
         " --n-lastword {params.n_lastword} --n-choice {params.n_choice} --seed {params.seed}"

@@ -13,18 +13,18 @@ rule eval_ppl:
         "results/{run}/logs/eval_ppl/{method}-s{seed}.log",
     benchmark:
         "results/{run}/benchmarks/eval_ppl/{method}-s{seed}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
     params:
         split=config["eval"]["split"],
         max_docs=config["eval"]["max_docs_per_domain"],
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval ppl"),
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    conda:
-        ENV
     shell:
         "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
         " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
@@ -44,17 +44,17 @@ rule eval_harness:
         "results/{run}/logs/eval_harness/{method}-s{seed}.log",
     benchmark:
         "results/{run}/benchmarks/eval_harness/{method}-s{seed}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
     params:
         limit=harness_limit_arg(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval harness"),
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    conda:
-        ENV
     shell:
         "python -m winnow eval harness --model {input.model} --tokenizer {input.tokenizer}"
         " --lastword {input.lastword} --choice {input.choice} {params.limit}"
@@ -79,10 +79,10 @@ rule eval_table:
         "results/{run}/eval/summary.tsv",
     log:
         "results/{run}/logs/eval_table.log",
-    params:
-        code=code("eval table"),
     conda:
         ENV
+    params:
+        code=code("eval table"),
     shell:
         "python -m winnow eval table --ppl {input.ppl} --harness {input.harness}"
         " --out {output} > {log} 2>&1"

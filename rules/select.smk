@@ -9,10 +9,10 @@ rule random_scores:
         "results/{run}/scores/random/s{seed}/scores.parquet",
     log:
         "results/{run}/logs/random_scores/s{seed}.log",
-    params:
-        code=code("select random-scores"),
     conda:
         ENV
+    params:
+        code=code("select random-scores"),
     shell:
         "python -m winnow select random-scores --pool {input.pool} --seed {wildcards.seed}"
         " --out {output} --threads {threads} > {log} 2>&1"
@@ -27,11 +27,11 @@ rule select:
         manifest="results/{run}/selected/{method}/s{seed}/manifest.json",
     log:
         "results/{run}/logs/select/{method}-s{seed}.log",
+    conda:
+        ENV
     params:
         args=select_args,
         code=code("select select"),
-    conda:
-        ENV
     shell:
         "python -m winnow select select --scores {input.scores} {params.args} --seed {wildcards.seed}"
         " --out {output.ids} --manifest {output.manifest} --threads {threads} > {log} 2>&1"

@@ -18,18 +18,18 @@ rule train_lm:
         "results/{run}/logs/train_lm/{method}-s{seed}.log",
     benchmark:
         "results/{run}/benchmarks/train_lm/{method}-s{seed}.tsv"
-    params:
-        model=model_config(),
-        train=train_seed_config,
-        ckpt_root="results/{run}/models/{method}/s{seed}/checkpoints",
-        code=code("train lm"),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        model=model_config(),
+        train=train_seed_config,
+        ckpt_root="results/{run}/models/{method}/s{seed}/checkpoints",
+        code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
         " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"

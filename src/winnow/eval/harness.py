@@ -160,6 +160,39 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fit_to_context(
+    task_files: dict[str, Path], model_dir, tokenizer_dir, out_dir: Path
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Drop items whose continuation cannot fit the model's context (lm-eval asserts on them).
+
+    Contexts that are too long are fine (lm-eval cuts them from the left); a continuation of
+    ≥ max_length tokens is not, so such items are removed and counted, never scored wrongly.
+    """
+    from transformers import AutoTokenizer
+
+    max_len = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    kept_files, dropped = {}, {}
+    for key, path in task_files.items():
+        items = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if task_kind(path) == "lastword":
+            conts = [[it["target"]] for it in items]
+        elif task_kind(path) == "choice":
+            conts = [[" " + c for c in it["choices"]] for it in items]
+        else:
+            kept_files[key] = Path(path)
+            continue
+        keep = [it for it, cs in zip(items, conts) if all(len(tok(c)["input_ids"]) < max_len for c in cs)]
+        dropped[key] = len(items) - len(keep)
+        if dropped[key]:
+            log.warning("%s: dropped %d of %d items whose continuation is ≥ %d tokens", key, dropped[key], len(items), max_len)
+        out = out_dir / f"{key}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(it, sort_keys=True) + "\n" for it in keep), encoding="utf-8")
+        kept_files[key] = out.resolve()
+    return kept_files, dropped
+
+
 def run_harness(
     model_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -201,6 +234,7 @@ def _run(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    task_files, dropped = _fit_to_context(task_files, model_dir, tokenizer_dir, work_dir / "data")
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]
 
@@ -242,6 +276,7 @@ def _run(
         result[name] = metrics
     n_samples = out.get("n-samples", {})
     result["n_samples"] = {name: int(n_samples.get(name, {}).get("effective", 0)) for name in names}
+    result["dropped_too_long"] = {task_name(k): v for k, v in sorted(dropped.items())}
     result["lm_eval_version"] = getattr(lm_eval, "__version__", "unknown")
     log.info("lm-eval: %s", json.dumps({k: result[k] for k in names}, sort_keys=True))
     return result

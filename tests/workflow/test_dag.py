@@ -1,0 +1,80 @@
+"""Dry-run properties of the DAG: lint, formatting, job counts, targets, config errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, planned_jobs, smk, tiny_config, write_config
+
+SPINE_JOBS = {
+    "ingest": 1,
+    "tokenizer": 1,
+    "tokenize": 3,  # tiny.yaml: num_shards 3
+    "merge_examples": 1,
+    "sample_subset": 1,
+    "random_scores": 1,
+    "select": 1,
+    "train_lm": 1,
+    "eval_tasks": 1,
+    "eval_ppl": 1,
+    "eval_harness": 1,
+    "eval_table": 1,
+    "all": 1,
+}
+
+
+def test_lint_is_clean(tiny):
+    work, cfg = tiny
+    proc = smk(work, cfg, "--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check_is_clean():
+    files = [str(ROOT / "Snakefile"), *map(str, sorted((ROOT / "rules").glob("*.smk")))]
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dry_run_plans_the_whole_spine(tiny):
+    work, cfg = tiny
+    assert planned_jobs(smk(work, cfg, "-n")) == SPINE_JOBS
+
+
+def test_seeds_multiply_the_selection_branch(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", {**tiny_config(), "seeds": [0, 1, 2]})
+    jobs = planned_jobs(smk(work, cfg, "-n"))
+    for rule in ("random_scores", "select", "train_lm", "eval_ppl", "eval_harness"):
+        assert jobs[rule] == 3, rule
+    assert jobs["tokenize"] == 3 and jobs["ingest"] == 1
+
+
+def test_one_token_shard_by_file_name_plans_only_its_ancestors(tiny):
+    work, cfg = tiny
+    jobs = planned_jobs(smk(work, cfg, "-n", "results/tiny/tokens/tokens-1.bin"))
+    assert jobs == {"ingest": 1, "tokenizer": 1, "tokenize": 1}
+
+
+def test_misspelled_key_fails_before_any_job_and_names_the_key(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["train"]["stpes"] = cfg["train"].pop("steps")
+    proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "--cores", "2", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "stpes" in out
+    assert not (work / "results").exists()
+
+
+def test_misspelled_top_level_key_is_named(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["method"] = cfg.pop("methods")
+    proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "'method'" in proc.stdout + proc.stderr
