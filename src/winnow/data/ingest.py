@@ -115,7 +115,8 @@ def _records_arrow(table: pa.Table) -> Iterator[tuple[int, bytes | None, object,
     for batch in table.to_batches(max_chunksize=4096):
         base = 0
         for row in batch.to_pylist():
-            yield base, None, row, None, ""
+            # A null is how a table spells "absent" (mixed plain/prompt/messages rows share columns).
+            yield base, None, {k: v for k, v in row.items() if v is not None}, None, ""
             base += 1
 
 
@@ -170,6 +171,8 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
         path = Path(raw_path)
         stem = _source_stem(path)
         for source, records in _iter_source(path):
+            # DatasetDict splits number their records from 0 each: keep their index ids apart.
+            prefix = stem + source[len(str(path)) :]
             counts: Counter = Counter()
 
             def reject(i, raw, reason, detail, obj=None):
@@ -201,6 +204,9 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                             reject(i, raw, "bad_messages", str(err), obj)
                             continue
                         text = prompt + response
+                        if not response.strip():
+                            reject(i, raw, "empty_text", "empty assistant response", obj)
+                            continue
                     elif "prompt" in obj and "response" in obj and opts.text_field not in obj:
                         prompt, response = _as_text(obj["prompt"]), _as_text(obj["response"])
                         if prompt is None or response is None:
@@ -225,20 +231,27 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                     reject(i, raw, "over_length", f"{len(text)} > {opts.max_chars} chars", obj)
                     continue
                 rid = obj.get(opts.id_field) if opts.id_field else None
-                doc_id = f"{stem}/{rid}" if rid not in (None, "") else f"{stem}/{i}"
+                doc_id = f"{prefix}/{rid}" if rid not in (None, "") else f"{prefix}/{i}"
                 if rid is not None and isinstance(rid, str) and "/" in rid:
                     doc_id = rid  # ids that already carry a namespace are kept as they are
+                domain = obj.get(opts.domain_field) if opts.domain_field else None
+                if not isinstance(domain, str) or not domain:
+                    domain = opts.default_domain or stem
+                doc_source = str(obj.get("source") or source)
+                try:  # JSON "\ud800" escapes parse to lone surrogates, which Arrow cannot store
+                    for value in (text, doc_id, domain, doc_source):
+                        value.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    reject(i, raw, "invalid_utf8", str(err), obj)
+                    continue
                 if doc_id in seen_ids:
                     reject(i, raw, "duplicate_id", doc_id, obj)
                     continue
                 seen_ids.add(doc_id)
-                domain = obj.get(opts.domain_field) if opts.domain_field else None
-                if not isinstance(domain, str) or not domain:
-                    domain = opts.default_domain or stem
                 docs["doc_id"].append(doc_id)
                 docs["text"].append(text)
                 docs["domain"].append(domain)
-                docs["source"].append(str(obj.get("source") or source))
+                docs["source"].append(doc_source)
                 docs["split"].append(split_of(doc_id, opts.split_seed, opts.split_fractions))
                 docs["prompt"].append(prompt)
                 counts["accepted"] += 1

@@ -24,12 +24,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600; give the usual umask-derived mode
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` would create: 0o666 minus the process umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; 0o022 is harmless meanwhile
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
