@@ -1,0 +1,46 @@
+"""Progress lines (rate, ETA, steady interval) and the evaluation summary table."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from winnow.eval.table import model_key, summary_rows, write_tsv
+from winnow.progress import Progress
+
+
+def test_progress_logs_rate_and_eta_at_the_interval(caplog, monkeypatch):
+    clock = iter([0.0, 0.0, 5.0, 11.0, 12.0, 23.0])  # start, 4 updates, done
+    monkeypatch.setattr("winnow.progress.time.monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="winnow.progress"):
+        prog = Progress("job", total=10, unit="docs", interval_s=10)
+        for _ in range(4):
+            prog.update(1, tokens=100)
+        prog.done()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("job: start")
+    # Updates at t=0, 5 and 12 are within 10 s of the previous line; only t=11 logs, then done.
+    assert len(lines) == 3
+    assert "3/10 (30.0%)" in lines[1]
+    assert "ETA 0:25" in lines[1] and "0.27 docs/s" in lines[1] and "27.3 tokens/s" in lines[1]
+    assert lines[-1].endswith("(done)") and "4/10" in lines[-1] and "elapsed 0:23" in lines[-1]
+
+
+def test_summary_rows_join_ppl_and_harness(tmp_path):
+    paths = {}
+    for method, seed, ppl, acc in (("random", 0, 10.0, 0.3), ("random", 1, 12.0, 0.4)):
+        d = tmp_path / "eval" / method / f"s{seed}"
+        d.mkdir(parents=True)
+        (d / "ppl.json").write_text(json.dumps({"domains": {"__all__": {"ppl_token": ppl, "bits_per_byte": 1.0},
+                                                            "kjv": {"ppl_token": ppl * 2, "bits_per_byte": 2.0}}}))
+        (d / "harness.json").write_text(json.dumps({"winnow_choice": {"acc": acc, "acc_stderr": 0.1},
+                                                    "n_samples": {"winnow_choice": 5}, "lm_eval_version": "x"}))
+        paths[(method, seed)] = d
+    rows = summary_rows([paths[k] / "ppl.json" for k in paths], [paths[k] / "harness.json" for k in paths])
+    assert [(r["method"], r["seed"]) for r in rows] == [("random", 0), ("random", 1)]
+    assert rows[1]["ppl_token/all"] == 12.0 and rows[1]["ppl_token/kjv"] == 24.0
+    assert rows[0]["choice/acc"] == 0.3 and "choice/acc_stderr" not in rows[0]
+    write_tsv(tmp_path / "t.tsv", rows)
+    header, first, _ = (tmp_path / "t.tsv").read_text().splitlines()
+    assert header.split("\t")[:2] == ["method", "seed"] and first.split("\t")[:2] == ["random", "0"]
+    assert model_key("results/x/eval/pds/s3/ppl.json") == ("pds", 3)
