@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+NONET = Path(__file__).resolve().parent / "nonet"
 
 
 def tiny_config(**overrides) -> dict:
@@ -34,6 +35,8 @@ def smk(workdir: Path, config: Path, *args: str, check: bool = True, timeout: in
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HOME"] = str(workdir / ".hf")
+    # Every process of the run (Snakemake and each job) imports nonet/sitecustomize.py: no network.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NONET), env.get("PYTHONPATH")) if p)
     cmd = [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(ROOT / "Snakefile"),

@@ -78,3 +78,23 @@ def test_misspelled_top_level_key_is_named(tmp_path: Path):
     proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "-n", check=False)
     assert proc.returncode != 0
     assert "'method'" in proc.stdout + proc.stderr
+
+
+def test_the_no_network_guard_blocks_connections(tmp_path: Path):
+    import os
+
+    from conftest import NONET
+
+    code = (
+        "import socket\n"
+        "s = socket.socket()\n"
+        "try:\n"
+        "    s.connect(('93.184.216.34', 443))\n"
+        "except OSError as e:\n"
+        "    print('blocked' if 'blocked by the test harness' in str(e) else 'other: ' + str(e))\n"
+        "else:\n"
+        "    print('connected')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(NONET))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "blocked"
