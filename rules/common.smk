@@ -17,6 +17,11 @@ export_source_tree(SRC)
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 RUN = config["run"]
+if config["select"].get("random", {}).get("temperature", 0) <= 0:
+    raise ValueError(
+        "config key select.random.temperature must be > 0: on equal scores, temperature 0 would"
+        " make every seed pick the same (lowest) example ids"
+    )
 SHARDS = list(range(config["tokenize"]["num_shards"]))
 ENV = "../envs/winnow.yaml"
 

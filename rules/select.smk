@@ -1,27 +1,28 @@
 # The selection core: any method's scores → selected ids. `random` is the baseline selector.
 
 
-# Seeded uniform scores over the pool: with deterministic top-k this is a uniform random sample.
+# Equal scores over the pool: Gumbel-top-k on them (temperature > 0) is a uniform sample per seed.
 rule random_scores:
     input:
         pool="results/{run}/subsets/pool/ids.parquet",
     output:
-        "results/{run}/scores/random/s{seed}/scores.parquet",
+        "results/{run}/scores/random/scores.parquet",
     log:
-        "results/{run}/logs/random_scores/s{seed}.log",
+        "results/{run}/logs/random_scores.log",
     conda:
         ENV
     params:
         code=code("select random-scores"),
     shell:
-        "python -m winnow select random-scores --pool {input.pool} --seed {wildcards.seed}"
+        "python -m winnow select random-scores --pool {input.pool}"
         " --out {output} --threads {threads} > {log} 2>&1"
 
 
-# Top-k (temperature 0, ties by example_id) or Gumbel-top-k sampling from softmax(goodness/τ).
+# Top-k (temperature 0, ties by example_id) or Gumbel-top-k sampling from softmax(goodness/τ);
+# the seed drives the Gumbel noise, so each seed is one replicate of the method.
 rule select:
     input:
-        scores="results/{run}/scores/{method}/s{seed}/scores.parquet",
+        scores="results/{run}/scores/{method}/scores.parquet",
     output:
         ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
         manifest="results/{run}/selected/{method}/s{seed}/manifest.json",

@@ -47,9 +47,10 @@ def test_seeds_multiply_the_selection_branch(tmp_path: Path):
     work.mkdir()
     cfg = write_config(tmp_path / "c.yaml", {**tiny_config(), "seeds": [0, 1, 2]})
     jobs = planned_jobs(smk(work, cfg, "-n"))
-    for rule in ("random_scores", "select", "train_lm", "eval_ppl", "eval_harness"):
+    for rule in ("select", "train_lm", "eval_ppl", "eval_harness"):
         assert jobs[rule] == 3, rule
-    assert jobs["tokenize"] == 3 and jobs["ingest"] == 1
+    # Scores do not depend on the seed (the seed drives the selection noise): computed once.
+    assert jobs["random_scores"] == 1 and jobs["tokenize"] == 3 and jobs["ingest"] == 1
 
 
 def test_one_token_shard_by_file_name_plans_only_its_ancestors(tiny):
@@ -68,6 +69,16 @@ def test_misspelled_key_fails_before_any_job_and_names_the_key(tmp_path: Path):
     out = proc.stdout + proc.stderr
     assert "stpes" in out
     assert not (work / "results").exists()
+
+
+def test_random_selection_needs_a_positive_temperature(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["select"]["random"]["temperature"] = 0.0
+    proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "select.random.temperature" in proc.stdout + proc.stderr
 
 
 def test_misspelled_top_level_key_is_named(tmp_path: Path):

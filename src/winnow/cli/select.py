@@ -14,9 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("random-scores", help="seeded uniform scores for a pool (the random selector)")
+    p = sub.add_parser("random-scores", help="equal scores for a pool: Gumbel-top-k on them is uniform sampling")
     p.add_argument("--pool", required=True, help="id list (IDS parquet) to score")
-    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     add_threads(p)
     p.set_defaults(func=random_scores)
@@ -36,13 +35,14 @@ def register(sub) -> None:
 
 
 def random_scores(args) -> None:
+    """Score 0 for every pool id: with temperature > 0 the select step's Gumbel keys are pure
+    noise, so each seed draws a uniform sample without replacement (the random baseline)."""
     from winnow.io.tables import IDS, SCORES, read_table, write_table
 
     ids = np.sort(read_table(args.pool, IDS)["example_id"].to_numpy())
-    scores = np.random.default_rng(args.seed).random(ids.size).astype(np.float32)
+    scores = np.zeros(ids.size, dtype=np.float32)
     write_table(args.out, pa.table({"example_id": ids, "score": scores}), SCORES)
-    sidecars(args, "select random-scores", [args.out], [args.pool], seed=args.seed,
-             extra={"direction": "higher", "units": "uniform [0, 1)"})
+    sidecars(args, "select random-scores", [args.out], [args.pool], extra={"units": "constant 0"})
 
 
 def select(args) -> None:
