@@ -13,12 +13,16 @@ include: "rules/data.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/eval.smk"
+include: "rules/scorer.smk"
+include: "rules/pds.smk"
 
 
 localrules:
     all,
     spine,
+    pds,
     eval_table,
+    eval_compare,
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.
@@ -31,4 +35,12 @@ rule all:
 # The shared spine alone (ingest, tokenize, random selection, train, eval).
 rule spine:
     input:
-        spine_targets(),
+        method_targets("random"),
+
+
+# PDS and its random baseline, trained and evaluated over every seed, with the comparison table.
+rule pds:
+    input:
+        method_targets("random")
+        + method_targets("pds")
+        + [f"results/{RUN}/pds/solver.json"],

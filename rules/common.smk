@@ -1,6 +1,7 @@
 # Helpers only (no rules): config validation, wildcard constraints, named input/param helpers.
 import json
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -17,6 +18,9 @@ export_source_tree(SRC)
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 RUN = config["run"]
+_fractions = config["corpus"].get("split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05})
+if abs(sum(_fractions.values()) - 1.0) > 1e-9:
+    raise ValueError(f"config key corpus.split_fractions must sum to 1, got {sum(_fractions.values())}")
 if config["select"].get("random", {}).get("temperature", 0) <= 0:
     raise ValueError(
         "config key select.random.temperature must be > 0: on equal scores, temperature 0 would"
@@ -26,12 +30,35 @@ SHARDS = list(range(config["tokenize"]["num_shards"]))
 ENV = "../envs/winnow.yaml"
 
 
+# Methods whose scores come from a fitted scorer (the others have their own score rule).
+SCORERS = [m for m in config["methods"] if m in ("pds",)]
+if "pds" in config["methods"]:
+    for key in ("pds_proxy", "pds_target"):
+        if key not in config["subsets"]:
+            raise ValueError(
+                f"config key subsets.{key} is required when methods include pds"
+            )
+    for key in ("pds", "select"):
+        if key == "pds" and "pds" not in config:
+            raise ValueError("config key pds is required when methods include pds")
+    if "pds" not in config["select"]:
+        raise ValueError("config key select.pds is required when methods include pds")
+
+
 wildcard_constraints:
     run=RUN,
+    scorer="|".join(SCORERS) or "no-scorer",
     shard=r"\d+",
     seed=r"\d+",
     method=r"[a-z][a-z0-9_]*",
     subset=r"[A-Za-z0-9_]+",
+
+
+for _target in config["eval"].get("targets", []):
+    if _target not in config["subsets"]:
+        raise ValueError(
+            f"config key eval.targets names {_target!r}, which is not a key of subsets"
+        )
 
 
 def as_json(obj):
@@ -133,18 +160,91 @@ def eval_device():
     return config["eval"].get("device", "auto")
 
 
+def eval_targets():
+    """Subsets whose loss every trained model is evaluated on (config eval.targets)."""
+    return config["eval"].get("targets", [])
+
+
+def model_evals(wildcards):
+    """Every eval file of one (method, seed): ppl, harness, and the loss on each target subset."""
+    base = f"results/{wildcards.run}/eval/{wildcards.method}/s{wildcards.seed}"
+    return [f"{base}/ppl.json", f"{base}/harness.json"] + [
+        f"{base}/target-{t}.json" for t in eval_targets()
+    ]
+
+
+def all_model_evals(wildcards):
+    files = []
+    for method in config["methods"]:
+        for seed in config["seeds"]:
+            files += model_evals(
+                SimpleNamespace(
+                    **{"run": wildcards.run, "method": method, "seed": seed}
+                )
+            )
+    return files
+
+
+def method_targets(method):
+    """A method's evals over every seed, plus the tables that compare it with random."""
+    files = []
+    for seed in config["seeds"]:
+        files += model_evals(
+            SimpleNamespace(**{"run": RUN, "method": method, "seed": seed})
+        )
+    return files + [
+        f"results/{RUN}/eval/summary.tsv",
+        f"results/{RUN}/eval/compare.tsv",
+    ]
+
+
 def spine_targets():
-    """Every configured method × seed: its trained model's evals, and the comparison table."""
-    models = expand(
-        "results/{run}/eval/{method}/s{seed}/{kind}.json",
-        run=RUN,
-        method=config["methods"],
-        seed=config["seeds"],
-        kind=["ppl", "harness"],
-    )
-    return models + [f"results/{RUN}/eval/summary.tsv"]
+    """Every configured method × seed trained and evaluated, and the tables."""
+    files = []
+    for method in config["methods"]:
+        files += method_targets(method)
+    return sorted(set(files))
 
 
 def harness_limit_arg():
     limit = config["eval"].get("harness_limit")
     return f"--limit {limit}" if limit else ""
+
+
+def pds_init_config():
+    cfg = json.loads(train_config())
+    cfg["steps"] = config["pds"]["init_steps"]
+    cfg["seed"] = config["pds"]["solver"].get("seed", 0)
+    return as_json(cfg)
+
+
+def scorer_labels(wildcards):
+    """The labels table a scorer is fitted to."""
+    if wildcards.scorer == "pds":
+        return f"results/{wildcards.run}/pds/gamma.parquet"
+    raise ValueError(f"no labels known for scorer {wildcards.scorer!r}")
+
+
+def scorer_label_column(wildcards):
+    if wildcards.scorer == "pds":
+        return (
+            "gamma"
+            if config["pds"]["solver"].get("variant") == "paper"
+            else "grad_gamma"
+        )
+    raise ValueError(f"no label column known for scorer {wildcards.scorer!r}")
+
+
+def scorer_config(wildcards):
+    if wildcards.scorer == "pds":
+        return as_json(config["pds"]["scorer"])
+    raise ValueError(f"no scorer config for {wildcards.scorer!r}")
+
+
+def shard_scores(wildcards):
+    return expand(
+        "results/{run}/scores/{scorer}/parts/{shard}.parquet",
+        run=wildcards.run,
+        scorer=wildcards.scorer,
+        shard=SHARDS,
+    )

@@ -62,19 +62,39 @@ rule eval_harness:
         " --threads {threads} > {log} 2>&1"
 
 
+# Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.
+rule eval_target:
+    input:
+        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        ids="results/{run}/subsets/{subset}/ids.parquet",
+    output:
+        "results/{run}/eval/{method}/s{seed}/target-{subset}.json",
+    log:
+        "results/{run}/logs/eval_target/{method}-s{seed}-{subset}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        batch_size=config["eval"]["batch_size"],
+        device=eval_device(),
+        code=code("eval target"),
+    shell:
+        "python -m winnow eval target --model {input.model} --examples {input.examples}"
+        " --manifest {input.manifest} --shards {input.shards} --ids {input.ids}"
+        " --batch-size {params.batch_size} --device {params.device} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
 # One row per (method, seed): the headline numbers of every evaluated model, side by side.
 rule eval_table:
     input:
-        ppl=expand(
-            "results/{{run}}/eval/{method}/s{seed}/ppl.json",
-            method=config["methods"],
-            seed=config["seeds"],
-        ),
-        harness=expand(
-            "results/{{run}}/eval/{method}/s{seed}/harness.json",
-            method=config["methods"],
-            seed=config["seeds"],
-        ),
+        all_model_evals,
     output:
         "results/{run}/eval/summary.tsv",
     log:
@@ -84,5 +104,20 @@ rule eval_table:
     params:
         code=code("eval table"),
     shell:
-        "python -m winnow eval table --ppl {input.ppl} --harness {input.harness}"
-        " --out {output} > {log} 2>&1"
+        "python -m winnow eval table --evals {input} --out {output} > {log} 2>&1"
+
+
+# Each method against random at the same size and seed: per-seed differences, means, wins.
+rule eval_compare:
+    input:
+        "results/{run}/eval/summary.tsv",
+    output:
+        "results/{run}/eval/compare.tsv",
+    log:
+        "results/{run}/logs/eval_compare.log",
+    conda:
+        ENV
+    params:
+        code=code("eval compare"),
+    shell:
+        "python -m winnow eval compare --summary {input} --baseline random --out {output} > {log} 2>&1"

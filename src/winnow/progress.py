@@ -1,10 +1,10 @@
 """Progress lines with rate and ETA, logged at a steady interval (not only at the end).
 
-    prog = Progress("tokenize", total=n_docs, unit="docs")
-    for doc in docs:
-        ...
-        prog.update(1, tokens=len(ids))   # extra counters are summed and shown as rates
-    prog.done()
+prog = Progress("tokenize", total=n_docs, unit="docs")
+for doc in docs:
+    ...
+    prog.update(1, tokens=len(ids))   # extra counters are summed and shown as rates
+prog.done()
 """
 
 from __future__ import annotations

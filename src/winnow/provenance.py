@@ -16,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Iterable
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 TRACKED_DISTRIBUTIONS = (
@@ -76,7 +76,7 @@ def _imports(module: str) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_closure(modules: tuple[str, ...]) -> tuple[str, ...]:
     """All winnow modules reachable by imports from ``modules`` (sorted)."""
     seen: set[str] = set()
@@ -149,9 +149,7 @@ def git_state() -> dict[str, str | bool | None]:
     """Commit and dirty flag of the checkout the package runs from (None outside git)."""
     try:
         root = PACKAGE_ROOT.parent.parent
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"sha": None, "dirty": None}
         status = subprocess.run(

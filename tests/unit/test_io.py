@@ -140,9 +140,7 @@ def test_sigkill_mid_write_leaves_old_target_or_nothing(tmp_path, had_old):
     else:
         assert not target.exists()
     # the documented residue: at most the temp file, never a partial target
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ([target.name] if had_old else []) + [tmp_written.name]
-    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted(([target.name] if had_old else []) + [tmp_written.name])
     # a later (re)run writes the target normally despite the leftover temp file
     write_bytes(target, b"rerun")
     assert target.read_bytes() == b"rerun"
@@ -212,7 +210,9 @@ def _sample(schema: pa.Schema) -> pa.Table:
     raise AssertionError
 
 
-@pytest.mark.parametrize("schema", [DOCS, REJECTS, EXAMPLES, SCORES, IDS], ids=["docs", "rejects", "examples", "scores", "ids"])
+@pytest.mark.parametrize(
+    "schema", [DOCS, REJECTS, EXAMPLES, SCORES, IDS], ids=["docs", "rejects", "examples", "scores", "ids"]
+)
 def test_table_round_trip(tmp_path, schema):
     table = _sample(schema)
     write_table(tmp_path / "t.parquet", table, schema)
@@ -304,7 +304,9 @@ def test_shard_round_trip(tmp_path, dtype, top):
 
 
 @pytest.mark.parametrize(
-    "dtype,bad", [("<u2", 2**16), ("<u2", -1), ("<u4", 2**32), ("<u4", -5)], ids=["u2-over", "u2-neg", "u4-over", "u4-neg"]
+    "dtype,bad",
+    [("<u2", 2**16), ("<u2", -1), ("<u4", 2**32), ("<u4", -5)],
+    ids=["u2-over", "u2-neg", "u4-over", "u4-neg"],
 )
 def test_write_shard_refuses_out_of_range_ids(tmp_path, dtype, bad):
     path = tmp_path / "tokens-0.bin"

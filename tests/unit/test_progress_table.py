@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from winnow.eval.table import model_key, summary_rows, write_tsv
+from winnow.eval.table import compare_rows, model_key, read_tsv, summary_rows, write_tsv
 from winnow.progress import Progress
 
 
@@ -31,12 +31,27 @@ def test_summary_rows_join_ppl_and_harness(tmp_path):
     for method, seed, ppl, acc in (("random", 0, 10.0, 0.3), ("random", 1, 12.0, 0.4)):
         d = tmp_path / "eval" / method / f"s{seed}"
         d.mkdir(parents=True)
-        (d / "ppl.json").write_text(json.dumps({"domains": {"__all__": {"ppl_token": ppl, "bits_per_byte": 1.0},
-                                                            "kjv": {"ppl_token": ppl * 2, "bits_per_byte": 2.0}}}))
-        (d / "harness.json").write_text(json.dumps({"winnow_choice": {"acc": acc, "acc_stderr": 0.1},
-                                                    "n_samples": {"winnow_choice": 5}, "lm_eval_version": "x"}))
+        (d / "ppl.json").write_text(
+            json.dumps(
+                {
+                    "domains": {
+                        "__all__": {"ppl_token": ppl, "bits_per_byte": 1.0},
+                        "kjv": {"ppl_token": ppl * 2, "bits_per_byte": 2.0},
+                    }
+                }
+            )
+        )
+        (d / "harness.json").write_text(
+            json.dumps(
+                {
+                    "winnow_choice": {"acc": acc, "acc_stderr": 0.1},
+                    "n_samples": {"winnow_choice": 5},
+                    "lm_eval_version": "x",
+                }
+            )
+        )
         paths[(method, seed)] = d
-    rows = summary_rows([paths[k] / "ppl.json" for k in paths], [paths[k] / "harness.json" for k in paths])
+    rows = summary_rows([paths[k] / "ppl.json" for k in paths] + [paths[k] / "harness.json" for k in paths])
     assert [(r["method"], r["seed"]) for r in rows] == [("random", 0), ("random", 1)]
     assert rows[1]["ppl_token/all"] == 12.0 and rows[1]["ppl_token/kjv"] == 24.0
     assert rows[0]["choice/acc"] == 0.3 and "choice/acc_stderr" not in rows[0]
@@ -44,3 +59,21 @@ def test_summary_rows_join_ppl_and_harness(tmp_path):
     header, first, _ = (tmp_path / "t.tsv").read_text().splitlines()
     assert header.split("\t")[:2] == ["method", "seed"] and first.split("\t")[:2] == ["random", "0"]
     assert model_key("results/x/eval/pds/s3/ppl.json") == ("pds", 3)
+
+
+def test_compare_rows_pair_seeds_and_respect_direction(tmp_path):
+    summary = [
+        {"method": "random", "seed": "0", "target/t": "3.0", "choice/acc": "0.30"},
+        {"method": "random", "seed": "1", "target/t": "3.2", "choice/acc": "0.20"},
+        {"method": "pds", "seed": "0", "target/t": "2.9", "choice/acc": "0.25"},
+        {"method": "pds", "seed": "1", "target/t": "3.3", "choice/acc": "0.40"},
+        {"method": "pds", "seed": "7", "target/t": "1.0", "choice/acc": "0.99"},  # no baseline seed 7
+    ]
+    rows = {r["metric"]: r for r in compare_rows(summary, "random")}
+    t, acc = rows["target/t"], rows["choice/acc"]
+    assert t["direction"] == "lower" and t["n_seeds"] == 2 and t["wins"] == 1
+    assert abs(t["diff_mean"] - 0.0) < 1e-12 and abs(t["method_mean"] - 3.1) < 1e-12
+    assert acc["direction"] == "higher" and acc["wins"] == 1 and abs(acc["diff_mean"] - 0.075) < 1e-12
+    write_tsv(tmp_path / "c.tsv", list(rows.values()))
+    back = read_tsv(tmp_path / "c.tsv")
+    assert [r["metric"] for r in back] == ["target/t", "choice/acc"]

@@ -109,8 +109,8 @@ def test_gumbel_nan_does_not_shift_other_noise():
     with_nan = scores.copy()
     with_nan[0] = np.nan
     ids_b, keys_b = select(ids, with_nan, params)
-    a = dict(zip(ids_a.tolist(), keys_a.tolist()))
-    b = dict(zip(ids_b.tolist(), keys_b.tolist()))
+    a = dict(zip(ids_a.tolist(), keys_a.tolist(), strict=True))
+    b = dict(zip(ids_b.tolist(), keys_b.tolist(), strict=True))
     assert 0 not in b
     assert all(a[i] == b[i] for i in b)
 

@@ -43,31 +43,130 @@ def data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("trainer")
     os.environ.setdefault("HF_HOME", str(d / "hf"))
     corpus = ROOT / "tests/data/tiny_corpus.jsonl.gz"
-    p = {k: d / v for k, v in {
-        "docs": "docs.parquet", "rejects": "rejects.parquet", "ingest": "ingest.json",
-        "tok": "tok/tokenizer.json", "tokens": "tokens-0.bin", "ex0": "examples-0.parquet",
-        "examples": "examples.parquet", "manifest": "manifest.json", "ids": "ids.parquet",
-    }.items()}
-    cli(["data", "ingest", "--inputs", str(corpus), "--id-field", "id", "--docs", str(p["docs"]),
-         "--rejects", str(p["rejects"]), "--manifest", str(p["ingest"])])
-    cli(["data", "tokenizer", "--docs", str(p["docs"]), "--vocab-size", "512", "--max-train-chars", "300000",
-         "--out", str(p["tok"])])
-    cli(["data", "tokenize", "--docs", str(p["docs"]), "--tokenizer", str(p["tok"]), "--shard", "0",
-         "--num-shards", "1", "--seq-len", "64", "--tokens", str(p["tokens"]), "--examples", str(p["ex0"])])
-    cli(["data", "merge-examples", "--shards", str(p["ex0"]), "--tokenizer", str(p["tok"]), "--seq-len", "64",
-         "--out", str(p["examples"]), "--manifest", str(p["manifest"])])
-    cli(["data", "sample-subset", "--examples", str(p["examples"]), "--splits", "train", "--n", "400",
-         "--seed", "0", "--out", str(p["ids"])])
+    p = {
+        k: d / v
+        for k, v in {
+            "docs": "docs.parquet",
+            "rejects": "rejects.parquet",
+            "ingest": "ingest.json",
+            "tok": "tok/tokenizer.json",
+            "tokens": "tokens-0.bin",
+            "ex0": "examples-0.parquet",
+            "examples": "examples.parquet",
+            "manifest": "manifest.json",
+            "ids": "ids.parquet",
+        }.items()
+    }
+    cli(
+        [
+            "data",
+            "ingest",
+            "--inputs",
+            str(corpus),
+            "--id-field",
+            "id",
+            "--docs",
+            str(p["docs"]),
+            "--rejects",
+            str(p["rejects"]),
+            "--manifest",
+            str(p["ingest"]),
+        ]
+    )
+    cli(
+        [
+            "data",
+            "tokenizer",
+            "--docs",
+            str(p["docs"]),
+            "--vocab-size",
+            "512",
+            "--max-train-chars",
+            "300000",
+            "--out",
+            str(p["tok"]),
+        ]
+    )
+    cli(
+        [
+            "data",
+            "tokenize",
+            "--docs",
+            str(p["docs"]),
+            "--tokenizer",
+            str(p["tok"]),
+            "--shard",
+            "0",
+            "--num-shards",
+            "1",
+            "--seq-len",
+            "64",
+            "--tokens",
+            str(p["tokens"]),
+            "--examples",
+            str(p["ex0"]),
+        ]
+    )
+    cli(
+        [
+            "data",
+            "merge-examples",
+            "--shards",
+            str(p["ex0"]),
+            "--tokenizer",
+            str(p["tok"]),
+            "--seq-len",
+            "64",
+            "--out",
+            str(p["examples"]),
+            "--manifest",
+            str(p["manifest"]),
+        ]
+    )
+    cli(
+        [
+            "data",
+            "sample-subset",
+            "--examples",
+            str(p["examples"]),
+            "--splits",
+            "train",
+            "--n",
+            "400",
+            "--seed",
+            "0",
+            "--out",
+            str(p["ids"]),
+        ]
+    )
     return p
 
 
 def _train_cmd(data: dict, out: Path, cfg: dict, launcher: list[str] | None = None) -> list[str]:
     return [
-        *(launcher or [sys.executable]), "-m", "winnow", "train", "lm",
-        "--examples", str(data["examples"]), "--manifest", str(data["manifest"]),
-        "--shards", str(data["tokens"]), "--tokenizer", str(data["tok"]), "--ids", str(data["ids"]),
-        "--model-config", json.dumps(MODEL), "--train-config", json.dumps(cfg),
-        "--ckpt-root", str(out / "checkpoints"), "--out", str(out / "model/model.safetensors"),
+        *(launcher or [sys.executable]),
+        "-m",
+        "winnow",
+        "train",
+        "lm",
+        "--examples",
+        str(data["examples"]),
+        "--manifest",
+        str(data["manifest"]),
+        "--shards",
+        str(data["tokens"]),
+        "--tokenizer",
+        str(data["tok"]),
+        "--ids",
+        str(data["ids"]),
+        "--model-config",
+        json.dumps(MODEL),
+        "--train-config",
+        json.dumps(cfg),
+        "--ckpt-root",
+        str(out / "checkpoints"),
+        "--out",
+        str(out / "model/model.safetensors"),
     ]
 
 
@@ -86,8 +185,9 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_train_cmd(data, whole, cfg), check=True, env=_env(tmp_path), capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(data, killed, cfg), env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(data, killed, cfg), env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not any((killed / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -96,7 +196,9 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     assert not (killed / "model/model.safetensors").exists(), "run finished before the kill: make it longer"
     assert any((killed / "checkpoints").glob("step-*")), "no checkpoint before the kill"
 
-    rerun = subprocess.run(_train_cmd(data, killed, cfg), check=True, env=_env(tmp_path), capture_output=True, text=True)
+    rerun = subprocess.run(
+        _train_cmd(data, killed, cfg), check=True, env=_env(tmp_path), capture_output=True, text=True
+    )
     state = json.loads((killed / "model/trainer_state.json").read_text())
     assert state["summary"]["resumed_at"] > 0, rerun.stderr[-2000:]
     for name in ("model.safetensors", "optimizer.safetensors"):
@@ -111,8 +213,13 @@ def test_checkpoints_from_another_config_are_not_resumed(data, tmp_path):
     subprocess.run(_train_cmd(data, out, _train_cfg(steps=12)), check=True, env=_env(tmp_path), capture_output=True)
     stale = sorted((out / "checkpoints").glob("step-*"))
     assert stale
-    proc = subprocess.run(_train_cmd(data, out, _train_cfg(steps=12, lr=1e-3)), check=True, env=_env(tmp_path),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        _train_cmd(data, out, _train_cfg(steps=12, lr=1e-3)),
+        check=True,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert "another configuration; starting over" in proc.stderr
     assert json.loads((out / "model/trainer_state.json").read_text())["summary"]["resumed_at"] == 0
 
@@ -122,7 +229,11 @@ def test_optimizer_state_is_keyed_by_parameter_name(data, tmp_path):
     subprocess.run(_train_cmd(data, out, _train_cfg(steps=6)), check=True, env=_env(tmp_path), capture_output=True)
     weights = _tensors(out / "model/model.safetensors")
     opt = _tensors(out / "model/optimizer.safetensors")
-    params = [k for k in weights if not k.endswith(("masked_bias", ".bias_buffer")) and "rotary" not in k and "inv_freq" not in k]
+    params = [
+        k
+        for k in weights
+        if not k.endswith(("masked_bias", ".bias_buffer")) and "rotary" not in k and "inv_freq" not in k
+    ]
     for name in params:
         assert opt[f"{name}.exp_avg"].shape == weights[name].shape
         assert opt[f"{name}.exp_avg_sq"].shape == weights[name].shape

@@ -38,12 +38,18 @@ def smk(workdir: Path, config: Path, *args: str, check: bool = True, timeout: in
     # Every process of the run (Snakemake and each job) imports nonet/sitecustomize.py: no network.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NONET), env.get("PYTHONPATH")) if p)
     cmd = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
         "--replace-workflow-config",
-        "--cores", "2",
+        "--cores",
+        "2",
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

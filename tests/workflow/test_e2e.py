@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import planned_jobs, smk, tiny_config, write_config
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import sys
 
 from winnow import __version__
 
-GROUPS = ("data", "select", "train", "eval")
+GROUPS = ("data", "select", "train", "eval", "scorer", "pds")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -61,14 +61,22 @@ def set_threads(n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from winnow.cli import data, select, train
+    from winnow.cli import data, pds, scorer, select, train
     from winnow.cli import eval as evaluate
 
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--log-level", default="INFO")
     groups = parser.add_subparsers(dest="group", required=True)
-    for name, module in (("data", data), ("select", select), ("train", train), ("eval", evaluate)):
+    groups_ = (
+        ("data", data),
+        ("select", select),
+        ("train", train),
+        ("eval", evaluate),
+        ("scorer", scorer),
+        ("pds", pds),
+    )
+    for name, module in groups_:
         sub = groups.add_parser(name).add_subparsers(dest="command", required=True)
         module.register(sub)
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.cli._common import add_threads, json_arg, sidecars
-from winnow.io.atomic import read_json, write_json
+from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def register(sub) -> None:
 
 
 def ingest(args) -> None:
-    from winnow.data.ingest import IngestOptions, ingest as run
+    from winnow.data.ingest import IngestOptions
+    from winnow.data.ingest import ingest as run
     from winnow.io.tables import DOCS, REJECTS, write_table
 
     opts = IngestOptions(
@@ -102,8 +103,13 @@ def ingest(args) -> None:
     write_table(args.docs, res.docs, DOCS)
     write_table(args.rejects, res.rejects, REJECTS)
     write_json(args.manifest, res.manifest)
-    log.info("records %d = accepted %d + rejected %d; reasons %s",
-             res.manifest["records"], res.manifest["accepted"], res.manifest["rejected"], res.manifest["reasons"])
+    log.info(
+        "records %d = accepted %d + rejected %d; reasons %s",
+        res.manifest["records"],
+        res.manifest["accepted"],
+        res.manifest["rejected"],
+        res.manifest["reasons"],
+    )
     sidecars(args, "data ingest", [args.docs, args.rejects, args.manifest], args.inputs, seed=args.split_seed)
 
 
@@ -124,7 +130,9 @@ def tokenizer(args) -> None:
                 break
             texts.append(t)
             budget -= len(t)
-        log.info("training BPE (vocab %d) on %d train docs, %d chars", args.vocab_size, len(texts), sum(map(len, texts)))
+        log.info(
+            "training BPE (vocab %d) on %d train docs, %d chars", args.vocab_size, len(texts), sum(map(len, texts))
+        )
         tk.train_bpe(texts, args.vocab_size, out_dir, args.min_frequency)
         inputs = [args.docs]
     if not Path(args.out).exists():
@@ -144,13 +152,19 @@ def tokenize(args) -> None:
     write_shard(args.tokens, tokens, token_dtype(len(tok)))
     write_table(args.examples, examples, EXAMPLES)
     log.info("shard %d: %s", args.shard, stats)
-    sidecars(args, "data tokenize", [args.tokens, args.examples], [args.docs, args.tokenizer],
-             extra={"stats": stats, "dtype": token_dtype(len(tok)).str})
+    sidecars(
+        args,
+        "data tokenize",
+        [args.tokens, args.examples],
+        [args.docs, args.tokenizer],
+        extra={"stats": stats, "dtype": token_dtype(len(tok)).str},
+    )
 
 
 def merge_examples(args) -> None:
-    import pyarrow as pa
     from collections import Counter
+
+    import pyarrow as pa
 
     from winnow.data.tokenizer import load
     from winnow.io.shards import token_dtype
@@ -188,13 +202,21 @@ def sample_subset(args) -> None:
     from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
 
     examples = read_table(args.examples, EXAMPLES)
-    exclude = np.concatenate([read_table(p, IDS)["example_id"].to_numpy() for p in args.exclude]) if args.exclude else None
+    exclude = (
+        np.concatenate([read_table(p, IDS)["example_id"].to_numpy() for p in args.exclude]) if args.exclude else None
+    )
     pool = filter_examples(examples, args.splits, args.domains, exclude)
     ids = sample_ids(pool, args.seed, n=args.n, fraction=args.fraction)
     write_table(args.out, ids_table(ids), IDS)
     log.info("sampled %d of %d matching examples", ids.size, pool.size)
-    sidecars(args, "data sample-subset", [args.out], [args.examples, *args.exclude], seed=args.seed,
-             extra={"pool_size": int(pool.size), "selected": int(ids.size)})
+    sidecars(
+        args,
+        "data sample-subset",
+        [args.out],
+        [args.examples, *args.exclude],
+        seed=args.seed,
+        extra={"pool_size": int(pool.size), "selected": int(ids.size)},
+    )
 
 
 def eval_tasks(args) -> None:
@@ -210,5 +232,11 @@ def eval_tasks(args) -> None:
     write_jsonl(args.lastword, lastword)
     write_jsonl(args.choice, choice)
     log.info("%d last-word items, %d choice items from %d %s docs", len(lastword), len(choice), len(rows), args.split)
-    sidecars(args, "data eval-tasks", [args.lastword, args.choice], [args.docs], seed=args.seed,
-             extra={"n_lastword": len(lastword), "n_choice": len(choice)})
+    sidecars(
+        args,
+        "data eval-tasks",
+        [args.lastword, args.choice],
+        [args.docs],
+        seed=args.seed,
+        extra={"n_lastword": len(lastword), "n_choice": len(choice)},
+    )

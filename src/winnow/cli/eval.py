@@ -38,11 +38,29 @@ def register(sub) -> None:
     p.set_defaults(func=harness)
 
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
-    p.add_argument("--ppl", nargs="+", required=True)
-    p.add_argument("--harness", nargs="+", required=True)
+    p.add_argument("--evals", nargs="+", required=True, help="ppl.json, harness.json, target-*.json files")
     p.add_argument("--out", required=True)
     add_threads(p)
     p.set_defaults(func=table)
+
+    p = sub.add_parser("target", help="mean per-example loss on an id list (e.g. the PDS target set)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--ids", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=target)
+
+    p = sub.add_parser("compare", help="each method against a baseline, seed by seed")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--baseline", default="random")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=compare)
 
 
 def _device(name: str) -> str:
@@ -104,6 +122,41 @@ def harness(args) -> None:
 def table(args) -> None:
     from winnow.eval.table import summary_rows, write_tsv
 
-    rows = summary_rows(args.ppl, args.harness)
-    write_tsv(args.out, rows)
-    sidecars(args, "eval table", [args.out], args.ppl + args.harness)
+    write_tsv(args.out, summary_rows(args.evals))
+    sidecars(args, "eval table", [args.out], args.evals)
+
+
+def compare(args) -> None:
+    from winnow.eval.table import compare_rows, read_tsv, write_tsv
+
+    write_tsv(args.out, compare_rows(read_tsv(args.summary), args.baseline))
+    sidecars(args, "eval compare", [args.out], [args.summary])
+
+
+def target(args) -> None:
+    import numpy as np
+    import torch
+
+    from winnow.eval.loss import per_example_losses
+    from winnow.io.atomic import read_json
+    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.models.build import load_pretrained
+    from winnow.train.batches import ExampleStore, shard_paths_from
+
+    torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    manifest = read_json(args.manifest)
+    model = load_pretrained(Path(args.model).parent).to(device)
+    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    ids = read_table(args.ids, IDS)["example_id"].to_numpy()
+    losses = per_example_losses(
+        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device
+    )
+    result = {
+        "loss": float(losses.mean()),
+        "loss_sem": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
+        "n_examples": int(len(losses)),
+        "definition": "mean over examples of the token-mean next-token cross-entropy (nats)",
+    }
+    write_json(args.out, result)
+    sidecars(args, "eval target", [args.out], [args.model, args.examples, args.ids])

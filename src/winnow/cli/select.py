@@ -48,7 +48,8 @@ def random_scores(args) -> None:
 def select(args) -> None:
     from winnow.io.tables import IDS, SCORES, read_table, write_table
     from winnow.provenance import file_sha256
-    from winnow.select import SelectParams, select as run
+    from winnow.select import SelectParams
+    from winnow.select import select as run
 
     params = SelectParams(args.direction, args.ratio, args.k, args.temperature, args.seed)
     table = read_table(args.scores, SCORES)

@@ -34,23 +34,30 @@ def lm(args) -> None:
     from winnow.io.tables import EXAMPLES, IDS, read_table
     from winnow.models.build import build_model
     from winnow.provenance import path_sha256
-    from winnow.train.batches import ExampleStore
+    from winnow.train.batches import ExampleStore, shard_paths_from
     from winnow.train.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     manifest = read_json(args.manifest)
     tok = load(Path(args.tokenizer).parent)
-    shard_paths = {int(Path(p).name.split("-")[1].split(".")[0]): p for p in args.shards}
-    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths, manifest["dtype"])
+    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     cfg = TrainConfig(seq_len=manifest["seq_len"], **args.train_config)
     model = build_model(args.model_config, len(tok), tok.eos_token_id, tok.pad_token_id, seed=cfg.seed)
-    init = f"resume:{path_sha256(Path(args.resume_from) / 'model.safetensors')}" if args.resume_from else (
-        f"pretrained:{args.model_config['pretrained']}" if args.model_config.get("pretrained") else f"scratch:{cfg.seed}"
+    init = (
+        f"resume:{path_sha256(Path(args.resume_from) / 'model.safetensors')}"
+        if args.resume_from
+        else (
+            f"pretrained:{args.model_config['pretrained']}"
+            if args.model_config.get("pretrained")
+            else f"scratch:{cfg.seed}"
+        )
     )
     out_dir = Path(args.out).parent
-    summary = train(model, store, ids, cfg, out_dir, args.ckpt_root, tok.pad_token_id, init=init, resume_from=args.resume_from)
+    summary = train(
+        model, store, ids, cfg, out_dir, args.ckpt_root, tok.pad_token_id, init=init, resume_from=args.resume_from
+    )
     log.info("summary: %s", summary)
     outs = [out_dir / n for n in ("model.safetensors", "config.json", "optimizer.safetensors", "trainer_state.json")]
     inputs = [args.examples, args.manifest, args.ids, args.tokenizer] + ([args.resume_from] if args.resume_from else [])

@@ -20,9 +20,9 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -52,9 +52,7 @@ class IngestOptions:
     default_domain: str | None = None  # None: the input's file stem
     max_chars: int = 1_000_000
     split_seed: int = 0
-    split_fractions: dict[str, float] = field(
-        default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05}
-    )
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05})
 
 
 @dataclass
@@ -175,7 +173,7 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
             prefix = stem + source[len(str(path)) :]
             counts: Counter = Counter()
 
-            def reject(i, raw, reason, detail, obj=None):
+            def reject(i, raw, reason, detail, obj=None, source=source, counts=counts):
                 if raw is None and obj is not None:
                     raw = json.dumps(obj, default=repr, ensure_ascii=False).encode("utf-8", "replace")
                 rejects["source"].append(source)
@@ -257,8 +255,13 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 counts["accepted"] += 1
             rejected = sum(v for k, v in counts.items() if k != "accepted")
             per_input.append(
-                {"source": source, "records": n, "accepted": counts["accepted"], "rejected": rejected,
-                 "reasons": {k: v for k, v in sorted(counts.items()) if k != "accepted"}}
+                {
+                    "source": source,
+                    "records": n,
+                    "accepted": counts["accepted"],
+                    "rejected": rejected,
+                    "reasons": {k: v for k, v in sorted(counts.items()) if k != "accepted"},
+                }
             )
             log.info("%s: %d records, %d accepted, %d rejected", source, n, counts["accepted"], rejected)
     prog.done()

@@ -34,6 +34,8 @@ def sample_ids(ids: np.ndarray, seed: int, n: int | None = None, fraction: float
     if (n is None) == (fraction is None):
         raise ValueError("give exactly one of n or fraction")
     k = n if n is not None else int(math.floor(fraction * ids.size))
+    if k < 0 or (fraction is not None and fraction < 0):  # ids[perm[:-m]] would quietly drop m
+        raise ValueError(f"n and fraction must be ≥ 0, got n={n}, fraction={fraction}")
     if k > ids.size:
         raise ValueError(f"asked for {k} ids but only {ids.size} examples match")
     rng = np.random.default_rng(seed)

@@ -60,13 +60,14 @@ def tokenize_shard(docs: pa.Table, tokenizer, shard: int, num_shards: int, seq_l
         batch = rows[start : start + batch_docs]
         texts = [cols["text"][i] for i in batch]
         prompts = [cols["prompt"][i] for i in batch]
-        enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # split_special_tokens: a literal "<|endoftext|>" in a document is text, not a fake boundary.
+        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         # Prompt and response are tokenized separately so the loss boundary falls exactly on a
         # token boundary (BPE could otherwise merge across the prompt's last characters).
         for j, i in enumerate(batch):
             if prompts[j] is not None:
-                p_ids = tokenizer(prompts[j], add_special_tokens=False)["input_ids"]
-                r_ids = tokenizer(cols["text"][i][len(prompts[j]) :], add_special_tokens=False)["input_ids"]
+                p_ids = _encode(tokenizer, prompts[j])
+                r_ids = _encode(tokenizer, cols["text"][i][len(prompts[j]) :])
                 ids, n_prompt = p_ids + r_ids + [eos], len(p_ids)
                 pieces = _prompt_response_pieces(ids, n_prompt, seq_len)
             else:
@@ -97,6 +98,10 @@ def tokenize_shard(docs: pa.Table, tokenizer, shard: int, num_shards: int, seq_l
     if len(ex["example_id"]) >= ID_STRIDE:
         raise ValueError("more than 2**32 examples in one shard: raise num_shards")
     return tokens, pa.table(ex, schema=EXAMPLES), dict(stats)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def _prompt_response_pieces(ids: list[int], n_prompt: int, seq_len: int) -> list[tuple[list[int], int]]:

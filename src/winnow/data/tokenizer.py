@@ -10,8 +10,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def _save_atomically(tok, out_dir: str | os.PathLike) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
         tok.save_pretrained(str(tmp))
+        tmp.chmod(0o755)  # mkdtemp makes 0700; results are shared with collaborators on a cluster
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -185,7 +185,9 @@ def _fit_to_context(
         keep = [it for it, cs in zip(items, conts) if all(len(tok(c)["input_ids"]) < max_len for c in cs)]
         dropped[key] = len(items) - len(keep)
         if dropped[key]:
-            log.warning("%s: dropped %d of %d items whose continuation is ≥ %d tokens", key, dropped[key], len(items), max_len)
+            log.warning(
+                "%s: dropped %d of %d items whose continuation is ≥ %d tokens", key, dropped[key], len(items), max_len
+            )
         out = out_dir / f"{key}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(it, sort_keys=True) + "\n" for it in keep), encoding="utf-8")

@@ -40,7 +40,9 @@ def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optim
     return out
 
 
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> None:
     """Inverse of :func:`optimizer_state_by_name` (moments are moved to each parameter's device)."""
     for name, p in _unwrap(model).named_parameters():
         if f"{name}.exp_avg" not in tensors:
@@ -59,6 +61,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model, optimizer, state: dict) -
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
         write_checkpoint_files(tmp, model, optimizer, state)
+        tmp.chmod(0o755)  # mkdtemp makes 0700; checkpoints are shared on a cluster
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -101,7 +104,11 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model, optimizer) -> dict:
     load_weights(model, ckpt_dir)
     if optimizer is not None and (ckpt_dir / "optimizer.safetensors").exists():
         device = next(_unwrap(model).parameters()).device
-        load_optimizer_state(model, optimizer, load_file(str(ckpt_dir / "optimizer.safetensors"), device=str(device) if device.type != "cpu" else "cpu"))
+        load_optimizer_state(
+            model,
+            optimizer,
+            load_file(str(ckpt_dir / "optimizer.safetensors"), device=str(device) if device.type != "cpu" else "cpu"),
+        )
     return read_json(ckpt_dir / "trainer_state.json")
 
 

@@ -66,6 +66,17 @@ def collate(store: ExampleStore, ids, seq_len: int, pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
+def shard_paths_from(paths) -> dict[int, str]:
+    """``[".../tokens-3.bin", ...]`` → ``{3: ".../tokens-3.bin", ...}``."""
+    out = {}
+    for p in paths:
+        name = Path(p).name
+        if not (name.startswith("tokens-") and name.endswith(".bin")):
+            raise ValueError(f"{p}: expected a tokens-<shard>.bin file")
+        out[int(name[len("tokens-") : -len(".bin")])] = str(p)
+    return out
+
+
 @lru_cache(maxsize=4)
 def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)

@@ -136,7 +136,7 @@ def train(
     model.to(device)
     model.train()
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -176,7 +176,14 @@ def train(
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
-        n_params, len(ids), cfg.steps, cfg.batch_size, cfg.seq_len, accum, world, device,
+        n_params,
+        len(ids),
+        cfg.steps,
+        cfg.batch_size,
+        cfg.seq_len,
+        accum,
+        world,
+        device,
         "bf16" if use_bf16 else "fp32",
     )
     prog = Progress("train", total=cfg.steps, unit="steps", interval_s=cfg.log_every_s)
@@ -185,7 +192,9 @@ def train(
     tokens_seen = 0
     loss_value = float("nan")
     for step in range(start_step, cfg.steps):
-        lr = lr_at(step, cfg.lr, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac, cfg.half_life)
+        lr = lr_at(
+            step, cfg.lr, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac, cfg.half_life
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch_ids = step_ids(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
@@ -241,7 +250,9 @@ def train(
     if device.type == "cuda":
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if rank == 0:
-        write_checkpoint_files(out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value), "summary": summary})
+        write_checkpoint_files(
+            out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value), "summary": summary}
+        )
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -1,0 +1,76 @@
+# PDS (data selection via optimal control, Gu et al. 2024): gamma from the PMP solver on a proxy
+# sample, a data scorer fitted to gamma, the pool scored shard by shard, then the shared `select`.
+
+
+# θ0 of the solver: the shared train layer, on random pool data, for a few steps.
+rule pds_init:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        ids="results/{run}/subsets/pool/ids.parquet",
+    output:
+        model="results/{run}/pds/init/model/model.safetensors",
+        config="results/{run}/pds/init/model/config.json",
+        optimizer="results/{run}/pds/init/model/optimizer.safetensors",
+        state="results/{run}/pds/init/model/trainer_state.json",
+    log:
+        "results/{run}/logs/pds_init.log",
+    benchmark:
+        "results/{run}/benchmarks/pds_init.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model=model_config(),
+        train=pds_init_config(),
+        ckpt_root="results/{run}/pds/init/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}'"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# PMP solver: forward SGD trajectory (θ every k steps + batches as ids, under trajectory/), costates
+# backward with Hessian-vector products, per-example contributions by forward-mode JVP → gamma.
+rule pds_solve:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        init="results/{run}/pds/init/model/model.safetensors",
+        pool="results/{run}/subsets/pool/ids.parquet",
+        proxy="results/{run}/subsets/pds_proxy/ids.parquet",
+        target="results/{run}/subsets/pds_target/ids.parquet",
+    output:
+        gamma="results/{run}/pds/gamma.parquet",
+        report="results/{run}/pds/solver.json",
+    log:
+        "results/{run}/logs/pds_solve.log",
+    benchmark:
+        "results/{run}/benchmarks/pds_solve.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        solver=as_json(config.get("pds", {}).get("solver", {})),
+        work_dir="results/{run}/pds/trajectory",
+        device=eval_device(),
+        code=code("pds solve"),
+    shell:
+        "python -m winnow pds solve --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --init {input.init} --pool {input.pool} --proxy {input.proxy}"
+        " --target {input.target} --solver-config '{params.solver}' --work-dir {params.work_dir}"
+        " --device {params.device} --gamma {output.gamma} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,86 @@
+# The shared scorer stage (PDS, MATES, the LESS predictor): fit a small model to expensive labels,
+# then score the pool one token shard at a time.
+
+
+# A GPT-NeoX encoder + mean pooling + linear head on z-scored labels clipped to ±clip; the
+# checkpoint with the best validation Spearman is kept. fit.json holds Spearman, Pearson and MSE.
+rule fit_scorer:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        labels=scorer_labels,
+    output:
+        model="results/{run}/scorers/{scorer}/model.safetensors",
+        report="results/{run}/scorers/{scorer}/fit.json",
+    log:
+        "results/{run}/logs/fit_scorer/{scorer}.log",
+    benchmark:
+        "results/{run}/benchmarks/fit_scorer/{scorer}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        scorer=scorer_config,
+        column=scorer_label_column,
+        device=eval_device(),
+        code=code("scorer fit"),
+    shell:
+        "python -m winnow scorer fit --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --labels {input.labels}"
+        " --label-column {params.column} --scorer-config '{params.scorer}' --device {params.device}"
+        " --out {output.model} --report {output.report} --threads {threads} > {log} 2>&1"
+
+
+# Scores of the pool examples that live in one token shard (resumable within the shard).
+rule score_pool:
+    input:
+        scorer="results/{run}/scorers/{scorer}/model.safetensors",
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        tokens="results/{run}/tokens/tokens-{shard}.bin",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        pool="results/{run}/subsets/pool/ids.parquet",
+    output:
+        "results/{run}/scores/{scorer}/parts/{shard}.parquet",
+    log:
+        "results/{run}/logs/score_pool/{scorer}-{shard}.log",
+    benchmark:
+        "results/{run}/benchmarks/score_pool/{scorer}-{shard}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        batch_size=64,
+        device=eval_device(),
+        state="results/{run}/scores/{scorer}/parts/.state-{shard}",
+        code=code("scorer score"),
+    shell:
+        "python -m winnow scorer score --scorer {input.scorer} --examples {input.examples}"
+        " --manifest {input.manifest} --shard {wildcards.shard} --tokens {input.tokens}"
+        " --tokenizer {input.tokenizer} --ids {input.pool} --batch-size {params.batch_size}"
+        " --device {params.device} --state {params.state} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# One scores table (example_id, score) for the whole pool, the input of `select`.
+rule merge_scores:
+    input:
+        shard_scores,
+    output:
+        "results/{run}/scores/{scorer}/scores.parquet",
+    log:
+        "results/{run}/logs/merge_scores/{scorer}.log",
+    conda:
+        ENV
+    params:
+        code=code("scorer merge"),
+    shell:
+        "python -m winnow scorer merge --parts {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,119 @@
+"""``winnow scorer ...``: fit a data scorer to labels, score the pool per shard, merge."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.io.atomic import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fit", help="fit the scorer to a labels table (model selection by val Spearman)")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
+    p.add_argument("--labels", required=True, help="parquet with example_id and the label column")
+    p.add_argument("--label-column", required=True)
+    p.add_argument("--scorer-config", type=json_arg, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="model.safetensors (its folder gets the rest)")
+    p.add_argument("--report", required=True)
+    add_threads(p)
+    p.set_defaults(func=fit)
+
+    p = sub.add_parser("score", help="score the ids that live in one token shard (resumable)")
+    p.add_argument("--scorer", required=True, help="the scorer's model.safetensors")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--tokens", required=True, help="tokens-{shard}.bin")
+    p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
+    p.add_argument("--ids", required=True, help="IDS parquet; only the ids of this shard are scored")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--state", required=True, help="prefix of the resume state files")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=score)
+
+    p = sub.add_parser("merge", help="per-shard scores → one scores table")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=merge)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def fit(args) -> None:
+    import torch
+
+    from winnow.data.tokenizer import load
+    from winnow.io.tables import EXAMPLES, read_table
+    from winnow.scorer import ScorerConfig, fit_scorer
+    from winnow.train.batches import ExampleStore, shard_paths_from
+
+    torch.set_num_threads(args.threads)
+    manifest = read_json(args.manifest)
+    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    labels = read_table(args.labels)
+    ids = labels["example_id"].to_numpy()
+    y = labels[args.label_column].to_numpy().astype(np.float64)
+    cfg = ScorerConfig(**args.scorer_config)
+    tok = load(Path(args.tokenizer).parent)
+    report = fit_scorer(store, ids, y, cfg, Path(args.out).parent, tokenizer=tok, device=_device(args.device))
+    write_json(args.report, report)
+    log.info("scorer fit: %s", {k: report.get(k) for k in ("val_spearman", "val_pearson", "val_mse", "best_step")})
+    sidecars(args, "scorer fit", [args.out, args.report], [args.examples, args.labels, args.tokenizer], seed=cfg.seed)
+
+
+def score(args) -> None:
+    import torch
+
+    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.scorer import score_ids
+    from winnow.train.batches import ExampleStore
+
+    torch.set_num_threads(args.threads)
+    manifest = read_json(args.manifest)
+    store = ExampleStore(read_table(args.examples, EXAMPLES), {args.shard: args.tokens}, manifest["dtype"])
+    ids = read_table(args.ids, IDS)["example_id"].to_numpy()
+    ids = np.sort(ids[(ids >> 32) == args.shard])  # example_id = shard · 2**32 + index
+    score_ids(
+        Path(args.scorer).parent,
+        store,
+        ids,
+        args.batch_size,
+        args.out,
+        device=_device(args.device),
+        state_path=args.state,
+    )
+    log.info("scored %d ids of shard %d", ids.size, args.shard)
+    sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.tokens, args.ids])
+
+
+def merge(args) -> None:
+    import pyarrow as pa
+
+    from winnow.io.tables import SCORES, read_table, write_table
+
+    table = pa.concat_tables([read_table(p, SCORES).select(["example_id", "score"]) for p in args.parts])
+    table = table.sort_by("example_id")
+    ids = table["example_id"].to_numpy()
+    if np.unique(ids).size != ids.size:
+        raise ValueError("an example id is scored in two parts")
+    write_table(args.out, table, SCORES)
+    sidecars(args, "scorer merge", [args.out], args.parts)
