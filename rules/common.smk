@@ -18,9 +18,13 @@ export_source_tree(SRC)
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 RUN = config["run"]
-_fractions = config["corpus"].get("split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05})
+_fractions = config["corpus"].get(
+    "split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05}
+)
 if abs(sum(_fractions.values()) - 1.0) > 1e-9:
-    raise ValueError(f"config key corpus.split_fractions must sum to 1, got {sum(_fractions.values())}")
+    raise ValueError(
+        f"config key corpus.split_fractions must sum to 1, got {sum(_fractions.values())}"
+    )
 if config["select"].get("random", {}).get("temperature", 0) <= 0:
     raise ValueError(
         "config key select.random.temperature must be > 0: on equal scores, temperature 0 would"

@@ -20,7 +20,8 @@ rule fit_scorer:
         "results/{run}/benchmarks/fit_scorer/{scorer}.tsv"
     conda:
         ENV
-    threads: 2
+    # Small scorers run faster on one thread; two score_pool jobs then share a 2-core machine.
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
@@ -54,7 +55,7 @@ rule score_pool:
         "results/{run}/benchmarks/score_pool/{scorer}-{shard}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=4000,

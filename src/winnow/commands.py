@@ -23,6 +23,6 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "eval compare": ("winnow.eval.table",),
     "pds solve": ("winnow.methods.pds", "winnow.models.build", "winnow.train.batches", "winnow.io.tables"),
     "scorer fit": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),
-    "scorer score": ("winnow.scorer", "winnow.train.batches", "winnow.io.tables"),
+    "scorer score": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),
     "scorer merge": ("winnow.io.tables",),
 }

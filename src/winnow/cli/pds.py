@@ -55,10 +55,9 @@ def solve(args) -> None:
     target = read_table(args.target, IDS)["example_id"].to_numpy()
     # The released solver reads T·B corpus batches in order: a seeded draw from the pool, fixed here.
     n_traj = cfg.steps * cfg.batch_size
-    rng = np.random.default_rng(cfg.seed)
-    trajectory = pool[rng.permutation(pool.size)[: min(n_traj, pool.size)]]
-    if trajectory.size < n_traj:
-        trajectory = np.resize(trajectory, n_traj)
+    if n_traj > pool.size:
+        raise ValueError(f"the solver needs {n_traj} trajectory ids (steps × batch_size), the pool has {pool.size}")
+    trajectory = pool[np.random.default_rng(cfg.seed).permutation(pool.size)[:n_traj]]
     model = load_pretrained(Path(args.init).parent).to(device)
     gamma, report = run(
         model,

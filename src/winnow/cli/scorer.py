@@ -58,12 +58,42 @@ def _device(name: str) -> str:
     return name
 
 
+def scorer_config(cfg: dict):
+    """The workflow's flat scorer block → ScorerConfig (backbone sizes grouped, max_len as context)."""
+    from winnow.scorer import ScorerConfig
+
+    cfg = dict(cfg)
+    arch = {k: cfg.pop(k) for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size") if k in cfg}
+    cfg.pop("tokenizer", None)
+    if arch and not cfg.get("pretrained"):
+        arch["max_position_embeddings"] = cfg.get("max_len", 128)
+        cfg["backbone"] = arch
+    return ScorerConfig.from_dict(cfg)
+
+
+def _encoder(args_cfg: dict, store, ids, corpus_tok, report_path=None):
+    """With a scorer tokenizer of its own: retokenize the ids for it (keyed by example_id) and
+    check a seeded sample round-trips; otherwise the scorer reads the corpus tokens directly."""
+    from winnow.data.tokenizer import load
+    from winnow.scorer import dict_encoder, retokenize, roundtrip_check
+
+    if not args_cfg.get("tokenizer"):
+        return None, corpus_tok, None
+    dst = load(args_cfg["tokenizer"])
+    max_len = args_cfg.get("max_len", 128)
+    check = roundtrip_check(store, ids, corpus_tok, dst, n=64, seed=0)
+    if not check["passed"]:
+        raise ValueError(f"scorer tokenizer round trip failed: {check['n_failed']} of {check['n_checked']} samples")
+    mapping = retokenize(store, ids, corpus_tok, dst, max_len)
+    return dict_encoder(mapping, max_len), dst, {k: v for k, v in check.items() if k != "samples"}
+
+
 def fit(args) -> None:
     import torch
 
     from winnow.data.tokenizer import load
     from winnow.io.tables import EXAMPLES, read_table
-    from winnow.scorer import ScorerConfig, fit_scorer
+    from winnow.scorer import fit_scorer
     from winnow.train.batches import ExampleStore, shard_paths_from
 
     torch.set_num_threads(args.threads)
@@ -72,9 +102,12 @@ def fit(args) -> None:
     labels = read_table(args.labels)
     ids = labels["example_id"].to_numpy()
     y = labels[args.label_column].to_numpy().astype(np.float64)
-    cfg = ScorerConfig(**args.scorer_config)
-    tok = load(Path(args.tokenizer).parent)
-    report = fit_scorer(store, ids, y, cfg, Path(args.out).parent, tokenizer=tok, device=_device(args.device))
+    cfg = scorer_config(args.scorer_config)
+    corpus_tok = load(Path(args.tokenizer).parent)
+    encoder, tok, roundtrip = _encoder(args.scorer_config, store, ids, corpus_tok)
+    report = fit_scorer(store, ids, y, cfg, Path(args.out).parent, tokenizer=tok, encoder=encoder,
+                        device=_device(args.device))
+    report = {**report, "label_column": args.label_column, "roundtrip": roundtrip}
     write_json(args.report, report)
     log.info("scorer fit: %s", {k: report.get(k) for k in ("val_spearman", "val_pearson", "val_mse", "best_step")})
     sidecars(args, "scorer fit", [args.out, args.report], [args.examples, args.labels, args.tokenizer], seed=cfg.seed)
@@ -83,6 +116,7 @@ def fit(args) -> None:
 def score(args) -> None:
     import torch
 
+    from winnow.data.tokenizer import load
     from winnow.io.tables import EXAMPLES, IDS, read_table
     from winnow.scorer import score_ids
     from winnow.train.batches import ExampleStore
@@ -92,16 +126,20 @@ def score(args) -> None:
     store = ExampleStore(read_table(args.examples, EXAMPLES), {args.shard: args.tokens}, manifest["dtype"])
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     ids = np.sort(ids[(ids >> 32) == args.shard])  # example_id = shard · 2**32 + index
-    score_ids(
-        Path(args.scorer).parent,
-        store,
-        ids,
-        args.batch_size,
-        args.out,
-        device=_device(args.device),
-        state_path=args.state,
-    )
-    log.info("scored %d ids of shard %d", ids.size, args.shard)
+    meta = read_json(Path(args.scorer).parent / "scorer.json")
+    scorer_cfg = meta.get("config", {})
+    tok_dir = Path(args.scorer).parent / "tokenizer"
+    encoder, tag = None, ""
+    if meta.get("inputs") == "encoder":
+        # The scorer has a tokenizer of its own: retokenize this shard's ids the same way as at fit.
+        from winnow.scorer import dict_encoder, retokenize
+
+        max_len = scorer_cfg.get("max_len", 128)
+        mapping = retokenize(store, ids, load(Path(args.tokenizer).parent), load(tok_dir), max_len)
+        encoder, tag = dict_encoder(mapping, max_len), f"retokenized:{tok_dir}"
+    result = score_ids(Path(args.scorer).parent, store, ids, args.batch_size, args.out,
+                       device=_device(args.device), state_path=args.state, encoder=encoder, tag=tag)
+    log.info("scored %d ids of shard %d: %s", ids.size, args.shard, {k: v for k, v in result.items() if k != "ids"})
     sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.tokens, args.ids])
 
 

@@ -1,0 +1,1 @@
+"""Data-selection methods (each a module: ``pds``, later ``mates``, ``less``, …)."""
