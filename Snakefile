@@ -29,18 +29,17 @@ localrules:
 rule all:
     default_target: True
     input:
-        spine_targets(),
+        all_targets(),
 
 
 # The shared spine alone (ingest, tokenize, random selection, train, eval).
 rule spine:
     input:
-        method_targets("random"),
+        method_evals("random"),
 
 
 # PDS and its random baseline, trained and evaluated over every seed, with the comparison table.
 rule pds:
     input:
-        method_targets("random")
-        + method_targets("pds")
-        + [f"results/{RUN}/pds/solver.json"],
+        method_targets("pds")
+        + [f"results/{RUN}/pds/solver.json", f"results/{RUN}/scorers/pds/fit.json"],

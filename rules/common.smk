@@ -189,24 +189,36 @@ def all_model_evals(wildcards):
     return files
 
 
-def method_targets(method):
-    """A method's evals over every seed, plus the tables that compare it with random."""
+def method_evals(method, run=RUN):
+    """Every eval file of one method over all seeds."""
     files = []
     for seed in config["seeds"]:
-        files += model_evals(
-            SimpleNamespace(**{"run": RUN, "method": method, "seed": seed})
-        )
-    return files + [
-        f"results/{RUN}/eval/summary.tsv",
-        f"results/{RUN}/eval/compare.tsv",
-    ]
+        files += model_evals(SimpleNamespace(run=run, method=method, seed=seed))
+    return files
 
 
-def spine_targets():
-    """Every configured method × seed trained and evaluated, and the tables."""
-    files = []
+def compare_inputs(wildcards):
+    """The evals a method is compared on: its own and random's, seed by seed."""
+    return method_evals(wildcards.method, wildcards.run) + method_evals(
+        "random", wildcards.run
+    )
+
+
+def method_targets(method):
+    """A method's evals over every seed, with random's and the table comparing the two."""
+    return (
+        method_evals(method)
+        + method_evals("random")
+        + [f"results/{RUN}/eval/compare-{method}.tsv"]
+    )
+
+
+def all_targets():
+    """Every configured method × seed trained and evaluated, the summary and the comparisons."""
+    files = method_evals("random") + [f"results/{RUN}/eval/summary.tsv"]
     for method in config["methods"]:
-        files += method_targets(method)
+        if method != "random":
+            files += method_targets(method)
     return sorted(set(files))
 
 

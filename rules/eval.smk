@@ -107,17 +107,17 @@ rule eval_table:
         "python -m winnow eval table --evals {input} --out {output} > {log} 2>&1"
 
 
-# Each method against random at the same size and seed: per-seed differences, means, wins.
+# A method against random at the same size and seed: per-seed differences, means, wins.
 rule eval_compare:
     input:
-        "results/{run}/eval/summary.tsv",
+        compare_inputs,
     output:
-        "results/{run}/eval/compare.tsv",
+        "results/{run}/eval/compare-{method}.tsv",
     log:
-        "results/{run}/logs/eval_compare.log",
+        "results/{run}/logs/eval_compare/{method}.log",
     conda:
         ENV
     params:
         code=code("eval compare"),
     shell:
-        "python -m winnow eval compare --summary {input} --baseline random --out {output} > {log} 2>&1"
+        "python -m winnow eval compare --evals {input} --baseline random --out {output} > {log} 2>&1"

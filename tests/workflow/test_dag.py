@@ -8,18 +8,38 @@ from pathlib import Path
 
 from conftest import ROOT, planned_jobs, smk, tiny_config, write_config
 
-SPINE_JOBS = {
+SPINE_JOBS = {  # tiny.yaml: 3 shards, methods random + pds, one seed, one eval target
     "ingest": 1,
     "tokenizer": 1,
-    "tokenize": 3,  # tiny.yaml: num_shards 3
+    "tokenize": 3,
     "merge_examples": 1,
-    "sample_subset": 1,
+    "sample_subset": 2,  # pool, pds_target
     "random_scores": 1,
     "select": 1,
     "train_lm": 1,
     "eval_tasks": 1,
     "eval_ppl": 1,
     "eval_harness": 1,
+    "eval_target": 1,
+    "spine": 1,
+}
+PDS_JOBS = {
+    "pds_init": 1,
+    "pds_solve": 1,
+    "fit_scorer": 1,
+    "score_pool": 3,  # one per token shard
+    "merge_scores": 1,
+    "eval_compare": 1,
+}
+ALL_JOBS = {
+    **{k: v for k, v in SPINE_JOBS.items() if k != "spine"},
+    **PDS_JOBS,
+    "sample_subset": 3,  # + pds_proxy
+    "select": 2,
+    "train_lm": 2,
+    "eval_ppl": 2,
+    "eval_harness": 2,
+    "eval_target": 2,
     "eval_table": 1,
     "all": 1,
 }
@@ -37,9 +57,21 @@ def test_snakefmt_check_is_clean():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_dry_run_plans_the_whole_spine(tiny):
+def test_dry_run_plans_the_whole_workflow(tiny):
     work, cfg = tiny
-    assert planned_jobs(smk(work, cfg, "-n")) == SPINE_JOBS
+    assert planned_jobs(smk(work, cfg, "-n")) == ALL_JOBS
+
+
+def test_dry_run_of_the_spine_target_plans_no_method(tiny):
+    work, cfg = tiny
+    assert planned_jobs(smk(work, cfg, "-n", "spine")) == SPINE_JOBS
+
+
+def test_dry_run_of_the_pds_target(tiny):
+    work, cfg = tiny
+    expected = {**ALL_JOBS, "pds": 1}
+    del expected["all"], expected["eval_table"]
+    assert planned_jobs(smk(work, cfg, "-n", "pds")) == expected
 
 
 def test_seeds_multiply_the_selection_branch(tmp_path: Path):
@@ -47,8 +79,8 @@ def test_seeds_multiply_the_selection_branch(tmp_path: Path):
     work.mkdir()
     cfg = write_config(tmp_path / "c.yaml", {**tiny_config(), "seeds": [0, 1, 2]})
     jobs = planned_jobs(smk(work, cfg, "-n"))
-    for rule in ("select", "train_lm", "eval_ppl", "eval_harness"):
-        assert jobs[rule] == 3, rule
+    for rule in ("eval_ppl", "eval_harness"):
+        assert jobs[rule] == 6, rule  # 2 methods × 3 seeds
     # Scores do not depend on the seed (the seed drives the selection noise): computed once.
     assert jobs["random_scores"] == 1 and jobs["tokenize"] == 3 and jobs["ingest"] == 1
 

@@ -39,7 +39,19 @@ def test_outputs_of_every_layer_exist(finished):
         "models/random/s0/model/optimizer.safetensors",
         "eval/random/s0/ppl.json",
         "eval/random/s0/harness.json",
+        "eval/random/s0/target-pds_target.json",
         "eval/summary.tsv",
+        "pds/init/model/model.safetensors",
+        "pds/gamma.parquet",
+        "pds/solver.json",
+        "scorers/pds/model.safetensors",
+        "scorers/pds/fit.json",
+        "scores/pds/parts/0.parquet",
+        "scores/pds/scores.parquet",
+        "selected/pds/s0/ids.parquet",
+        "models/pds/s0/model/model.safetensors",
+        "eval/pds/s0/target-pds_target.json",
+        "eval/compare-pds.tsv",
     ):
         path = work / R / rel
         assert path.exists(), rel
@@ -98,7 +110,8 @@ def test_changing_the_ratio_replans_only_select_and_what_follows(finished, tmp_p
     cfg = tiny_config()
     cfg["select"]["random"]["ratio"] = 0.25
     jobs = planned_jobs(smk(work, write_config(tmp_path / "r.yaml", cfg), "-n"))
-    assert jobs == {"select": 1, "train_lm": 1, "eval_ppl": 1, "eval_harness": 1, "eval_table": 1, "all": 1}
+    random_model = {"select": 1, "train_lm": 1, "eval_ppl": 1, "eval_harness": 1, "eval_target": 1}
+    assert jobs == {**random_model, "eval_table": 1, "eval_compare": 1, "all": 1}
 
 
 def test_changing_eval_docs_replans_only_perplexity(finished, tmp_path):
@@ -106,4 +119,30 @@ def test_changing_eval_docs_replans_only_perplexity(finished, tmp_path):
     cfg = tiny_config()
     cfg["eval"]["max_docs_per_domain"] = 2
     jobs = planned_jobs(smk(work, write_config(tmp_path / "e.yaml", cfg), "-n"))
-    assert jobs == {"eval_ppl": 1, "eval_table": 1, "all": 1}
+    assert jobs == {"eval_ppl": 2, "eval_table": 1, "eval_compare": 1, "all": 1}
+
+
+def test_changing_the_scorer_reuses_the_solver(finished, tmp_path):
+    work, _ = finished
+    cfg = tiny_config()
+    cfg["pds"]["scorer"]["epochs"] = 3
+    jobs = planned_jobs(smk(work, write_config(tmp_path / "s.yaml", cfg), "-n"))
+    pds_model = {"select": 1, "train_lm": 1, "eval_ppl": 1, "eval_harness": 1, "eval_target": 1}
+    expected = {"fit_scorer": 1, "score_pool": 3, "merge_scores": 1, **pds_model}
+    assert jobs == {**expected, "eval_table": 1, "eval_compare": 1, "all": 1}
+
+
+def test_pds_reports(finished):
+    work, _ = finished
+    solver = json.loads((work / R / "pds/solver.json").read_text())
+    assert len(solver["J"]) == 5 and all(v > 0 for v in solver["J"])  # J(θ_0..θ_T), T = 4
+    gamma = pq.read_table(work / R / "pds/gamma.parquet")
+    proxy = pq.read_table(work / R / "subsets/pds_proxy/ids.parquet")
+    assert sorted(gamma["example_id"].to_pylist()) == sorted(proxy["example_id"].to_pylist())
+    fit = json.loads((work / R / "scorers/pds/fit.json").read_text())
+    assert -1 <= fit["val_spearman"] <= 1 and fit["n_val"] > 0
+    scores = pq.read_table(work / R / "scores/pds/scores.parquet")
+    pool = pq.read_table(work / R / "subsets/pool/ids.parquet")
+    assert scores.num_rows == pool.num_rows
+    compare = (work / R / "eval/compare-pds.tsv").read_text().splitlines()
+    assert compare[0].startswith("method\tbaseline\tmetric") and any("target/pds_target" in l for l in compare)

@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.set_defaults(func=target)
 
     p = sub.add_parser("compare", help="each method against a baseline, seed by seed")
-    p.add_argument("--summary", required=True)
+    p.add_argument("--evals", nargs="+", required=True, help="eval files of the method and the baseline")
     p.add_argument("--baseline", default="random")
     p.add_argument("--out", required=True)
     add_threads(p)
@@ -127,10 +127,10 @@ def table(args) -> None:
 
 
 def compare(args) -> None:
-    from winnow.eval.table import compare_rows, read_tsv, write_tsv
+    from winnow.eval.table import compare_rows, summary_rows, write_tsv
 
-    write_tsv(args.out, compare_rows(read_tsv(args.summary), args.baseline))
-    sidecars(args, "eval compare", [args.out], [args.summary])
+    write_tsv(args.out, compare_rows(summary_rows(args.evals), args.baseline))
+    sidecars(args, "eval compare", [args.out], args.evals)
 
 
 def target(args) -> None:

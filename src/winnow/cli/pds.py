@@ -55,11 +55,13 @@ def solve(args) -> None:
     target = read_table(args.target, IDS)["example_id"].to_numpy()
     # The released solver reads T·B corpus batches in order: a seeded draw from the pool, fixed here.
     n_traj = cfg.steps * cfg.batch_size
-    if n_traj > pool.size:
+    if cfg.variant == "released" and n_traj > pool.size:
         raise ValueError(f"the solver needs {n_traj} trajectory ids (steps × batch_size), the pool has {pool.size}")
-    trajectory = pool[np.random.default_rng(cfg.seed).permutation(pool.size)[:n_traj]]
+    trajectory = pool[np.random.default_rng(cfg.seed).permutation(pool.size)[: min(n_traj, pool.size)]]
     model = load_pretrained(Path(args.init).parent).to(device)
-    gamma, report = run(
+    if cfg.variant == "paper":
+        trajectory = None  # the paper's solver trains full-batch on the γ-weighted proxy set
+    grad_gamma, report = run(
         model,
         store,
         trajectory,
@@ -70,9 +72,9 @@ def solve(args) -> None:
         seq_len=manifest["seq_len"],
         pad_id=manifest["pad_token_id"],
     )
-    cols = {"example_id": proxy.astype(np.int64), "grad_gamma": np.asarray(gamma["grad_gamma"], dtype=np.float64)}
-    if "gamma" in gamma:
-        cols["gamma"] = np.asarray(gamma["gamma"], dtype=np.float64)
+    cols = {"example_id": proxy.astype(np.int64), "grad_gamma": np.asarray(grad_gamma, dtype=np.float64)}
+    if "gamma" in report:  # paper variant: the projected-simplex weights after the last epoch
+        cols["gamma"] = np.asarray(report["gamma"], dtype=np.float64)
     schema = pa.schema([(k, pa.int64() if k == "example_id" else pa.float64()) for k in cols])
     write_table(args.gamma, pa.table(cols, schema=schema), schema)
     write_json(args.report, report)
