@@ -1,0 +1,95 @@
+"""Timing and reporting helpers shared by the benchmarks (device events on CUDA, medians)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device: torch.device, warmup: int = 2, repeat: int = 5) -> dict:
+    """Median and spread of ``fn()`` wall time in seconds (synchronised around each call)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "host": platform.node(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if device.type == "cpu":
+        env["threads"] = torch.get_num_threads()
+    return env
+
+
+def pythia_160m_config(vocab: int = 50304, max_pos: int = 2048) -> dict:
+    """Pythia-160M's shape: d 768, 12 layers, 12 heads, MLP 3072, vocab 50304 (~162M parameters)."""
+    return {
+        "hidden_size": 768,
+        "num_layers": 12,
+        "num_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": max_pos,
+        "vocab_size": vocab,
+    }
+
+
+def tiny_config() -> dict:
+    """A CPU-sized stand-in with the same code paths (for a local smoke run of a benchmark)."""
+    return {
+        "hidden_size": 128,
+        "num_layers": 4,
+        "num_heads": 4,
+        "intermediate_size": 512,
+        "max_position_embeddings": 256,
+        "vocab_size": 8192,
+    }
+
+
+def write_result(name: str, result: dict) -> Path:
+    out = Path(os.environ.get("OUT", "benchmarks/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def print_table(rows: list[dict]) -> None:
+    """figure | ours | reference | ratio | limit — the one table every benchmark prints."""
+    cols = ["figure", "ours", "reference", "ratio", "limit"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")

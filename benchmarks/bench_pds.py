@@ -1,0 +1,183 @@
+"""PDS solver benchmarks: per-example contributions and one solver step, on a Pythia-160M shape.
+
+    python benchmarks/bench_pds.py                 # GPU (H100/H200), Pythia-160M shape, bf16
+    python benchmarks/bench_pds.py --tiny --cpu    # a CPU smoke run of the same code paths
+
+1. Contributions ⟨∇ℓ(x_n, θ), λ⟩ for a batch of proxy examples, two ways in one run:
+   ours = forward-mode JVP of θ ↦ (ℓ_1..ℓ_b), batched (`winnow.grads.loss_jvp`);
+   reference = the straightforward loop of the originals: one example at a time, backward,
+   flatten the gradient, dot with λ. Both results are compared (relative error).
+2. One backward step of the solver (recompute the SGD step, HVP by forward-over-reverse on the
+   trajectory batch, ∇J on the target batch) against one AdamW training step on the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import environment, print_table, pythia_160m_config, time_fn, tiny_config, write_result  # noqa: E402
+
+from winnow.grads.functional import (  # noqa: E402
+    functional_model,
+    hvp,
+    loss_jvp,
+    mean_loss_grad,
+    params_of,
+    per_example_loss,
+)
+
+
+def build(cfg: dict, dtype: torch.dtype, device: torch.device):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    conf = GPTNeoXConfig(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=cfg["intermediate_size"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return GPTNeoXForCausalLM(conf).to(device=device, dtype=dtype)
+
+
+def batch(n: int, seq: int, vocab: int, device: torch.device, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    loss_mask = torch.ones(n, seq, dtype=torch.bool)
+    loss_mask[:, 0] = False
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "loss_mask": loss_mask.to(device)}
+
+
+def sub(b: dict, i: int, j: int) -> dict:
+    return {k: v[i:j] for k, v in b.items()}
+
+
+def loop_contributions(model, b: dict, lam_flat: torch.Tensor) -> torch.Tensor:
+    """The originals' way: per example, backward, flatten, dot."""
+    out = []
+    params = [p for p in model.parameters()]
+    for i in range(b["input_ids"].size(0)):
+        model.zero_grad(set_to_none=True)
+        loss = per_example_loss(model, dict(model.named_parameters()), sub(b, i, i + 1)).sum()
+        grads = torch.autograd.grad(loss, params)
+        flat = torch.cat([g.reshape(-1) for g in grads]).float()
+        out.append(torch.dot(flat, lam_flat))
+    return torch.stack(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="small model (CPU smoke run)")
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--proxy", type=int, default=64, help="examples in the contribution benchmark")
+    ap.add_argument("--micro", type=int, default=16, help="JVP micro-batch")
+    ap.add_argument("--loop", type=int, default=16, help="examples timed with the per-example loop")
+    ap.add_argument("--batch", type=int, default=16, help="trajectory / training batch")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    args = ap.parse_args()
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    # bf16 = fp32 parameters under bf16 autocast (mixed precision, as training runs): pure-bf16
+    # parameters break forward-mode AD through CUDA layer norm (its primal comes back fp32).
+    dtype = torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    autocast.__enter__()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = tiny_config() if args.tiny else pythia_160m_config()
+    seq = min(args.seq, cfg["max_position_embeddings"])
+    model = functional_model(build(cfg, dtype, device))
+    n_params = sum(p.numel() for p in model.parameters())
+    params = params_of(model)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    lam = {k: (torch.randn(v.shape, generator=g) * 1e-3).to(device=device, dtype=dtype) for k, v in params.items()}
+    lam_flat = torch.cat([lam[k].reshape(-1) for k, _ in model.named_parameters()]).float()
+    proxy = batch(args.proxy, seq, cfg["vocab_size"], device, seed=2)
+
+    # 1. contributions: correctness on the looped subset, then throughput of each way.
+    def jvp_all():
+        return torch.cat([loss_jvp(model, params, sub(proxy, i, i + args.micro), lam)
+                          for i in range(0, args.proxy, args.micro)])
+
+    ours_vals = jvp_all().float()
+    ref_vals = loop_contributions(model, sub(proxy, 0, args.loop), lam_flat)
+    rel_err = float((ours_vals[: args.loop] - ref_vals).norm() / ref_vals.norm())
+    t_jvp = time_fn(jvp_all, device, warmup=1, repeat=5)
+    t_loop = time_fn(lambda: loop_contributions(model, sub(proxy, 0, args.loop), lam_flat), device, warmup=1, repeat=3)
+    jvp_rate = args.proxy / t_jvp["median_s"]
+    loop_rate = args.loop / t_loop["median_s"]
+
+    # 2. one solver backward step vs one AdamW training step on the same batch.
+    traj = batch(args.batch, seq, cfg["vocab_size"], device, seed=3)
+    target = batch(args.batch, seq, cfg["vocab_size"], device, seed=4)
+
+    def solver_step():
+        mean_loss_grad(model, params, traj)  # recompute θ_{t+1} = θ_t − η∇L (the gradient is the cost)
+        hvp(model, params, traj, lam)  # H_t λ_{t+1}, forward-over-reverse
+        mean_loss_grad(model, params, target)  # ∇J(θ_t)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def train_step():
+        loss = per_example_loss(model, dict(model.named_parameters()), traj).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t_solver = time_fn(solver_step, device, warmup=1, repeat=5)
+    t_train = time_fn(train_step, device, warmup=2, repeat=5)
+    tokens = args.batch * seq
+
+    result = {
+        "environment": environment(device),
+        "model": {**cfg, "n_params": n_params, "dtype": args.dtype, "seq_len": seq},
+        "contributions": {
+            "jvp_examples_per_s": jvp_rate,
+            "loop_examples_per_s": loop_rate,
+            "speedup": jvp_rate / loop_rate,
+            "relative_error_vs_loop": rel_err,
+            "jvp": t_jvp,
+            "loop": t_loop,
+            "proxy": args.proxy,
+            "micro_batch": args.micro,
+            "looped": args.loop,
+        },
+        "solver_vs_train_step": {
+            "solver_step": t_solver,
+            "train_step": t_train,
+            "ratio": t_solver["median_s"] / t_train["median_s"],
+            "batch": args.batch,
+            "tokens_per_step": tokens,
+        },
+        "command": " ".join(["python"] + sys.argv),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    path = write_result("bench_pds" + ("_tiny" if args.tiny else ""), result)
+    print_table([
+        {"figure": "PDS contributions, examples/s", "ours": f"{jvp_rate:.1f} (batched JVP)",
+         "reference": f"{loop_rate:.1f} (per-example backward loop)", "ratio": f"{jvp_rate / loop_rate:.1f}x",
+         "limit": f"rel. err {rel_err:.1e}"},
+        {"figure": "solver backward step vs train step, s", "ours": f"{t_solver['median_s']:.4f}",
+         "reference": f"{t_train['median_s']:.4f}", "ratio": f"{t_solver['median_s'] / t_train['median_s']:.2f}",
+         "limit": f"{tokens} tokens/step"},
+    ])
+    print(f"wrote {path}; {result['environment']['device']}, {n_params / 1e6:.1f}M params, {args.dtype}")
+
+
+if __name__ == "__main__":
+    main()
