@@ -125,8 +125,14 @@ def tokenizer_args(wildcards):
     )
 
 
+def corpus_inputs():
+    """Paths of corpus.inputs (an entry is a path, or {path, split, domain})."""
+    return [i if isinstance(i, str) else i["path"] for i in config["corpus"]["inputs"]]
+
+
 def ingest_args(wildcards):
     c = config["corpus"]
+    forced = {i["path"]: {k: v for k, v in i.items() if k != "path"} for i in c["inputs"] if not isinstance(i, str)}
     args = [
         f"--text-field {c.get('text_field', 'text')}",
         f"--max-chars {c.get('max_chars', 1000000)}",
@@ -139,6 +145,8 @@ def ingest_args(wildcards):
         args.append(f"--id-field {c['id_field']}")
     if c.get("default_domain"):
         args.append(f"--default-domain {c['default_domain']}")
+    if forced:
+        args.append(f"--input-options '{as_json(forced)}'")
     return " ".join(args)
 
 

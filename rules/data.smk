@@ -4,7 +4,7 @@
 # Every input record lands in docs or in rejects (with a reason); the manifest counts both.
 rule ingest:
     input:
-        ancient(config["corpus"]["inputs"]),
+        ancient(corpus_inputs()),
     output:
         docs="results/{run}/data/docs.parquet",
         rejects="results/{run}/data/rejects.parquet",

@@ -387,3 +387,29 @@ def test_cli_ingest_writes_outputs_and_sidecars(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{n}{s}" for n in ("docs.parquet", "rejects.parquet", "manifest.json") for s in ("", ".prov.json")]
     )  # no temp files left behind
+
+
+def test_per_input_options_force_split_and_domain(tmp_path):
+    """A target set (e.g. instruction data) comes in as split "target" with its own domain."""
+    import json as _json
+
+    from winnow.data.ingest import IngestOptions, ingest
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(_json.dumps({"text": f"plain document {i}", "domain": "web"}) + "\n" for i in range(20)))
+    target = tmp_path / "lima.jsonl"
+    target.write_text(
+        "".join(
+            _json.dumps({"prompt": f"Question {i}?\n", "response": f"Answer {i}.", "domain": "ignored"}) + "\n"
+            for i in range(5)
+        )
+    )
+    opts = IngestOptions(per_input={str(target): {"split": "target", "domain": "lima"}})
+    res = ingest([str(corpus), str(target)], opts)
+    rows = res.docs.to_pylist()
+    tgt = [r for r in rows if r["doc_id"].startswith("lima/")]
+    assert len(tgt) == 5 and all(r["split"] == "target" and r["domain"] == "lima" for r in tgt)
+    assert all(r["prompt"] is not None and r["text"].startswith(r["prompt"]) for r in tgt)
+    rest = [r for r in rows if r["doc_id"].startswith("corpus/")]
+    assert {r["split"] for r in rest} <= {"train", "val", "test"} and all(r["domain"] == "web" for r in rest)
+    assert res.manifest["splits"]["target"] == 5

@@ -141,3 +141,16 @@ def test_the_no_network_guard_blocks_connections(tmp_path: Path):
     env = dict(os.environ, PYTHONPATH=str(NONET))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "blocked"
+
+
+def test_a_local_target_file_is_an_input_with_split_target(tmp_path: Path):
+    """PDS's target can be any local jsonl/parquet: an input whose records all get split 'target'."""
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    target = str(ROOT / "tests/data/bad_records.jsonl")
+    cfg["corpus"]["inputs"] = [cfg["corpus"]["inputs"][0], {"path": target, "split": "target", "domain": "qa"}]
+    cfg["subsets"]["pds_target"] = {"splits": ["target"], "domains": ["qa"], "n": 2, "seed": 0}
+    proc = smk(work, write_config(tmp_path / "t.yaml", cfg), "-n", "-p")
+    assert planned_jobs(proc) == ALL_JOBS
+    assert '--input-options \'{"' in proc.stdout and '"split":"target"' in proc.stdout

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--max-chars", type=int, default=1_000_000)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--split-fractions", type=json_arg, default={"train": 0.9, "val": 0.05, "test": 0.05})
+    p.add_argument(
+        "--input-options", type=json_arg, default={}, help='{"<path>": {"split": "target", "domain": "lima"}}'
+    )
     p.add_argument("--docs", required=True)
     p.add_argument("--rejects", required=True)
     p.add_argument("--manifest", required=True)
@@ -98,6 +101,7 @@ def ingest(args) -> None:
         max_chars=args.max_chars,
         split_seed=args.split_seed,
         split_fractions=args.split_fractions,
+        per_input=args.input_options,
     )
     res = run(args.inputs, opts)
     write_table(args.docs, res.docs, DOCS)

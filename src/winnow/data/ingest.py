@@ -53,6 +53,10 @@ class IngestOptions:
     max_chars: int = 1_000_000
     split_seed: int = 0
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05})
+    # Per input path: {"split": ..., "domain": ...} forced on all its records. A target set (e.g.
+    # instruction data whose loss a selection should lower) comes in as split "target": tokenized
+    # with the corpus, never part of the train/val/test draw, never in a pool drawn from train.
+    per_input: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,6 +172,7 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
     for raw_path in paths:
         path = Path(raw_path)
         stem = _source_stem(path)
+        forced = opts.per_input.get(str(raw_path), {})
         for source, records in _iter_source(path):
             # DatasetDict splits number their records from 0 each: keep their index ids apart.
             prefix = stem + source[len(str(path)) :]
@@ -235,6 +240,7 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 domain = obj.get(opts.domain_field) if opts.domain_field else None
                 if not isinstance(domain, str) or not domain:
                     domain = opts.default_domain or stem
+                domain = forced.get("domain") or domain
                 doc_source = str(obj.get("source") or source)
                 try:  # JSON "\ud800" escapes parse to lone surrogates, which Arrow cannot store
                     for value in (text, doc_id, domain, doc_source):
@@ -250,7 +256,7 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 docs["text"].append(text)
                 docs["domain"].append(domain)
                 docs["source"].append(doc_source)
-                docs["split"].append(split_of(doc_id, opts.split_seed, opts.split_fractions))
+                docs["split"].append(forced.get("split") or split_of(doc_id, opts.split_seed, opts.split_fractions))
                 docs["prompt"].append(prompt)
                 counts["accepted"] += 1
             rejected = sum(v for k, v in counts.items() if k != "accepted")
