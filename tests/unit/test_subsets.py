@@ -121,3 +121,18 @@ def test_ids_table():
     table = ids_table(np.array([9, 3, 7]))
     assert table.schema.equals(IDS)
     assert table.to_pydict() == {"example_id": [9, 3, 7], "rank": [0, 1, 2]}
+
+
+def test_partition_ids_disjoint_sized_and_seeded():
+    from winnow.data.subsets import partition_ids
+
+    ids = np.arange(1000, 1100, dtype=np.int64)
+    parts = partition_ids(ids[::-1], [30, 30, 20], seed=3)
+    assert [p.size for p in parts] == [30, 30, 20]
+    flat = np.concatenate(parts)
+    assert np.unique(flat).size == 80 and np.isin(flat, ids).all()
+    again = partition_ids(ids, [30, 30, 20], seed=3)  # input order does not matter
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not np.array_equal(parts[0], partition_ids(ids, [30, 30, 20], seed=4)[0])
+    with pytest.raises(ValueError, match="disjoint"):
+        partition_ids(ids, [60, 60], seed=0)

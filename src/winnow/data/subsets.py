@@ -45,3 +45,21 @@ def sample_ids(ids: np.ndarray, seed: int, n: int | None = None, fraction: float
 def ids_table(ids: np.ndarray) -> pa.Table:
     ids = np.asarray(ids, dtype=np.int64)
     return pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)}, schema=IDS)
+
+
+def partition_ids(ids: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
+    """Disjoint seeded draws of the given sizes (e.g. MATES's per-stage pools and probe pool).
+
+    Returns one ``(sizes[i],)`` int64 array per size, each sorted by ``example_id``.
+    """
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"sizes must be ≥ 0, got {sizes}")
+    if sum(sizes) > ids.size:
+        raise ValueError(f"asked for {sum(sizes)} ids in disjoint parts but only {ids.size} are available")
+    perm = ids[np.random.default_rng(seed).permutation(ids.size)]
+    out, start = [], 0
+    for s in sizes:
+        out.append(np.sort(perm[start : start + s]))
+        start += s
+    return out
