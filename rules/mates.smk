@@ -1,0 +1,239 @@
+# MATES (model-aware data selection with data influence models, Yu et al. 2024): pretraining in
+# stages; after each stage the exact oracle influence of probe candidates on the current model, a
+# data influence model fitted to it, the next stage's pool scored, the next stage's data selected.
+# Arms: `mates` and `mrandom` (the same staged schedule with random selection at every stage).
+
+
+# Disjoint per-stage pools and the probe pool (candidates are never in a selection pool).
+rule mates_pools:
+    input:
+        pool="results/{run}/subsets/pool/ids.parquet",
+    output:
+        stages=mates_pool_files(),
+        probe="results/{run}/mates/pools/probe.parquet",
+    log:
+        "results/{run}/logs/mates_pools.log",
+    conda:
+        ENV
+    params:
+        stages=lookup(dpath="mates/stages", within=config),
+        stage_size=lookup(dpath="mates/stage_size", within=config),
+        probe_size=lookup(dpath="mates/probe_size", within=config),
+        seed=lookup(dpath="mates/seed", within=config),
+        code=code("mates pools"),
+    shell:
+        "python -m winnow mates pools --pool {input.pool} --stages {params.stages}"
+        " --stage-size {params.stage_size} --probe-size {params.probe_size} --seed {params.seed}"
+        " --out {output.stages} {output.probe} > {log} 2>&1"
+
+
+# The reference task: LAMBADA-style last words from held-out text (val: for the oracle; test: eval).
+# Its tokens form shard 1000000 (winnow.cli.mates.REFERENCE_SHARD), apart from the corpus ids.
+rule mates_reference:
+    input:
+        docs="results/{run}/data/docs.parquet",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+    output:
+        tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
+        examples="results/{run}/mates/reference/{split}/examples.parquet",
+        ids="results/{run}/mates/reference/{split}/ids.parquet",
+        manifest="results/{run}/mates/reference/{split}/manifest.json",
+    log:
+        "results/{run}/logs/mates_reference/{split}.log",
+    conda:
+        ENV
+    params:
+        n=mates_reference_size,
+        seed=lookup(dpath="mates/seed", within=config),
+        seq_len=config["tokenize"]["seq_len"],
+        code=code("mates reference"),
+    shell:
+        "python -m winnow mates reference --docs {input.docs} --tokenizer {input.tokenizer}"
+        " --split {wildcards.split} --n {params.n} --seed {params.seed} --seq-len {params.seq_len}"
+        " --tokens {output.tokens} --examples {output.examples} --ids {output.ids}"
+        " --manifest {output.manifest} > {log} 2>&1"
+
+
+# Equal scores over a stage pool: the random arm's Gumbel-top-k draws a uniform sample per seed.
+rule mates_random_scores:
+    input:
+        pool="results/{run}/mates/pools/stage-{k}.parquet",
+    output:
+        "results/{run}/mates/pools/stage-{k}-equal-scores.parquet",
+    log:
+        "results/{run}/logs/mates_random_scores/{k}.log",
+    conda:
+        ENV
+    params:
+        code=code("select random-scores"),
+    shell:
+        "python -m winnow select random-scores --pool {input.pool} --out {output} > {log} 2>&1"
+
+
+# The data of stage k: Gumbel-top-k over the stage pool's scores (shared select command).
+rule mates_select:
+    input:
+        scores=mates_stage_scores,
+    output:
+        ids="results/{run}/mates/{arm}/s{seed}/stage-{k}/ids.parquet",
+        manifest="results/{run}/mates/{arm}/s{seed}/stage-{k}/selection.json",
+    log:
+        "results/{run}/logs/mates_select/{arm}-s{seed}-{k}.log",
+    conda:
+        ENV
+    params:
+        args=mates_select_args,
+        code=code("select select"),
+    shell:
+        "python -m winnow select select --scores {input.scores} {params.args}"
+        " --out {output.ids} --manifest {output.manifest} > {log} 2>&1"
+
+
+# Stage k of pretraining; stage k ≥ 1 resumes from the end of stage k−1 (weights + AdamW moments).
+rule mates_train:
+    input:
+        unpack(mates_train_inputs),
+    output:
+        model="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/model.safetensors",
+        config="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/config.json",
+        optimizer="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/optimizer.safetensors",
+        state="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/trainer_state.json",
+    log:
+        "results/{run}/logs/mates_train/{arm}-s{seed}-{k}.log",
+    benchmark:
+        "results/{run}/benchmarks/mates_train/{arm}-s{seed}-{k}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model=model_config(),
+        train=mates_stage_config,
+        resume=mates_resume_arg,
+        ckpt_root="results/{run}/mates/{arm}/s{seed}/stage-{k}/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}' {params.resume}"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# Oracle influence at the end of stage k−1: one exact AdamW step per probe candidate, then the
+# change of the reference loss (batched over candidates; θ and moments never leave memory).
+rule mates_oracle:
+    input:
+        ckpt=mates_previous_model,
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        ref_examples="results/{run}/mates/reference/val/examples.parquet",
+        ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
+        ref_ids="results/{run}/mates/reference/val/ids.parquet",
+        probe="results/{run}/mates/pools/probe.parquet",
+    output:
+        oracle="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.parquet",
+        report="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.json",
+    log:
+        "results/{run}/logs/mates_oracle/s{seed}-{k}.log",
+    benchmark:
+        "results/{run}/benchmarks/mates_oracle/s{seed}-{k}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        n_probe=lookup(dpath="mates/n_probe", within=config),
+        seed=mates_probe_seed,
+        oracle=as_json(config.get("mates", {}).get("oracle", {})),
+        device=eval_device(),
+        code=code("mates oracle"),
+    shell:
+        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
+        " --manifest {input.manifest} --shards {input.shards} --reference-examples {input.ref_examples}"
+        " --reference-tokens {input.ref_tokens} --reference-ids {input.ref_ids} --probe {input.probe}"
+        " --n-probe {params.n_probe} --seed {params.seed} --oracle-config '{params.oracle}'"
+        " --device {params.device} --out {output.oracle} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# The evaluation checkpoint of a stage: a short exponentially decaying run from its end (as MATES).
+rule mates_decay:
+    input:
+        unpack(mates_decay_inputs),
+    output:
+        model="results/{run}/models/{arm}_k{k}/s{seed}/model/model.safetensors",
+        config="results/{run}/models/{arm}_k{k}/s{seed}/model/config.json",
+        optimizer="results/{run}/models/{arm}_k{k}/s{seed}/model/optimizer.safetensors",
+        state="results/{run}/models/{arm}_k{k}/s{seed}/model/trainer_state.json",
+    log:
+        "results/{run}/logs/mates_decay/{arm}-s{seed}-{k}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    params:
+        model=model_config(),
+        train=mates_decay_config,
+        resume=mates_decay_resume,
+        ckpt_root="results/{run}/models/{arm}_k{k}/s{seed}/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.resume}"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# Reference loss (held-out test last words) of an evaluation checkpoint.
+rule mates_eval_reference:
+    input:
+        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
+        examples="results/{run}/mates/reference/test/examples.parquet",
+        manifest="results/{run}/mates/reference/test/manifest.json",
+        tokens="results/{run}/mates/reference/test/tokens-1000000.bin",
+        ids="results/{run}/mates/reference/test/ids.parquet",
+    output:
+        "results/{run}/eval/{method}/s{seed}/reference.json",
+    log:
+        "results/{run}/logs/mates_eval_reference/{method}-s{seed}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        batch_size=config["eval"]["batch_size"],
+        device=eval_device(),
+        code=code("eval target"),
+    shell:
+        "python -m winnow eval target --model {input.model} --examples {input.examples}"
+        " --manifest {input.manifest} --shards {input.tokens} --ids {input.ids}"
+        " --batch-size {params.batch_size} --device {params.device} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# MATES against the random arm, stage by stage, over every seed.
+rule mates_compare:
+    input:
+        mates_compare_inputs,
+    output:
+        "results/{run}/mates/compare.tsv",
+    log:
+        "results/{run}/logs/mates_compare.log",
+    conda:
+        ENV
+    params:
+        code=code("mates compare"),
+    shell:
+        "python -m winnow mates compare --evals {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,208 @@
+"""``winnow mates ...``: stage pools, the reference set, the exact oracle, per-stage comparison."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.io.atomic import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+# Reference examples live in their own token shard, numbered far from the corpus shards so their
+# example_ids (shard · 2**32 + index) never collide with corpus ids in a combined ExampleStore.
+REFERENCE_SHARD = 1_000_000
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pools", help="disjoint per-stage pools and a probe pool from the candidate pool")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--stages", type=int, required=True)
+    p.add_argument("--stage-size", type=int, required=True)
+    p.add_argument("--probe-size", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", nargs="+", required=True, help="stage-0 … stage-(S-1), then probe (IDS parquet)")
+    add_threads(p)
+    p.set_defaults(func=pools)
+
+    p = sub.add_parser("reference", help="LAMBADA-style last-word reference examples (loss on the word)")
+    p.add_argument("--docs", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--examples", required=True)
+    p.add_argument("--ids", required=True)
+    p.add_argument("--manifest", required=True)
+    add_threads(p)
+    p.set_defaults(func=reference)
+
+    p = sub.add_parser("oracle", help="exact one-step AdamW oracle influence of probe candidates")
+    p.add_argument("--ckpt", required=True, help="model.safetensors of the stage's final checkpoint")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--reference-examples", required=True)
+    p.add_argument("--reference-tokens", required=True)
+    p.add_argument("--reference-ids", required=True)
+    p.add_argument("--probe", required=True, help="probe pool (IDS parquet)")
+    p.add_argument("--n-probe", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--oracle-config", type=json_arg, default={})
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    add_threads(p)
+    p.set_defaults(func=oracle)
+
+    p = sub.add_parser("compare", help="MATES vs random, stage by stage and seed by seed")
+    p.add_argument("--evals", nargs="+", required=True, help="eval files of mates_k{k} and mrandom_k{k} models")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=compare)
+
+
+def pools(args) -> None:
+    from winnow.data.subsets import ids_table, partition_ids
+    from winnow.io.tables import IDS, read_table, write_table
+
+    if len(args.out) != args.stages + 1:
+        raise ValueError(f"expected {args.stages + 1} outputs (stages + probe), got {len(args.out)}")
+    ids = read_table(args.pool, IDS)["example_id"].to_numpy()
+    parts = partition_ids(ids, [args.stage_size] * args.stages + [args.probe_size], args.seed)
+    for path, part in zip(args.out, parts):
+        write_table(path, ids_table(part), IDS)
+    sidecars(args, "mates pools", args.out, [args.pool], seed=args.seed)
+
+
+def reference(args) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from winnow.data.tasks import build_lastword
+    from winnow.data.tokenize import ID_STRIDE, tokenize_shard
+    from winnow.data.tokenizer import load
+    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.tables import DOCS, EXAMPLES, IDS, read_table, write_table
+
+    docs = read_table(args.docs, DOCS)
+    rows = [r for r in docs.to_pylist() if r["split"] == args.split and r["prompt"] is None]
+    items = build_lastword(rows, args.n, args.seed)
+    if not items:
+        raise ValueError(f"no last-word items could be built from the {args.split} split")
+    # Each item is a prompt/response document: the context is the prompt, the word the response,
+    # so the tokenizer puts the loss on the word's tokens only (as MATES's LAMBADA reference).
+    ref_docs = pa.table(
+        {
+            "doc_id": [f"reference/{i}" for i in range(len(items))],
+            "text": [it["context"] + it["target"] for it in items],
+            "domain": [it.get("domain", "reference") for it in items],
+            "source": [it.get("doc_id", "") for it in items],
+            "split": [args.split] * len(items),
+            "prompt": [it["context"] for it in items],
+        },
+        schema=DOCS,
+    )
+    tok = load(Path(args.tokenizer).parent)
+    tokens, examples, stats = tokenize_shard(ref_docs, tok, 0, 1, args.seq_len)
+    offset = REFERENCE_SHARD * ID_STRIDE
+    examples = examples.set_column(0, "example_id", pc.add(examples["example_id"], offset))
+    examples = examples.set_column(2, "shard", pa.array([REFERENCE_SHARD] * examples.num_rows, pa.int32()))
+    write_shard(args.tokens, tokens, token_dtype(len(tok)))
+    write_table(args.examples, examples, EXAMPLES)
+    from winnow.data.subsets import ids_table
+
+    write_table(args.ids, ids_table(examples["example_id"].to_numpy()), IDS)
+    manifest = {
+        "examples": examples.num_rows,
+        "seq_len": args.seq_len,
+        "dtype": token_dtype(len(tok)).str,
+        "vocab_size": len(tok),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "shard": REFERENCE_SHARD,
+        "split": args.split,
+        "stats": stats,
+        "definition": "LAMBADA-style last word: loss on the target word's tokens given the passage",
+    }
+    write_json(args.manifest, manifest)
+    sidecars(
+        args,
+        "mates reference",
+        [args.tokens, args.examples, args.ids, args.manifest],
+        [args.docs, args.tokenizer],
+        seed=args.seed,
+    )
+
+
+def oracle(args) -> None:
+    import pyarrow as pa
+    import torch
+
+    from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
+    from winnow.methods.mates import ORACLE, OracleConfig, load_state, probe
+    from winnow.models.build import load_pretrained
+    from winnow.train.batches import ExampleStore, shard_paths_from
+
+    torch.set_num_threads(args.threads)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    manifest = read_json(args.manifest)
+    examples = pa.concat_tables([read_table(args.examples, EXAMPLES), read_table(args.reference_examples, EXAMPLES)])
+    shards = {**shard_paths_from(args.shards), REFERENCE_SHARD: args.reference_tokens}
+    store = ExampleStore(examples, shards, manifest["dtype"])
+    probe_pool = np.sort(read_table(args.probe, IDS)["example_id"].to_numpy())
+    if args.n_probe > probe_pool.size:
+        raise ValueError(f"n_probe {args.n_probe} > probe pool {probe_pool.size}")
+    candidates = probe_pool[np.random.default_rng(args.seed).permutation(probe_pool.size)[: args.n_probe]]
+    ref_ids = read_table(args.reference_ids, IDS)["example_id"].to_numpy()
+    ckpt_dir = Path(args.ckpt).parent
+    model = load_pretrained(ckpt_dir).to(device)
+    trainer_state = read_json(ckpt_dir / "trainer_state.json")
+    cfg = OracleConfig.from_trainer_state(trainer_state, **args.oracle_config)
+    state = load_state(ckpt_dir, model=model, device=device, **args.oracle_config)
+    table, result = probe(model, state, store, candidates, ref_ids, manifest["seq_len"], manifest["pad_token_id"], cfg)
+    write_table(args.out, table, ORACLE)
+    report = {
+        "n_probe": int(len(candidates)),
+        "n_reference": int(len(ref_ids)),
+        "ref_loss_before": result.ref_loss_before,
+        "delta": {
+            "mean": float(np.mean(result.delta)),
+            "std": float(np.std(result.delta)),
+            "min": float(np.min(result.delta)),
+            "max": float(np.max(result.delta)),
+        },
+        "method": result.method,
+        "lr": cfg.lr,
+        "timings": result.timings,
+        "candidates_per_s": len(candidates)
+        / max(sum(v for v in result.timings.values() if isinstance(v, float)), 1e-9),
+        "definition": "delta = reference loss after one AdamW step on the candidate − before (lower is better)",
+    }
+    write_json(args.report, report)
+    log.info(
+        "oracle: %d candidates, ref loss %.4f, delta mean %.2e std %.2e",
+        len(candidates),
+        result.ref_loss_before,
+        report["delta"]["mean"],
+        report["delta"]["std"],
+    )
+    sidecars(
+        args, "mates oracle", [args.out, args.report], [args.ckpt, args.probe, args.reference_examples], seed=args.seed
+    )
+
+
+def compare(args) -> None:
+    from winnow.eval.table import compare_stages, summary_rows, write_tsv
+
+    write_tsv(args.out, compare_stages(summary_rows(args.evals)))
+    sidecars(args, "mates compare", [args.out], args.evals)
