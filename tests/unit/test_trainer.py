@@ -257,3 +257,45 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
     a, b = _tensors(one / "model/model.safetensors"), _tensors(two / "model/model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_from_loads_the_exact_optimizer_state(data, tmp_path, monkeypatch):
+    """A MATES stage (or an ablation component) continues from a previous run's checkpoint: right
+    after loading, every AdamW moment and step count equals the saved ones, bit for bit."""
+    import numpy as np
+
+    from winnow.data.tokenizer import load
+    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.models.build import build_model
+    from winnow.models.checkpoint import optimizer_state_by_name
+    from winnow.train import trainer
+    from winnow.train.batches import ExampleStore
+
+    prev = tmp_path / "prev"
+    subprocess.run(_train_cmd(data, prev, _train_cfg(steps=5)), check=True, env=_env(tmp_path), capture_output=True)
+    saved = _tensors(prev / "model/optimizer.safetensors")
+
+    captured = {}
+    real_load = trainer.load_checkpoint
+
+    def spy(ckpt_dir, model, optimizer):
+        state = real_load(ckpt_dir, model, optimizer)
+        # clone: on CPU the by-name view aliases the optimizer's tensors, which the next step updates
+        captured.update({k: v.clone() for k, v in optimizer_state_by_name(model, optimizer).items()})
+        return state
+
+    monkeypatch.setattr(trainer, "load_checkpoint", spy)
+    torch.set_num_threads(1)
+    tok = load(data["tok"].parent)
+    manifest = json.loads(data["manifest"].read_text())
+    store = ExampleStore(read_table(data["examples"], EXAMPLES), {0: str(data["tokens"])}, manifest["dtype"])
+    ids = read_table(data["ids"], IDS)["example_id"].to_numpy()
+    model = build_model(MODEL, len(tok), tok.eos_token_id, tok.pad_token_id, seed=123)
+    cfg = trainer.TrainConfig(seq_len=64, **_train_cfg(steps=1, schedule="constant", warmup_steps=0))
+    trainer.train(model, store, np.asarray(ids), cfg, tmp_path / "next/model", tmp_path / "next/ckpt", tok.pad_token_id,
+                  init="resume", resume_from=prev / "model")
+    assert captured.keys() == saved.keys() and captured
+    for k in saved:
+        assert torch.equal(captured[k], saved[k]), k
+    after = _tensors(tmp_path / "next/model/optimizer.safetensors")
+    assert float(after["gpt_neox.embed_in.weight.step"]) == 6.0  # the step count carries on
