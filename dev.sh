@@ -2,6 +2,7 @@
 # Set up and run Winnow on a fresh machine (Debian 12 / Python 3.11 / pip). Usage:
 #   ./dev.sh run   [snakemake args...]  create .venv, install pinned deps, run the default workflow
 #   ./dev.sh test  [pytest args...]     create .venv, install pinned deps + test tools, run the tests
+#   ./dev.sh slurm-test [pytest args]   only tests/slurm: a real single-node Slurm cluster (root; apt installs it)
 #   ./dev.sh lint                       snakemake --lint, snakefmt --check, ruff
 #   ./dev.sh venv                       only the set-up
 set -euo pipefail
@@ -38,6 +39,7 @@ case "$cmd" in
   venv) setup ;;
   run) setup; snakemake "$@" ;;
   test) setup; python -m pytest -q "$@" tests ;;
+  slurm-test) setup; python -m pytest -q -rs "$@" tests/slurm ;;
   lint)
     setup
     snakemake --lint

@@ -1,8 +1,18 @@
-"""``winnow train lm``: train a causal LM on an id list; write its final checkpoint folder."""
+"""``winnow train lm``: train a causal LM on an id list; write its final checkpoint folder.
+
+With more than one GPU (``--gpus N``, by default the GPUs the job sees: ``CUDA_VISIBLE_DEVICES``,
+which Slurm sets from ``--gpus``, else ``torch.cuda.device_count()``) the command starts itself
+again under ``torchrun``, one process per GPU, and the trainer runs DDP at the same global batch.
+One GPU or none: a single process, as before.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
 
 from winnow.cli._common import add_threads, json_arg, sidecars
@@ -23,11 +33,106 @@ def register(sub) -> None:
     p.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
     p.add_argument("--ckpt-root", required=True, help="folder for intermediate checkpoints")
     p.add_argument("--out", required=True, help="final model.safetensors (folder gets the rest)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="processes to start, one per GPU (torchrun, DDP) when > 1; default: the GPUs the job sees"
+        " (CUDA_VISIBLE_DEVICES, else torch.cuda.device_count()); without CUDA, N > 1 runs N CPU processes (gloo)",
+    )
     add_threads(p)
     p.set_defaults(func=lm)
 
 
+# ---------------------------------------------------------------- multi-GPU launcher
+def visible_gpus(environ=os.environ) -> int:
+    """The GPUs this process may use: the entries of CUDA_VISIBLE_DEVICES when it is set (Slurm sets
+    it for ``--gpus``/``--gres``), else ``torch.cuda.device_count()``."""
+    cvd = environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        cvd = cvd.strip()
+        if cvd in ("", "-1", "NoDevFiles"):
+            return 0
+        return len([d for d in cvd.split(",") if d.strip()])
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA means no GPU
+        return 0
+
+
+def under_torchrun(environ=os.environ) -> bool:
+    return "WORLD_SIZE" in environ or "TORCHELASTIC_RUN_ID" in environ
+
+
+def processes_to_launch(gpus: int | None, environ=os.environ) -> int:
+    """How many processes to start under torchrun; 0: train in this process.
+
+    0 when already under torchrun (WORLD_SIZE set), and when there is one GPU or none."""
+    if under_torchrun(environ):
+        return 0
+    n = visible_gpus(environ) if gpus is None else gpus
+    if n < 0:
+        raise ValueError(f"--gpus must be >= 0, got {n}")
+    return n if n > 1 else 0
+
+
+def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m winnow <argv>``: one
+    node, a free rendezvous port (so two such jobs on one node do not collide)."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "winnow",
+        *argv,
+    ]
+
+
+def lm_argv(args) -> list[str]:
+    """The command line of ``args`` (``winnow [--log-level L] train lm ...``), for the relaunch."""
+    argv = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
+    argv += ["train", "lm", "--examples", args.examples, "--manifest", args.manifest, "--shards", *args.shards]
+    argv += ["--tokenizer", args.tokenizer, "--ids", args.ids]
+    argv += ["--model-config", json.dumps(args.model_config, sort_keys=True)]
+    argv += ["--train-config", json.dumps(args.train_config, sort_keys=True)]
+    if args.resume_from is not None:
+        argv += ["--resume-from", args.resume_from]
+    argv += ["--ckpt-root", args.ckpt_root, "--out", args.out, "--threads", str(args.threads)]
+    if args.gpus is not None:
+        argv += ["--gpus", str(args.gpus)]
+    return argv
+
+
+def relaunch_under_torchrun(args) -> None:
+    """Replace this process by torchrun with one worker per GPU when there are several (never returns
+    then); return when this process should train itself."""
+    nproc = processes_to_launch(args.gpus)
+    if not nproc:
+        return
+    try:
+        import torch
+
+        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+            raise SystemExit(f"--gpus {nproc}: only {torch.cuda.device_count()} CUDA devices are visible")
+    except ImportError:
+        pass
+    cmd = torchrun_command(nproc, lm_argv(args))
+    log.info("%d GPUs: starting %d DDP processes under torchrun: %s", nproc, nproc, shlex.join(cmd))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(cmd[0], cmd)
+
+
 def lm(args) -> None:
+    relaunch_under_torchrun(args)
     import torch
 
     from winnow.data.tokenizer import load
@@ -59,6 +164,9 @@ def lm(args) -> None:
         model, store, ids, cfg, out_dir, args.ckpt_root, tok.pad_token_id, init=init, resume_from=args.resume_from
     )
     log.info("summary: %s", summary)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 wrote the checkpoint; it writes the sidecars too
     outs = [out_dir / n for n in ("model.safetensors", "config.json", "optimizer.safetensors", "trainer_state.json")]
     inputs = [args.examples, args.manifest, args.ids, args.tokenizer] + ([args.resume_from] if args.resume_from else [])
-    sidecars(args, "train lm", outs, inputs, seed=cfg.seed, extra={"summary": summary})
+    # The process count is not a parameter of the result: DDP trains on the same global batch.
+    sidecars(args, "train lm", outs, inputs, seed=cfg.seed, extra={"summary": summary}, drop=("gpus",))
