@@ -15,6 +15,8 @@ include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/scorer.smk"
 include: "rules/pds.smk"
+include: "rules/ablation.smk"
+include: "rules/mates.smk"
 
 
 localrules:
@@ -23,6 +25,10 @@ localrules:
     pds,
     eval_table,
     eval_compare,
+    ablation,
+    ablation_correlate,
+    mates,
+    mates_compare,
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.
@@ -43,3 +49,15 @@ rule pds:
     input:
         method_targets("pds")
         + [f"results/{RUN}/pds/solver.json", f"results/{RUN}/scorers/pds/fit.json"],
+
+
+# Modular data ablations: seed, components, mixtures, merges, their perplexities and the correlation.
+rule ablation:
+    input:
+        ablation_targets(),
+
+
+# MATES and its staged random arm over every seed, with the per-stage comparison.
+rule mates:
+    input:
+        mates_targets(),

@@ -46,7 +46,7 @@ rule score_pool:
         manifest="results/{run}/tokens/manifest.json",
         tokens="results/{run}/tokens/tokens-{shard}.bin",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=scorer_pool,
     output:
         "results/{run}/scores/{scorer}/parts/{shard}.parquet",
     log:

@@ -18,6 +18,8 @@ rule train_lm:
         "results/{run}/logs/train_lm/{method}-s{seed}.log",
     benchmark:
         "results/{run}/benchmarks/train_lm/{method}-s{seed}.tsv"
+    wildcard_constraints:
+        method="|".join(SELECTION_METHODS),  # MATES and ablation models have rules of their own
     conda:
         ENV
     threads: 2

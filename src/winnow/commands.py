@@ -25,4 +25,21 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "scorer fit": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),
     "scorer score": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),
     "scorer merge": ("winnow.io.tables",),
+    "mates pools": ("winnow.data.subsets", "winnow.io.tables"),
+    "mates reference": (
+        "winnow.data.tasks",
+        "winnow.data.tokenize",
+        "winnow.data.tokenizer",
+        "winnow.data.subsets",
+        "winnow.io.shards",
+        "winnow.io.tables",
+    ),
+    "mates oracle": ("winnow.methods.mates", "winnow.models.build", "winnow.train.batches", "winnow.io.tables"),
+    "mates compare": ("winnow.eval.table",),
+    # Modular data ablations: data side, merges and the report are separate modules, so editing
+    # the report does not rerun the id lists (and with them every trained model).
+    "ablation partition": ("winnow.methods.ablation", "winnow.io.tables"),
+    "ablation mix": ("winnow.methods.ablation", "winnow.io.tables"),
+    "ablation merge": ("winnow.methods.merge",),
+    "ablation correlate": ("winnow.methods.ablation_report", "winnow.eval.table", "winnow.io.tables"),
 }

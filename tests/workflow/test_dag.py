@@ -31,9 +31,24 @@ PDS_JOBS = {
     "merge_scores": 1,
     "eval_compare": 1,
 }
+# ---- modular data ablations (tiny.yaml: 3 partitions, pairs, seed mix of 2 other domains, a macro) ----
+DATA_JOBS = {"ingest": 1, "tokenizer": 1, "tokenize": 3, "merge_examples": 1}
+ABLATION_JOBS = {
+    "ablation_partition": 5,  # kjv, pydocs, shakespeare + the seed mix's fortunes, milton
+    "ablation_mixture_ids": 4,  # 3 pairs + the seed mix (fortunes+milton)
+    "ablation_seed": 1,
+    "ablation_component": 3,
+    "ablation_mixture": 3,
+    "ablation_merge": 3,
+    "ablation_macro": 1,
+    "ablation_ppl": 11,  # seed + 3 components + 3 mixtures + 3 merges + 1 macro
+    "ablation_correlate": 1,
+}
+# ---- end of the ablation block ----
 ALL_JOBS = {
     **{k: v for k, v in SPINE_JOBS.items() if k != "spine"},
     **PDS_JOBS,
+    **ABLATION_JOBS,
     "sample_subset": 3,  # + pds_proxy
     "select": 2,
     "train_lm": 2,
@@ -69,9 +84,51 @@ def test_dry_run_of_the_spine_target_plans_no_method(tiny):
 
 def test_dry_run_of_the_pds_target(tiny):
     work, cfg = tiny
-    expected = {**ALL_JOBS, "pds": 1}
+    expected = {k: v for k, v in ALL_JOBS.items() if k not in ABLATION_JOBS}
+    expected["pds"] = 1
     del expected["all"], expected["eval_table"]
     assert planned_jobs(smk(work, cfg, "-n", "pds")) == expected
+
+
+# ---- modular data ablations ----
+def test_dry_run_of_the_ablation_target(tiny):
+    work, cfg = tiny
+    expected = {**DATA_JOBS, **ABLATION_JOBS, "ablation": 1}
+    assert planned_jobs(smk(work, cfg, "-n", "ablation")) == expected
+
+
+def test_without_ablation_in_methods_the_default_target_plans_none(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", {**tiny_config(), "methods": ["random", "pds"]})
+    jobs = planned_jobs(smk(work, cfg, "-n"))
+    assert not set(jobs) & set(ABLATION_JOBS)
+    # The block is still there: `snakemake ablation` runs it on request.
+    assert planned_jobs(smk(work, cfg, "-n", "ablation"))["ablation_component"] == 3
+
+
+def test_ablation_config_errors_name_the_key(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cases = [
+        ({"ablation": None}, "config key ablation is required"),
+        ({"mixtures": [["kjv", "milton"]]}, "not partitions"),
+        ({"partitions": ["kjv", "py+docs"]}, "py+docs"),
+        ({"macro_merges": {"m": [["kjv"], ["wordnet"]]}}, "ablation.macro_merges.m"),
+        ({"seed_mix": "no_such_subset"}, "ablation.seed_mix"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        cfg = tiny_config()
+        if change.get("ablation", 0) is None:
+            del cfg["ablation"]
+        else:
+            cfg["ablation"].update(change)
+        proc = smk(work, write_config(tmp_path / f"bad{i}.yaml", cfg), "-n", check=False)
+        assert proc.returncode != 0, change
+        assert message in proc.stdout + proc.stderr, (change, proc.stderr[-2000:])
+
+
+# ---- end of the ablation block ----
 
 
 def test_seeds_multiply_the_selection_branch(tmp_path: Path):

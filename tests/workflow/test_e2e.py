@@ -14,13 +14,8 @@ R = "results/tiny"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("e2e")
-    work = base / "work"
-    work.mkdir()
-    cfg = write_config(base / "tiny.yaml", tiny_config())
-    smk(work, cfg)
-    return work, cfg
+def finished(tiny_finished) -> tuple[Path, Path]:
+    return tiny_finished  # one real run (conftest), shared with test_ablation.py
 
 
 def test_outputs_of_every_layer_exist(finished):
@@ -145,4 +140,4 @@ def test_pds_reports(finished):
     pool = pq.read_table(work / R / "subsets/pool/ids.parquet")
     assert scores.num_rows == pool.num_rows
     compare = (work / R / "eval/compare-pds.tsv").read_text().splitlines()
-    assert compare[0].startswith("method\tbaseline\tmetric") and any("target/pds_target" in l for l in compare)
+    assert compare[0].startswith("method\tbaseline\tmetric") and any("target/pds_target" in line for line in compare)

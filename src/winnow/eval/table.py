@@ -14,7 +14,7 @@ from pathlib import Path
 
 from winnow.io.atomic import write_text
 
-LOWER_IS_BETTER = ("target/", "ppl_token/", "bits_per_byte/", "/perplexity")
+LOWER_IS_BETTER = ("target/", "reference/", "ppl_token/", "bits_per_byte/", "/perplexity")
 
 
 def model_key(path: str | os.PathLike) -> tuple[str, int]:
@@ -48,6 +48,8 @@ def summary_rows(eval_paths) -> list[dict]:
                         row[f"{task.removeprefix('winnow_')}/{metric}"] = value
         elif name.startswith("target-"):
             row[f"target/{name[len('target-') : -len('.json')]}"] = data["loss"]
+        elif name == "reference.json":  # MATES's reference task (held-out last words)
+            row["reference/loss"] = data["loss"]
         else:
             raise ValueError(f"{path}: unknown eval file")
     return [rows[k] for k in sorted(rows)]
@@ -98,6 +100,18 @@ def compare_rows(summary: list[dict], baseline: str = "random") -> list[dict]:
                     "per_seed_diff": ";".join(f"s{s}:{d:.6g}" for s, d in zip(seeds, diffs)),
                 }
             )
+    return out
+
+
+def compare_stages(summary: list[dict], method: str = "mates", baseline: str = "mrandom") -> list[dict]:
+    """Staged methods: ``{method}_k{k}`` against ``{baseline}_k{k}`` at every stage k, seed by seed."""
+    stages = sorted(
+        {int(r["method"].rsplit("_k", 1)[1]) for r in summary if r["method"].startswith(f"{method}_k")}
+    )
+    out = []
+    for k in stages:
+        rows = [r for r in summary if r["method"] in (f"{method}_k{k}", f"{baseline}_k{k}")]
+        out += [{"stage": k, **row} for row in compare_rows(rows, f"{baseline}_k{k}")]
     return out
 
 

@@ -1,0 +1,266 @@
+# Modular data ablations (Na et al. 2024, "ez-data-ablations"): a seed model; one component per
+# partition (continued pretraining of the seed at a fixed budget); mixture models on unions of
+# partitions with equal shares; merges (uniform parameter averages of components); perplexity per
+# domain; how well merged models predict mixture models. Helpers are in common.smk.
+
+
+# A mixture is its sorted partitions joined with "+" (kjv+pydocs); a partition name has no "+".
+wildcard_constraints:
+    part=NAME_PATTERN,
+    mix=MIXTURE_PATTERN,
+    macro=NAME_PATTERN,
+
+
+# The train ids of one partition (examples whose ablation.column is {part}) + counts per split.
+rule ablation_partition:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        docs="results/{run}/data/docs.parquet",
+    output:
+        ids="results/{run}/ablation/partitions/{part}/ids.parquet",
+        report="results/{run}/ablation/partitions/{part}/partition.json",
+    log:
+        "results/{run}/logs/ablation_partition/{part}.log",
+    conda:
+        ENV
+    params:
+        column=ABLATION.get("column", "domain"),
+        code=code("ablation partition"),
+    shell:
+        "python -m winnow ablation partition --examples {input.examples} --docs {input.docs}"
+        " --column {params.column} --value {wildcards.part} --splits train --out {output.ids}"
+        " --report {output.report} --threads {threads} > {log} 2>&1"
+
+
+# Equal shares of a mixture's partitions (small ones repeated): what its mixture model trains on.
+rule ablation_mixture_ids:
+    input:
+        ablation_mixture_parts,
+    output:
+        "results/{run}/ablation/mixtures/{mix}/ids.parquet",
+    log:
+        "results/{run}/logs/ablation_mixture_ids/{mix}.log",
+    conda:
+        ENV
+    params:
+        seed=ABLATION.get("seed", 0),
+        code=code("ablation mix"),
+    shell:
+        "python -m winnow ablation mix --parts {input} --seed {params.seed} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# The seed model: the shared trainer from scratch on the seed mix (train block, seed_steps steps).
+rule ablation_seed:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        ids=ablation_seed_ids,
+    output:
+        model="results/{run}/ablation/seed/model/model.safetensors",
+        config="results/{run}/ablation/seed/model/config.json",
+        optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
+        state="results/{run}/ablation/seed/model/trainer_state.json",
+    log:
+        "results/{run}/logs/ablation_seed.log",
+    benchmark:
+        "results/{run}/benchmarks/ablation_seed.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model=model_config(),
+        train=ablation_seed_config(),
+        ckpt_root="results/{run}/ablation/seed/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}'"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps.
+rule ablation_component:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        ids="results/{run}/ablation/partitions/{part}/ids.parquet",
+        init="results/{run}/ablation/seed/model/model.safetensors",
+        init_optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
+        init_state="results/{run}/ablation/seed/model/trainer_state.json",
+    output:
+        model="results/{run}/ablation/components/{part}/model/model.safetensors",
+        config="results/{run}/ablation/components/{part}/model/config.json",
+        optimizer="results/{run}/ablation/components/{part}/model/optimizer.safetensors",
+        state="results/{run}/ablation/components/{part}/model/trainer_state.json",
+    log:
+        "results/{run}/logs/ablation_component/{part}.log",
+    benchmark:
+        "results/{run}/benchmarks/ablation_component/{part}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model=model_config(),
+        train=ablation_cpt_config(1),
+        init=init_folder,
+        ckpt_root="results/{run}/ablation/components/{part}/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps.
+rule ablation_mixture:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        ids="results/{run}/ablation/mixtures/{mix}/ids.parquet",
+        init="results/{run}/ablation/seed/model/model.safetensors",
+        init_optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
+        init_state="results/{run}/ablation/seed/model/trainer_state.json",
+    output:
+        model="results/{run}/ablation/mixtures/{mix}/model/model.safetensors",
+        config="results/{run}/ablation/mixtures/{mix}/model/config.json",
+        optimizer="results/{run}/ablation/mixtures/{mix}/model/optimizer.safetensors",
+        state="results/{run}/ablation/mixtures/{mix}/model/trainer_state.json",
+    log:
+        "results/{run}/logs/ablation_mixture/{mix}.log",
+    benchmark:
+        "results/{run}/benchmarks/ablation_mixture/{mix}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model=model_config(),
+        train=ablation_mixture_config,
+        init=init_folder,
+        ckpt_root="results/{run}/ablation/mixtures/{mix}/checkpoints",
+        code=code("train lm"),
+    shell:
+        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
+        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+
+
+# A merge: the uniform parameter average of a mixture's components (integer buffers copied).
+rule ablation_merge:
+    input:
+        ablation_merge_members,
+    output:
+        model="results/{run}/ablation/merges/{mix}/model/model.safetensors",
+        config="results/{run}/ablation/merges/{mix}/model/config.json",
+        members="results/{run}/ablation/merges/{mix}/members.json",
+    log:
+        "results/{run}/logs/ablation_merge/{mix}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+    params:
+        code=code("ablation merge"),
+    shell:
+        "python -m winnow ablation merge --models {input} --out {output.model}"
+        " --members {output.members} --threads {threads} > {log} 2>&1"
+
+
+# A macro merge (ablation.macro_merges): the uniform average of merges and components.
+rule ablation_macro:
+    input:
+        ablation_macro_members,
+    output:
+        model="results/{run}/ablation/macros/{macro}/model/model.safetensors",
+        config="results/{run}/ablation/macros/{macro}/model/config.json",
+        members="results/{run}/ablation/macros/{macro}/members.json",
+    log:
+        "results/{run}/logs/ablation_macro/{macro}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+    params:
+        code=code("ablation merge"),
+    shell:
+        "python -m winnow ablation merge --models {input} --out {output.model}"
+        " --members {output.members} --threads {threads} > {log} 2>&1"
+
+
+# Rolling-window perplexity per domain (every domain of the test split, held-out ones included)
+# of the seed, a component, mixture, merge or macro merge: the shared `eval ppl`.
+rule ablation_ppl:
+    input:
+        model="results/{run}/ablation/{model}/model/model.safetensors",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        docs="results/{run}/data/docs.parquet",
+    output:
+        "results/{run}/ablation/eval/{model}/ppl.json",
+    log:
+        "results/{run}/logs/ablation_ppl/{model}.log",
+    benchmark:
+        "results/{run}/benchmarks/ablation_ppl/{model}.tsv"
+    wildcard_constraints:
+        model=r"seed|(?:components|mixtures|merges|macros)/[^/]+",
+    conda:
+        ENV
+    # Many small evals: one thread each, so two share a 2-core machine (and their start-up).
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        split=config["eval"]["split"],
+        max_docs=ablation_max_docs(),
+        batch_size=config["eval"]["batch_size"],
+        device=eval_device(),
+        code=code("eval ppl"),
+    shell:
+        "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
+        " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
+        " --device {params.device} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and
+# pooled, Pearson and Spearman; the points, every model's perplexities, and a scatter plot.
+rule ablation_correlate:
+    input:
+        ablation_evals,
+    output:
+        table="results/{run}/ablation/correlation.tsv",
+        json="results/{run}/ablation/correlation.json",
+        points="results/{run}/ablation/points.tsv",
+        ppl="results/{run}/ablation/ppl.parquet",
+        plot="results/{run}/ablation/correlation.png",
+    log:
+        "results/{run}/logs/ablation_correlate.log",
+    conda:
+        ENV
+    params:
+        spec=ablation_spec(),
+        code=code("ablation correlate"),
+    shell:
+        "python -m winnow ablation correlate --evals {input} --spec '{params.spec}'"
+        " --table {output.table} --json {output.json} --points {output.points} --ppl {output.ppl}"
+        " --plot {output.plot} > {log} 2>&1"

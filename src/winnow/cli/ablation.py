@@ -1,0 +1,162 @@
+"""``winnow ablation ...``: partition id lists, equal-share mixtures, merges, and the correlation report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.io.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("partition", help="the ids of one partition (a value of a docs/examples column)")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--docs", required=True, help="docs.parquet (for a column the examples table lacks)")
+    p.add_argument("--column", default="domain")
+    p.add_argument("--value", required=True, help="the partition: rows whose column equals this")
+    p.add_argument("--splits", nargs="+", default=["train"], help="splits whose ids are written")
+    p.add_argument("--out", required=True, help="IDS parquet")
+    p.add_argument("--report", required=True, help="JSON: examples, docs and tokens per split")
+    add_threads(p)
+    p.set_defaults(func=partition)
+
+    p = sub.add_parser("mix", help="equal shares of several id lists (small ones repeated)")
+    p.add_argument("--parts", nargs="+", required=True, help="IDS parquet files, one per partition")
+    p.add_argument("--per-part", type=int, default=None, help="entries per partition (default: the largest)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=mix)
+
+    p = sub.add_parser("merge", help="uniform parameter average of model folders")
+    p.add_argument("--models", nargs="+", required=True, help="model.safetensors files in HF model folders")
+    p.add_argument("--out", required=True, help="model.safetensors of the merged folder")
+    p.add_argument("--members", required=True, help="JSON: members and what was averaged or copied")
+    add_threads(p)
+    p.set_defaults(func=merge)
+
+    p = sub.add_parser("correlate", help="merged vs mixture perplexity: table, JSON and a plot")
+    p.add_argument("--evals", nargs="+", required=True, help=".../ablation/eval/**/ppl.json")
+    p.add_argument("--spec", type=json_arg, required=True, help='{"partitions", "mixtures", "macros", "metric"}')
+    p.add_argument("--table", required=True, help="TSV: one row per (proxy, domain)")
+    p.add_argument("--json", required=True)
+    p.add_argument("--points", required=True, help="TSV: one row per (mixture, domain)")
+    p.add_argument("--ppl", required=True, help="parquet: every model × domain")
+    p.add_argument("--plot", required=True, help="PNG scatter")
+    add_threads(p)
+    p.set_defaults(func=correlate)
+
+
+def partition(args) -> None:
+    from collections import Counter
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
+    from winnow.methods.ablation import partition_mask
+
+    examples = read_table(args.examples, EXAMPLES)
+    if args.column in examples.column_names:
+        values = examples[args.column].to_pylist()
+    else:
+        docs = pq.read_table(args.docs, columns=["doc_id", args.column])
+        by_doc = dict(zip(docs["doc_id"].to_pylist(), docs[args.column].to_pylist()))
+        values = [by_doc.get(d) for d in examples["doc_id"].to_pylist()]
+    mask = partition_mask(values, args.value)
+    splits = np.asarray(examples["split"].to_pylist(), dtype=object)
+    chosen = mask & np.isin(splits, args.splits)
+    ids = np.sort(examples["example_id"].to_numpy()[chosen])
+    if ids.size == 0:
+        raise ValueError(f"partition {args.value!r}: no examples with {args.column} == {args.value!r} in {args.splits}")
+    lengths = examples["length"].to_numpy()
+    doc_ids = np.asarray(examples["doc_id"].to_pylist(), dtype=object)
+    report = {
+        "column": args.column,
+        "value": args.value,
+        "splits_written": args.splits,
+        "examples": dict(sorted(Counter(splits[mask].tolist()).items())),
+        "docs": {s: len(set(doc_ids[mask & (splits == s)].tolist())) for s in sorted(set(splits[mask].tolist()))},
+        "tokens": {s: int(lengths[mask & (splits == s)].sum()) for s in sorted(set(splits[mask].tolist()))},
+        "ids": int(ids.size),
+    }
+    write_table(args.out, _ids_table(ids), IDS)
+    write_json(args.report, report)
+    log.info("partition %s=%s: %s", args.column, args.value, report)
+    sidecars(args, "ablation partition", [args.out, args.report], [args.examples, args.docs])
+
+
+def mix(args) -> None:
+    from winnow.io.tables import IDS, read_table, write_table
+    from winnow.methods.ablation import equal_shares
+
+    lists = [read_table(p, IDS)["example_id"].to_numpy() for p in args.parts]
+    ids, counts = equal_shares(lists, args.seed, args.per_part)
+    write_table(args.out, _ids_table(ids), IDS)
+    sizes = [int(x.size) for x in lists]
+    log.info("mixture of %d partitions: sizes %s → %s entries each (%d in all)", len(lists), sizes, counts[0], ids.size)
+    sidecars(args, "ablation mix", [args.out], args.parts, seed=args.seed, extra={"sizes": sizes, "entries": counts})
+
+
+def merge(args) -> None:
+    from winnow.methods.merge import merge_folders
+
+    out_dir = Path(args.out).parent
+    report = merge_folders([Path(m).parent for m in args.models], out_dir)
+    write_json(args.members, report)
+    log.info(
+        "merged %d models: %d tensors averaged, %d copied", report["n"], len(report["averaged"]), len(report["copied"])
+    )
+    sidecars(args, "ablation merge", [args.out, out_dir / "config.json", args.members], args.models)
+
+
+def correlate(args) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.eval.table import write_tsv
+    from winnow.io.atomic import atomic_path
+    from winnow.methods.ablation_report import correlation_rows, plot, points, ppl_rows, summary
+
+    spec = args.spec
+    metric = spec.get("metric", "ppl_token")
+    rows = ppl_rows(args.evals)
+    pts = points(rows, spec["mixtures"], spec["partitions"], metric, spec.get("macros"))
+    corr = correlation_rows(pts, metric)
+    with atomic_path(args.ppl) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+    write_tsv(args.points, pts)
+    write_tsv(args.table, corr)
+    held_out = sorted({p["domain"] for p in pts if p["domain_kind"] == "held_out"})
+    write_json(
+        args.json,
+        {
+            "metric": metric,
+            "partitions": spec["partitions"],
+            "mixtures": ["+".join(m) for m in spec["mixtures"]],
+            "held_out_domains": held_out,
+            "macros": spec.get("macros") or {},
+            "summary": summary(corr),
+            "rows": corr,
+        },
+    )
+    plot(pts, corr, args.plot, metric)
+    for r in corr:
+        if r["domain"] in ("__all__", "__pooled__"):
+            log.info(
+                "%s %s: n=%d pearson %.3f spearman %.3f", r["proxy"], r["domain"], r["n"], r["pearson"], r["spearman"]
+            )
+    outs = [args.table, args.json, args.points, args.ppl, args.plot]
+    sidecars(args, "ablation correlate", outs, args.evals)
+
+
+def _ids_table(ids):
+    """An IDS table (``rank`` = position: the order a trainer may consume them)."""
+    import numpy as np
+    import pyarrow as pa
+
+    ids = np.asarray(ids, dtype=np.int64)
+    return pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)})
