@@ -298,7 +298,9 @@ def _examples(tmp_path: Path) -> tuple[str, str]:
     eid = 0
     for d, (domain, source) in enumerate([("kjv", "bible"), ("kjv", "bible"), ("wn", "dict"), ("wn", "dict2")]):
         split = ["train", "test", "train", "train"][d]
-        docs.append({"doc_id": f"d{d}", "text": "x", "domain": domain, "source": source, "split": split, "prompt": None})
+        docs.append(
+            {"doc_id": f"d{d}", "text": "x", "domain": domain, "source": source, "split": split, "prompt": None}
+        )
         for _ in range(d + 2):
             ex.append(
                 {

@@ -93,9 +93,11 @@ def test_correlation_report_has_numbers(finished):
     assert {"fortunes", "milton"} <= set(report["held_out_domains"])
     for proxy in ("merged", "mean_components"):
         pooled = report["summary"][proxy]["__pooled__"]
-        assert pooled["n"] == 3 * len({r["domain"] for r in report["rows"]} - {"__all__"} - {
-            "__pooled__", "__pooled_partitions__", "__pooled_held_out__"
-        })
+        assert pooled["n"] == 3 * len(
+            {r["domain"] for r in report["rows"]}
+            - {"__all__"}
+            - {"__pooled__", "__pooled_partitions__", "__pooled_held_out__"}
+        )
         assert -1 <= pooled["pearson"] <= 1 and -1 <= pooled["spearman"] <= 1
     ppl = pq.read_table(work / R / "ppl.parquet").to_pylist()
     assert all(math.isfinite(r["ppl_token"]) and r["ppl_token"] > 1 for r in ppl)
