@@ -85,7 +85,7 @@ def tiny(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_finished(tmp_path_factory) -> tuple[Path, Path]:
     """(workdir, config) of one real run of the whole tiny workflow, shared by test_e2e and
-    test_ablation (their tests only read it and dry-run edited configs against it)."""
+    test_wf_ablation (their tests only read it and dry-run edited configs against it)."""
     base = tmp_path_factory.mktemp("e2e")
     work = base / "work"
     work.mkdir()

@@ -15,7 +15,7 @@ R = "results/tiny"
 
 @pytest.fixture(scope="module")
 def finished(tiny_finished) -> tuple[Path, Path]:
-    return tiny_finished  # one real run (conftest), shared with test_ablation.py
+    return tiny_finished  # one real run (conftest), shared with test_wf_ablation.py
 
 
 def test_outputs_of_every_layer_exist(finished):
