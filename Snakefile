@@ -9,6 +9,8 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/common_ablation.smk"
+include: "rules/common_mates.smk"
 include: "rules/data.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
