@@ -1,7 +1,7 @@
 # Modular data ablations (Na et al. 2024, "ez-data-ablations"): a seed model; one component per
 # partition (continued pretraining of the seed at a fixed budget); mixture models on unions of
 # partitions with equal shares; merges (uniform parameter averages of components); perplexity per
-# domain; how well merged models predict mixture models. Helpers are in common.smk.
+# domain; how well merged models predict mixture models. Helpers are in common_ablation.smk.
 
 
 # A mixture is its sorted partitions joined with "+" (kjv+pydocs); a partition name has no "+".
