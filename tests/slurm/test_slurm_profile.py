@@ -75,11 +75,12 @@ def _parse(*argv: str) -> dict:
 def test_workflow_profile_replaces_the_default_profile():
     """`--workflow-profile profiles/slurm` (what the README says) gets every key of the slurm
     profile; `--profile profiles/slurm` also loads profiles/default, which wins where both set a
-    key (cores, latency-wait): still the GPU requests, but the head node's cores and 5 s."""
+    key (cores): still the GPU requests and the 60 s latency wait (profiles/default leaves
+    latency-wait unset for this reason), but the head node's cores."""
     wf = _parse("--workflow-profile", "profiles/slurm")
     assert (wf["executor"], wf["latency_wait"], wf["cores"], wf["retries"]) == ("slurm", "60", "256", "1")
     both = _parse("--profile", "profiles/slurm")
-    assert both["executor"] == "slurm" and both["latency_wait"] == "5"
+    assert both["executor"] == "slurm" and both["latency_wait"] == "60"
     assert "train_lm" in both["set_resources"]
     local = _parse("--profile", "profiles/local-gpu")
     assert "gpu" in local["resources"] and local["executor"] == "None"
