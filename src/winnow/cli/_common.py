@@ -32,3 +32,12 @@ def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=N
     params = params_of(args, drop)
     for out in outputs:
         write_sidecar(out, command=command, params=params, inputs=[str(i) for i in inputs], seed=seed, extra=extra)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when the job sees a GPU, else ``cpu``; any other name is kept."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

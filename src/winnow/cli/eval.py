@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import add_threads, sidecars
+from winnow.cli._common import add_threads, resolve_device, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,6 @@ def register(sub) -> None:
     p.set_defaults(func=compare)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def ppl(args) -> None:
     import numpy as np
     import torch
@@ -81,7 +73,7 @@ def ppl(args) -> None:
     from winnow.models.build import load_pretrained
 
     torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_pretrained(Path(args.model).parent).to(device).eval()
     tok = load(Path(args.tokenizer).parent)
     docs = read_table(args.docs, DOCS)
@@ -110,7 +102,7 @@ def harness(args) -> None:
         Path(args.model).parent,
         Path(args.tokenizer).parent,
         {"lastword": Path(args.lastword).resolve(), "choice": Path(args.choice).resolve()},
-        device=_device(args.device),
+        device=resolve_device(args.device),
         batch_size=args.batch_size,
         limit=args.limit,
         work_dir=out.parent / f".harness-{out.stem}",
@@ -144,7 +136,7 @@ def target(args) -> None:
     from winnow.train.batches import ExampleStore, shard_paths_from
 
     torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     manifest = read_json(args.manifest)
     model = load_pretrained(Path(args.model).parent).to(device)
     store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -150,11 +150,7 @@ def oracle(args) -> None:
     from winnow.train.batches import ExampleStore, shard_paths_from
 
     torch.set_num_threads(args.threads)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     manifest = read_json(args.manifest)
     examples = pa.concat_tables([read_table(args.examples, EXAMPLES), read_table(args.reference_examples, EXAMPLES)])
     shards = {**shard_paths_from(args.shards), REFERENCE_SHARD: args.reference_tokens}

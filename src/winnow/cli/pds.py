@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ def solve(args) -> None:
     from winnow.train.batches import ExampleStore, shard_paths_from
 
     torch.set_num_threads(args.threads)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     manifest = read_json(args.manifest)
     store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
     cfg = PMPConfig(**args.solver_config)

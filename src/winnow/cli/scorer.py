@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     add_threads(p)
     p.set_defaults(func=merge)
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def scorer_config(cfg: dict):
@@ -105,8 +97,9 @@ def fit(args) -> None:
     cfg = scorer_config(args.scorer_config)
     corpus_tok = load(Path(args.tokenizer).parent)
     encoder, tok, roundtrip = _encoder(args.scorer_config, store, ids, corpus_tok)
-    report = fit_scorer(store, ids, y, cfg, Path(args.out).parent, tokenizer=tok, encoder=encoder,
-                        device=_device(args.device))
+    report = fit_scorer(
+        store, ids, y, cfg, Path(args.out).parent, tokenizer=tok, encoder=encoder, device=resolve_device(args.device)
+    )
     report = {**report, "label_column": args.label_column, "roundtrip": roundtrip}
     write_json(args.report, report)
     log.info("scorer fit: %s", {k: report.get(k) for k in ("val_spearman", "val_pearson", "val_mse", "best_step")})
@@ -137,8 +130,17 @@ def score(args) -> None:
         max_len = scorer_cfg.get("max_len", 128)
         mapping = retokenize(store, ids, load(Path(args.tokenizer).parent), load(tok_dir), max_len)
         encoder, tag = dict_encoder(mapping, max_len), f"retokenized:{tok_dir}"
-    result = score_ids(Path(args.scorer).parent, store, ids, args.batch_size, args.out,
-                       device=_device(args.device), state_path=args.state, encoder=encoder, tag=tag)
+    result = score_ids(
+        Path(args.scorer).parent,
+        store,
+        ids,
+        args.batch_size,
+        args.out,
+        device=resolve_device(args.device),
+        state_path=args.state,
+        encoder=encoder,
+        tag=tag,
+    )
     log.info("scored %d ids of shard %d: %s", ids.size, args.shard, {k: v for k, v in result.items() if k != "ids"})
     sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.tokens, args.ids])
 
