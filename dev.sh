@@ -30,7 +30,8 @@ setup() {
   echo "$want" > "$STAMP"
 }
 
-export PATH="$PWD/$VENV/bin:$PATH"
+[[ "$VENV" == /* ]] || VENV="$PWD/$VENV" # an absolute VENV (shared between clones) works too
+export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 cmd="${1:-}"
