@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
+include: "rules/common_less.smk"
 include: "rules/data.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
@@ -19,6 +20,7 @@ include: "rules/scorer.smk"
 include: "rules/pds.smk"
 include: "rules/ablation.smk"
 include: "rules/mates.smk"
+include: "rules/less.smk"
 
 
 localrules:
@@ -31,6 +33,8 @@ localrules:
     ablation_correlate,
     mates,
     mates_compare,
+    less,
+    less_compare,
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.
@@ -63,3 +67,9 @@ rule ablation:
 rule mates:
     input:
         mates_targets(),
+
+
+# LESS: warm-up, features, matching, the predictor and the fine-tuned arms over every seed.
+rule less:
+    input:
+        less_targets(),

@@ -69,7 +69,7 @@ rule ablation_seed:
         "results/{run}/benchmarks/ablation_seed.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,
@@ -108,7 +108,7 @@ rule ablation_component:
         "results/{run}/benchmarks/ablation_component/{part}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,
@@ -148,7 +148,7 @@ rule ablation_mixture:
         "results/{run}/benchmarks/ablation_mixture/{mix}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,

@@ -32,11 +32,17 @@ if config["select"].get("random", {}).get("temperature", 0) <= 0:
         " make every seed pick the same (lowest) example ids"
     )
 SHARDS = list(range(config["tokenize"]["num_shards"]))
+# CPU threads of each training / evaluation job (Slurm: cpus_per_task). Training is compute-bound
+# (2 threads ≈ 1.8× one on the default model); evaluations are short and mostly start-up, so one
+# thread each lets two of them run side by side.
+THREADS = {"train": 2, "eval": 1, **config.get("threads", {})}
 ENV = "../envs/winnow.yaml"
 
 
 # Methods that select data (trained per seed, compared with random); `ablation` is not one of them.
-SELECTION_METHODS = [m for m in config["methods"] if m not in ("ablation", "mates")]
+SELECTION_METHODS = [
+    m for m in config["methods"] if m not in ("ablation", "mates", "less")
+]
 # Methods whose scores come from a fitted scorer (the others have their own score rule).
 SCORERS = [m for m in config["methods"] if m in ("pds",)]
 if (
@@ -258,6 +264,8 @@ def all_targets():
         files += ablation_targets()
     if "mates" in config["methods"]:
         files += mates_targets()
+    if "less" in config["methods"]:
+        files += less_targets()
     return sorted(set(files))
 
 

@@ -15,7 +15,7 @@ rule eval_ppl:
         "results/{run}/benchmarks/eval_ppl/{method}-s{seed}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["eval"]
     resources:
         gpu=1,
         mem_mb=4000,
@@ -46,7 +46,7 @@ rule eval_harness:
         "results/{run}/benchmarks/eval_harness/{method}-s{seed}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["eval"]
     resources:
         gpu=1,
         mem_mb=4000,
@@ -76,7 +76,7 @@ rule eval_target:
         "results/{run}/logs/eval_target/{method}-s{seed}-{subset}.log",
     conda:
         ENV
-    threads: 2
+    threads: THREADS["eval"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -104,7 +104,7 @@ rule mates_train:
         "results/{run}/benchmarks/mates_train/{arm}-s{seed}-{k}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,
@@ -143,7 +143,7 @@ rule mates_oracle:
         "results/{run}/benchmarks/mates_oracle/s{seed}-{k}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=16000,
@@ -176,7 +176,7 @@ rule mates_decay:
         "results/{run}/logs/mates_decay/{arm}-s{seed}-{k}.log",
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,
@@ -208,7 +208,7 @@ rule mates_eval_reference:
         "results/{run}/logs/mates_eval_reference/{method}-s{seed}.log",
     conda:
         ENV
-    threads: 2
+    threads: THREADS["eval"]
     resources:
         gpu=1,
         mem_mb=4000,

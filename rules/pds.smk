@@ -21,7 +21,7 @@ rule pds_init:
         "results/{run}/benchmarks/pds_init.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,
@@ -58,7 +58,7 @@ rule pds_solve:
         "results/{run}/benchmarks/pds_solve.tsv"
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=16000,

@@ -22,7 +22,7 @@ rule train_lm:
         method="|".join(SELECTION_METHODS),  # MATES and ablation models have rules of their own
     conda:
         ENV
-    threads: 2
+    threads: THREADS["train"]
     resources:
         gpu=1,
         mem_mb=8000,

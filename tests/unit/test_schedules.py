@@ -68,7 +68,7 @@ def test_exp_half_life():
     assert lr_at(5000, **kw) > 0
 
 
-@pytest.mark.parametrize("name", ["Cosine", "linear", "", "wsd "])
+@pytest.mark.parametrize("name", ["Cosine", "lin", "", "wsd "])
 def test_invalid_schedule(name):
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_at(0, LR, total=10, schedule=name)
@@ -79,3 +79,14 @@ def test_pure_function_of_step():
     forward = [lr_at(s, **kw) for s in range(100)]
     backward = [lr_at(s, **kw) for s in reversed(range(100))][::-1]
     assert forward == backward
+
+
+def test_linear_decays_to_floor_after_warmup():
+    # HF's linear schedule (LESS's recipe): warm-up, then a straight line to min_ratio·lr at total.
+    lrs = [lr_at(s, 1.0, 10, "linear", warmup=2, min_ratio=0.0) for s in range(11)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2] == 1.0
+    assert all(a > b for a, b in zip(lrs[2:10], lrs[3:10]))
+    assert abs(lrs[6] - 0.5) < 1e-12  # halfway between step 2 and step 10
+    assert lrs[10] == 0.0
+    assert lr_at(10, 1.0, 10, "linear", min_ratio=0.2) == pytest.approx(0.2)

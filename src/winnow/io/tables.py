@@ -26,6 +26,17 @@ DOCS = pa.schema(
     ]
 )
 
+# Instruction examples built from plain-text docs (winnow.data.instruct): one row per example,
+# the DOCS columns (``domain`` = the task, ``prompt`` = a prefix of ``text``, the loss is on the
+# rest; ``split`` = the split of the source document) plus the task and its subtask.
+INSTRUCTIONS = pa.schema(
+    [
+        *DOCS,
+        ("task", pa.string()),
+        ("subtask", pa.string()),
+    ]
+)
+
 REJECTS = pa.schema(
     [
         ("source", pa.string()),  # input file the record came from
@@ -58,6 +69,11 @@ IDS = pa.schema(
         ("rank", pa.int64()),  # 0 = best; order in which a trainer may consume them
     ]
 )
+
+
+# LESS: the task and subtask of every example of the instruction store (matching aggregates over
+# the target's subtasks; the evals report the loss per subtask).
+SUBTASKS = pa.schema([("example_id", pa.int64()), ("task", pa.string()), ("subtask", pa.string())])
 
 
 class SchemaError(ValueError):

@@ -6,14 +6,16 @@ All schedules warm up linearly over ``warmup`` steps from lr/warmup to lr, then:
 * ``cosine``: cosine from lr to ``min_ratio``·lr at ``total`` steps;
 * ``wsd`` (warmup-stable-decay): constant until the last ``decay_frac``·total steps, then linear
   down to ``min_ratio``·lr;
-* ``exp``: after warm-up, lr·0.5^((step − warmup)/half_life) (MATES's decay runs).
+* ``exp``: after warm-up, lr·0.5^((step − warmup)/half_life) (MATES's decay runs);
+* ``linear``: linear from lr after warm-up to ``min_ratio``·lr at ``total`` steps (HF's linear
+  schedule with min_ratio 0: LESS's LoRA recipe).
 """
 
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine", "wsd", "exp")
+SCHEDULES = ("constant", "cosine", "wsd", "exp", "linear")
 
 
 def lr_at(
@@ -35,6 +37,10 @@ def lr_at(
         return lr
     if schedule == "exp":
         return lr * 0.5 ** ((step - warmup) / half_life)
+    if schedule == "linear":
+        span = max(total - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
+        return lr * (1 - (1 - min_ratio) * progress)
     if schedule == "cosine":
         span = max(total - warmup, 1)
         progress = min((step - warmup) / span, 1.0)

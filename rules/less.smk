@@ -1,0 +1,300 @@
+# LESS (Xia et al. 2024, gradient similarity for targeted instruction tuning): a LoRA warm-up on a
+# random 5% of an instruction pool, projected Adam-preconditioned per-example LoRA gradients at
+# every warm-up epoch, cosine matching against the target task's reference points, the top 5%
+# fine-tuned next to a random 5% and the whole pool; plus a predictor that learns the score from
+# cheap inputs. Example ids under less/ refer to the instruction store less/data/examples.parquet.
+
+
+# Instruction items from the corpus (own token store), pool/target/eval ids, subtask labels and
+# the lm-eval define-choice task.
+rule less_data:
+    input:
+        docs="results/{run}/data/docs.parquet",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+    output:
+        instructions=f"{LESS_DATA}/instructions.parquet",
+        tokens=expand(
+            f"{LESS_DATA}/tokens-{{shard}}.bin", shard=LESS_SHARDS, allow_missing=True
+        ),
+        examples=f"{LESS_DATA}/examples.parquet",
+        manifest=f"{LESS_DATA}/manifest.json",
+        pool=f"{LESS_DATA}/pool.parquet",
+        target=f"{LESS_DATA}/target.parquet",
+        eval_ids=f"{LESS_DATA}/eval.parquet",
+        subtasks=f"{LESS_DATA}/subtasks.parquet",
+        choice=f"{LESS_DATA}/define-choice.jsonl",
+    log:
+        "results/{run}/logs/less_data.log",
+    conda:
+        ENV
+    params:
+        data=lambda wildcards: as_json(LESS["data"]),
+        seq_len=config["tokenize"]["seq_len"],
+        num_shards=len(LESS_SHARDS),
+        code=code("less data"),
+    shell:
+        "python -m winnow less data --docs {input.docs} --tokenizer {input.tokenizer}"
+        " --seq-len {params.seq_len} --num-shards {params.num_shards} --data-config '{params.data}'"
+        " --instructions {output.instructions} --tokens {output.tokens} --examples {output.examples}"
+        " --manifest {output.manifest} --pool {output.pool} --target {output.target}"
+        " --eval-ids {output.eval_ids} --subtasks {output.subtasks} --choice {output.choice}"
+        " > {log} 2>&1"
+
+
+# Warm-up: LoRA on a seeded random fraction of the pool; one checkpoint per epoch (adapter, Adam
+# moments keyed by parameter name) and each epoch's mean learning rate in warmup.json.
+rule less_warmup:
+    input:
+        unpack(less_store),
+        base=less_base,
+        pool=f"{LESS_DATA}/pool.parquet",
+    output:
+        epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
+        report="results/{run}/less/s{seed}/warmup/warmup.json",
+    log:
+        "results/{run}/logs/less_warmup/s{seed}.log",
+    benchmark:
+        "results/{run}/benchmarks/less_warmup/s{seed}.tsv"
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        fraction=LESS.get("warmup", {}).get("fraction"),
+        lora=less_lora() if LESS else "",
+        recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
+        ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
+        code=code("less train"),
+    shell:
+        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --ids {input.pool} --fraction {params.fraction}"
+        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
+        " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# Gradient features at one warm-up epoch: Adam features of the pool (one .npy per token shard),
+# SGD features of the target's reference points; each .npy has a JSON sidecar checked on reuse.
+rule less_features:
+    input:
+        unpack(less_store),
+        base=less_base,
+        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
+        pool=f"{LESS_DATA}/pool.parquet",
+        target=f"{LESS_DATA}/target.parquet",
+    output:
+        pool=expand(
+            "results/{{run}}/less/s{{seed}}/features/epoch-{{epoch}}/pool-{shard}.npy",
+            shard=LESS_SHARDS,
+        ),
+        target="results/{run}/less/s{seed}/features/epoch-{epoch}/target.npy",
+    log:
+        "results/{run}/logs/less_features/s{seed}-epoch{epoch}.log",
+    benchmark:
+        "results/{run}/benchmarks/less_features/s{seed}-epoch{epoch}.tsv"
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        lora=less_lora() if LESS else "",
+        dim=LESS.get("features", {}).get("dim"),
+        seed=LESS.get("features", {}).get("seed", 0),
+        dtype=LESS.get("features", {}).get("dtype", "float16"),
+        batch_size=LESS.get("features", {}).get("batch_size", 16),
+        device=eval_device(),
+        code=code("less features"),
+    shell:
+        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --checkpoint {input.checkpoint}"
+        " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
+        " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
+        " --batch-size {params.batch_size} --device {params.device} --pool-out {output.pool}"
+        " --target-out {output.target} --threads {threads} > {log} 2>&1"
+
+
+# LESS scores of the pool: Σ over epochs of w̄ (normalised mean lr) × cosine, aggregated over the
+# target (mean within a subtask, max over subtasks by default).
+rule less_match:
+    input:
+        unpack(less_features),
+        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
+        subtasks=f"{LESS_DATA}/subtasks.parquet",
+    output:
+        scores="results/{run}/less/s{seed}/scores.parquet",
+        report="results/{run}/less/s{seed}/match.json",
+    log:
+        "results/{run}/logs/less_match/s{seed}.log",
+    conda:
+        ENV
+    params:
+        aggregate=LESS.get("aggregate", "subtask_max"),
+        code=code("less match"),
+    shell:
+        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
+        " --warmup {input.warmup} --subtasks {input.subtasks} --aggregate {params.aggregate}"
+        " --out {output.scores} --report {output.report} > {log} 2>&1"
+
+
+# The predictor: ridge on the frozen base's mean hidden states, fitted to the exact scores of a
+# featurised sample; R² and Spearman on the rest, and the overlap of the selections.
+rule less_predict:
+    input:
+        unpack(less_store),
+        base=less_base,
+        pool=f"{LESS_DATA}/pool.parquet",
+        scores="results/{run}/less/s{seed}/scores.parquet",
+    output:
+        scores="results/{run}/less/s{seed}/predicted.parquet",
+        report="results/{run}/less/s{seed}/predictor.json",
+    log:
+        "results/{run}/logs/less_predict/s{seed}.log",
+    conda:
+        ENV
+    threads: THREADS["eval"]
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        fit_fraction=LESS.get("predictor", {}).get("fit_fraction", 0.5),
+        seed=LESS.get("predictor", {}).get("seed", 0),
+        ratio=config["select"].get("less", {}).get("ratio"),
+        device=eval_device(),
+        code=code("less predict"),
+    shell:
+        "python -m winnow less predict --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --pool {input.pool} --scores {input.scores}"
+        " --fit-fraction {params.fit_fraction} --ratio {params.ratio} --seed {params.seed}"
+        " --device {params.device} --out {output.scores} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# Equal scores over the pool: `random`'s Gumbel-top-k draws a uniform 5% per seed.
+rule less_random_scores:
+    input:
+        pool=f"{LESS_DATA}/pool.parquet",
+    output:
+        "results/{run}/less/random-scores.parquet",
+    log:
+        "results/{run}/logs/less_random_scores.log",
+    conda:
+        ENV
+    params:
+        code=code("select random-scores"),
+    shell:
+        "python -m winnow select random-scores --pool {input.pool} --out {output} > {log} 2>&1"
+
+
+# The shared selection code on an arm's scores (LESS: deterministic top 5%).
+rule less_select:
+    input:
+        scores=less_arm_scores,
+    output:
+        ids="results/{run}/less/{arm}/s{seed}/ids.parquet",
+        manifest="results/{run}/less/{arm}/s{seed}/select.json",
+    log:
+        "results/{run}/logs/less_select/{arm}-s{seed}.log",
+    wildcard_constraints:
+        arm="less|random|predicted",
+    conda:
+        ENV
+    params:
+        args=less_select_args,
+        code=code("select select"),
+    shell:
+        "python -m winnow select select --scores {input.scores} {params.args}"
+        " --out {output.ids} --manifest {output.manifest} > {log} 2>&1"
+
+
+# LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
+rule less_finetune:
+    input:
+        unpack(less_store),
+        base=less_base,
+        ids=less_arm_ids,
+    output:
+        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
+        report="results/{run}/less/{arm}/s{seed}/train.json",
+    log:
+        "results/{run}/logs/less_finetune/{arm}-s{seed}.log",
+    benchmark:
+        "results/{run}/benchmarks/less_finetune/{arm}-s{seed}.tsv"
+    wildcard_constraints:
+        arm="less|random|full|predicted",
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        lora=less_lora() if LESS else "",
+        recipe=less_train_recipe() if LESS else "",
+        ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
+        code=code("less train"),
+    shell:
+        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --ids {input.ids}"
+        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
+        " --ckpt-root {params.ckpt_root} --merged-out {output.model} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# Target loss (test-split target-task items, overall and per subtask) and lm-eval define choice.
+rule less_eval:
+    input:
+        unpack(less_store),
+        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        eval_ids=f"{LESS_DATA}/eval.parquet",
+        subtasks=f"{LESS_DATA}/subtasks.parquet",
+        choice=f"{LESS_DATA}/define-choice.jsonl",
+    output:
+        "results/{run}/less/{arm}/s{seed}/eval.json",
+    log:
+        "results/{run}/logs/less_eval/{arm}-s{seed}.log",
+    wildcard_constraints:
+        arm="less|random|full|predicted",
+    conda:
+        ENV
+    threads: THREADS["eval"]
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        batch_size=config["eval"]["batch_size"],
+        device=eval_device(),
+        code=code("less eval"),
+    shell:
+        "python -m winnow less eval --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --model {input.model} --tokenizer {input.tokenizer}"
+        " --eval-ids {input.eval_ids} --subtasks {input.subtasks} --choice {input.choice}"
+        " --batch-size {params.batch_size} --device {params.device} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# LESS-5% against random-5% and the full pool over seeds, and what each selection is made of.
+rule less_compare:
+    input:
+        unpack(less_compare_inputs),
+        examples=f"{LESS_DATA}/examples.parquet",
+    output:
+        table="results/{run}/less/compare.tsv",
+        composition="results/{run}/less/composition.tsv",
+    log:
+        "results/{run}/logs/less_compare.log",
+    conda:
+        ENV
+    params:
+        code=code("less compare"),
+    shell:
+        "python -m winnow less compare --evals {input.evals} --selections {input.selections}"
+        " --examples {input.examples} --out {output.table} --composition {output.composition}"
+        " > {log} 2>&1"

@@ -1,0 +1,635 @@
+"""``winnow less ...``: LESS (gradient similarity for targeted instruction tuning) as file steps.
+
+    data      docs → instruction examples (own token store), pool / target / eval id lists,
+              subtask labels, the lm-eval define-choice task
+    train     LoRA on a base model: the warm-up (one checkpoint per epoch + each epoch's mean lr)
+              or a fine-tune (the adapter merged into a plain model folder for evaluation)
+    features  one warm-up checkpoint → Adam features of the pool (one .npy per token shard) and
+              SGD features of the target, projected and normalised, each with a JSON sidecar
+    match     features of every checkpoint → LESS scores of the pool
+    predict   a ridge model on the frozen base's hidden states, fitted to the exact scores of a
+              featurised sample → predicted scores of the rest, R²/Spearman, selection overlap
+    eval      a fine-tuned model → target loss (overall, per subtask) + lm-eval define choice
+    compare   the arms' evals over seeds → one table
+
+Example ids in results/{run}/less/ refer to less/data/examples.parquet (the instruction store),
+not to the pretraining corpus's examples table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
+from winnow.io.atomic import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
+    p.add_argument("--docs", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--data-config", type=json_arg, required=True)
+    p.add_argument("--instructions", required=True)
+    p.add_argument("--tokens", nargs="+", required=True, help="tokens-{shard}.bin, one per shard, in order")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--eval-ids", required=True)
+    p.add_argument("--subtasks", required=True)
+    p.add_argument("--choice", required=True)
+    add_threads(p)
+    p.set_defaults(func=data)
+
+    p = sub.add_parser("train", help="LoRA warm-up (per-epoch checkpoints) or fine-tune (merged model)")
+    _store_args(p)
+    p.add_argument("--base", required=True, help="model.safetensors of the base model folder")
+    p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
+    p.add_argument("--fraction", type=float, default=None, help="train on a seeded fraction of --ids")
+    p.add_argument("--lora-config", type=json_arg, required=True)
+    p.add_argument("--train-config", type=json_arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--ckpt-root", required=True)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--epochs-out", nargs="+", help="epoch-{e}/model.safetensors for e = 1..E (warm-up)")
+    mode.add_argument("--merged-out", help="model.safetensors of the merged model (fine-tune)")
+    p.add_argument("--report", required=True, help="JSON: ids, steps, mean lr of each epoch, summary")
+    add_threads(p)
+    p.set_defaults(func=train)
+
+    p = sub.add_parser("features", help="projected Adam (pool) and SGD (target) LoRA gradient features")
+    _store_args(p)
+    p.add_argument("--base", required=True)
+    p.add_argument("--checkpoint", required=True, help="model.safetensors of one warm-up epoch")
+    p.add_argument("--lora-config", type=json_arg, required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--proj-seed", type=int, required=True)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pool-out", nargs="+", required=True, help="pool-{shard}.npy, one per token shard")
+    p.add_argument("--target-out", required=True)
+    add_threads(p)
+    p.set_defaults(func=features)
+
+    p = sub.add_parser("match", help="LESS scores: Σ_epochs w̄ cos, aggregated over the target")
+    p.add_argument("--pool-features", nargs="+", required=True)
+    p.add_argument("--target-features", nargs="+", required=True, help="one per epoch, in epoch order")
+    p.add_argument("--warmup", required=True, help="warm-up report (each epoch's mean lr)")
+    p.add_argument("--subtasks", required=True)
+    p.add_argument("--aggregate", default="subtask_max", choices=["subtask_max", "mean", "max", "min"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", required=True)
+    add_threads(p)
+    p.set_defaults(func=match)
+
+    p = sub.add_parser("predict", help="learned predictor of the LESS score from hidden states")
+    _store_args(p)
+    p.add_argument("--base", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--scores", required=True, help="exact LESS scores of the whole pool")
+    p.add_argument("--fit-fraction", type=float, required=True)
+    p.add_argument("--ratio", type=float, required=True, help="selection ratio for the overlap")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="scores table: exact on the fit sample, predicted elsewhere")
+    p.add_argument("--report", required=True)
+    add_threads(p)
+    p.set_defaults(func=predict)
+
+    p = sub.add_parser("eval", help="target loss (overall, per subtask) and the lm-eval define choice")
+    _store_args(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--eval-ids", required=True)
+    p.add_argument("--subtasks", required=True)
+    p.add_argument("--choice", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=evaluate)
+
+    p = sub.add_parser("compare", help="the arms' evals over seeds → one table")
+    p.add_argument("--evals", nargs="+", required=True, help=".../less/{arm}/s{seed}/eval.json")
+    p.add_argument("--selections", nargs="+", required=True, help=".../less/{arm}/s{seed}/ids.parquet")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--composition", required=True)
+    p.set_defaults(func=compare)
+
+
+def _store_args(p) -> None:
+    p.add_argument("--examples", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--tokens", nargs="+", required=True)
+
+
+def _store(args):
+    from winnow.io.tables import EXAMPLES, read_table
+    from winnow.train.batches import ExampleStore, shard_paths_from
+
+    manifest = read_json(args.manifest)
+    return ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.tokens), manifest["dtype"]), manifest
+
+
+def _ids(path) -> np.ndarray:
+    from winnow.io.tables import IDS, read_table
+
+    return read_table(path, IDS)["example_id"].to_numpy()
+
+
+# ---------------------------------------------------------------------------------------------- data
+def data(args) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from winnow.data.instruct import build_define_choice, build_instructions
+    from winnow.data.subsets import filter_examples, ids_table, sample_ids
+    from winnow.data.tasks import write_jsonl
+    from winnow.data.tokenize import tokenize_shard
+    from winnow.data.tokenizer import load
+    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.tables import DOCS, EXAMPLES, IDS, INSTRUCTIONS, SUBTASKS, read_table, write_table
+
+    cfg = args.data_config
+    if len(args.tokens) != args.num_shards:
+        raise ValueError(f"--tokens names {len(args.tokens)} files for {args.num_shards} shards")
+    docs = read_table(args.docs, DOCS)
+    docs = docs.filter(pc.is_null(docs["prompt"]))  # instruction items are built from plain text
+    inst = build_instructions(docs, seed=cfg["seed"], max_per_task=cfg["max_per_task"])
+    write_table(args.instructions, inst, INSTRUCTIONS)
+    tok = load(Path(args.tokenizer).parent)
+    dtype = token_dtype(len(tok))
+    as_docs = inst.select([f.name for f in DOCS])
+    parts, stats = [], {}
+    for shard, path in enumerate(args.tokens):
+        tokens, examples, st = tokenize_shard(as_docs, tok, shard, args.num_shards, args.seq_len)
+        write_shard(path, tokens, dtype)
+        parts.append(examples)
+        stats[str(shard)] = st
+    examples = pa.concat_tables(parts)
+    write_table(args.examples, examples, EXAMPLES)
+
+    # Subtask of every example, through its instruction row (doc_id).
+    sub_of = dict(zip(inst["doc_id"].to_pylist(), inst["subtask"].to_pylist(), strict=True))
+    task = cfg["target_task"]
+    subtasks = pa.table(
+        {
+            "example_id": examples["example_id"],
+            "task": examples["domain"],
+            "subtask": pa.array([sub_of[d] for d in examples["doc_id"].to_pylist()], pa.string()),
+        }
+    )
+    write_table(args.subtasks, subtasks, SUBTASKS)
+    pool_all = filter_examples(examples, splits=["train"])
+    pool = sample_ids(pool_all, cfg["seed"], n=min(cfg["pool_size"], pool_all.size))
+    # The reference points: up to n per subtask of the target task, from the val split (LESS's
+    # few-shot dev sets are a handful of examples per subtask).
+    target_rows = subtasks.filter(
+        pc.and_(
+            pc.equal(subtasks["task"], task),
+            pc.is_in(subtasks["example_id"], examples.filter(pc.equal(examples["split"], "val"))["example_id"]),
+        )
+    )
+    target = []
+    for name in sorted(set(target_rows["subtask"].to_pylist())):
+        ids = target_rows.filter(pc.equal(target_rows["subtask"], name))["example_id"].to_numpy()
+        target.append(sample_ids(ids, cfg["seed"], n=min(cfg["target_per_subtask"], ids.size)))
+    target = np.concatenate(target) if target else np.zeros(0, np.int64)
+    eval_all = filter_examples(examples, splits=["test"], domains=[task])
+    eval_ids = sample_ids(eval_all, cfg["seed"], n=min(cfg["eval_size"], eval_all.size))
+    for name, ids in (("pool", pool), ("target", target), ("eval", eval_ids)):
+        if ids.size == 0:
+            raise ValueError(f"less data: the {name} set is empty (target_task {task!r}; check less.data)")
+    write_table(args.pool, ids_table(pool), IDS)
+    write_table(args.target, ids_table(target), IDS)
+    write_table(args.eval_ids, ids_table(eval_ids), IDS)
+    items = build_define_choice(inst, split="test", n=cfg["n_choice"], seed=cfg["seed"])
+    if not items:
+        raise ValueError("less data: no define-choice items could be built from the test split")
+    write_jsonl(args.choice, items)
+    write_json(
+        args.manifest,
+        {
+            "examples": examples.num_rows,
+            "seq_len": args.seq_len,
+            "dtype": dtype.str,
+            "vocab_size": len(tok),
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "num_shards": args.num_shards,
+            "stats": stats,
+            "instructions_per_task": _counts(inst["task"].to_pylist()),
+            "pool_per_task": _counts(pc.take(examples["domain"], _rows_of(examples, pool)).to_pylist()),
+            "n_pool": int(pool.size),
+            "n_target": int(target.size),
+            "n_eval": int(eval_ids.size),
+            "n_choice": len(items),
+            "target_task": task,
+        },
+    )
+    outs = [args.instructions, *args.tokens, args.examples, args.manifest, args.pool, args.target]
+    outs += [args.eval_ids, args.subtasks, args.choice]
+    sidecars(args, "less data", outs, [args.docs, args.tokenizer], seed=cfg["seed"])
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _rows_of(examples, ids: np.ndarray) -> np.ndarray:
+    index = {int(e): i for i, e in enumerate(examples["example_id"].to_pylist())}
+    return np.asarray([index[int(e)] for e in ids], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------- train
+def less_train_config(cfg: dict, n_ids: int, seq_len: int, seed: int):
+    """The shared trainer's config for LESS's recipe: ``epochs`` over ``n_ids`` examples, a linear
+    decay after ``warmup_ratio`` of the steps (HF's linear schedule), one checkpoint per epoch."""
+    from winnow.train.trainer import TrainConfig
+
+    steps_per_epoch = max(1, math.ceil(n_ids / cfg["batch_size"]))
+    steps = cfg["epochs"] * steps_per_epoch
+    return TrainConfig(
+        steps=steps,
+        batch_size=cfg["batch_size"],
+        micro_batch_size=cfg.get("micro_batch_size", cfg["batch_size"]),
+        seq_len=seq_len,
+        lr=cfg["lr"],
+        schedule="linear",
+        warmup_steps=int(math.ceil(cfg.get("warmup_ratio", 0.0) * steps)),
+        min_lr_ratio=0.0,
+        weight_decay=cfg.get("weight_decay", 0.0),
+        betas=tuple(cfg.get("betas", (0.9, 0.999))),
+        grad_clip=cfg.get("grad_clip", 1.0),
+        seed=seed,
+        ckpt_every=steps_per_epoch,
+        keep_checkpoints=cfg["epochs"],
+        precision=cfg.get("precision", "auto"),
+    ), steps_per_epoch
+
+
+def epoch_mean_lrs(tc, steps_per_epoch: int) -> list[float]:
+    """η̄_e: the mean learning rate over the optimizer steps of each epoch (LESS's checkpoint weights)."""
+    from winnow.train.schedules import lr_at
+
+    lrs = [
+        lr_at(s, tc.lr, tc.steps, tc.schedule, tc.warmup_steps, tc.min_lr_ratio, tc.decay_frac, tc.half_life)
+        for s in range(tc.steps)
+    ]
+    return [
+        float(np.mean(lrs[e * steps_per_epoch : (e + 1) * steps_per_epoch])) for e in range(tc.steps // steps_per_epoch)
+    ]
+
+
+def train(args) -> None:
+    import torch
+
+    from winnow.data.subsets import sample_ids
+    from winnow.methods.less import add_lora
+    from winnow.models.build import load_pretrained
+    from winnow.models.checkpoint import write_checkpoint_files
+    from winnow.provenance import path_sha256
+    from winnow.train.trainer import train as run
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    store, manifest = _store(args)
+    ids = _ids(args.ids)
+    if args.fraction is not None:  # LESS's warm-up: a seeded random fraction of the pool
+        ids = sample_ids(ids, args.seed, n=max(1, int(math.floor(args.fraction * ids.size))))
+    tc, spe = less_train_config(args.train_config, ids.size, manifest["seq_len"], args.seed)
+    base = load_pretrained(Path(args.base).parent)
+    model = add_lora(base, seed=args.seed, **args.lora_config)
+    init = f"lora:{path_sha256(args.base)}:{sorted(args.lora_config.items())}"
+    ckpt_root = Path(args.ckpt_root)
+    final = ckpt_root / "final" if args.merged_out else Path(args.epochs_out[-1]).parent
+    summary = run(model, store, ids, tc, final, ckpt_root, manifest["pad_token_id"], init=init)
+    report = {
+        "n_ids": int(ids.size),
+        "ids_head": [int(i) for i in ids[:20]],
+        "steps": tc.steps,
+        "steps_per_epoch": spe,
+        "epochs": tc.steps // spe,
+        "epoch_mean_lr": epoch_mean_lrs(tc, spe),
+        "train_config": {k: v for k, v in vars(tc).items() if k != "extra"},
+        "lora": args.lora_config,
+        "summary": summary,
+    }
+    if args.epochs_out:
+        if len(args.epochs_out) != report["epochs"]:
+            raise ValueError(f"--epochs-out names {len(args.epochs_out)} folders for {report['epochs']} epochs")
+        # The trainer keeps one checkpoint per epoch under ckpt_root (the last is `final`).
+        for e, out in enumerate(args.epochs_out[:-1], start=1):
+            src = ckpt_root / f"step-{e * spe:08d}"
+            dst = Path(out).parent
+            tmp = dst.with_name(f".tmp-{dst.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+        outs = list(args.epochs_out)
+    else:
+        merged = model.merge_and_unload()
+        out_dir = Path(args.merged_out).parent
+        tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_checkpoint_files(tmp, merged, None, {"summary": summary, "merged_lora": args.lora_config})
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        outs = [args.merged_out]
+    write_json(args.report, report)
+    sidecars(args, "less train", outs + [args.report], [args.examples, args.base, args.ids], seed=args.seed)
+
+
+# ------------------------------------------------------------------------------------------ features
+def features(args) -> None:
+    import torch
+
+    from winnow.methods.less import RademacherProjector, featurize, load_lora_checkpoint, write_features
+    from winnow.models.build import load_pretrained
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    store, manifest = _store(args)
+    base = load_pretrained(Path(args.base).parent)
+    model, moments = load_lora_checkpoint(base, Path(args.checkpoint).parent, args.lora_config)
+    model.to(device)
+    from winnow.methods.less import lora_param_names
+
+    names = lora_param_names(model)
+    n_in = sum(dict(model.named_parameters())[n].numel() for n in names)
+    projector = RademacherProjector(n_in, args.dim, args.proj_seed)
+    pool = _ids(args.pool)
+    shard_of = dict(zip(store.cols["example_id"].tolist(), store.cols["shard"].tolist(), strict=True))
+    common = {"checkpoint": str(Path(args.checkpoint).parent), "d": args.dim, "seed": args.proj_seed}
+    common["dtype"] = args.dtype
+    kw = dict(names=names, projector=projector, seq_len=manifest["seq_len"], pad_id=manifest["pad_token_id"])
+    kw.update(batch_size=args.batch_size, device=device)
+    for path in args.pool_out:
+        shard = int(Path(path).stem.split("-")[-1])
+        ids = pool[np.asarray([shard_of[int(e)] == shard for e in pool], dtype=bool)]
+        feats, norms = featurize(model, store, ids, kind="adam", moments=moments, **kw)
+        write_features(path, feats, {**common, "kind": "adam", "ids": ids.tolist()}, norms=norms)
+    target = _ids(args.target)
+    feats, norms = featurize(model, store, target, kind="sgd", **kw)
+    write_features(args.target_out, feats, {**common, "kind": "sgd", "ids": target.tolist()}, norms=norms)
+    sidecars(
+        args,
+        "less features",
+        list(args.pool_out) + [args.target_out],
+        [args.examples, args.base, args.checkpoint, args.pool, args.target],
+        seed=args.proj_seed,
+    )
+
+
+# --------------------------------------------------------------------------------------------- match
+def _pool_features_by_epoch(pool_paths: list[str], target_paths: list[str]):
+    """Pool feature files grouped by their epoch folder, in the order of the target files."""
+    from winnow.methods.less import read_features
+
+    groups: dict[str, list[str]] = {}
+    for p in pool_paths:
+        groups.setdefault(str(Path(p).parent), []).append(p)
+    out = []
+    for t in target_paths:
+        files = sorted(groups.pop(str(Path(t).parent), []))
+        if not files:
+            raise ValueError(f"no pool features next to {t}")
+        parts = [read_features(f, {"kind": "adam"}) for f in files]
+        feats = np.concatenate([np.asarray(f, dtype=np.float32) for f, _ in parts])
+        ids = np.concatenate([i for _, i in parts])
+        out.append((feats, ids))
+    if groups:
+        raise ValueError(f"pool features without target features: {sorted(groups)}")
+    return out
+
+
+def match(args) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import torch
+
+    from winnow.io.tables import SCORES, SUBTASKS, read_table, write_table
+    from winnow.methods.less import checkpoint_weights, less_scores, read_features
+
+    torch.set_num_threads(args.threads)
+    pool = _pool_features_by_epoch(args.pool_features, args.target_features)
+    ids = pool[0][1]
+    order = np.argsort(ids, kind="stable")
+    train_feats = []
+    for feats, epoch_ids in pool:
+        o = np.argsort(epoch_ids, kind="stable")
+        if not np.array_equal(epoch_ids[o], ids[order]):
+            raise ValueError("pool features of different epochs hold different example ids")
+        train_feats.append(torch.from_numpy(feats[o]))
+    ids = ids[order]
+    target = [read_features(p, {"kind": "sgd"}) for p in args.target_features]
+    target_ids = target[0][1]
+    for _, t_ids in target[1:]:
+        if not np.array_equal(t_ids, target_ids):
+            raise ValueError("target features of different epochs hold different example ids")
+    sub = read_table(args.subtasks, SUBTASKS)
+    sub = sub.filter(pc.is_in(sub["example_id"], pa.array(target_ids)))
+    sub_of = dict(zip(sub["example_id"].to_pylist(), sub["subtask"].to_pylist(), strict=True))
+    subtasks = [sub_of[int(e)] for e in target_ids]
+    warm = read_json(args.warmup)
+    if len(warm["epoch_mean_lr"]) != len(args.target_features):
+        raise ValueError(f"{len(warm['epoch_mean_lr'])} warm-up epochs but {len(args.target_features)} feature sets")
+    weights = checkpoint_weights(warm["epoch_mean_lr"])
+    scores = less_scores(
+        train_feats,
+        [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f, _ in target],
+        weights,
+        subtasks,
+        aggregate=args.aggregate,
+    )
+    scores = np.asarray(scores, dtype=np.float32)
+    write_table(args.out, pa.table({"example_id": ids.astype(np.int64), "score": scores}, schema=SCORES), SCORES)
+    write_json(
+        args.report,
+        {
+            "n_pool": int(ids.size),
+            "n_target": int(target_ids.size),
+            "subtasks": _counts(subtasks),
+            "epoch_weights": [float(w) for w in weights],
+            "aggregate": args.aggregate,
+            "score": {q: float(np.quantile(scores, v)) for q, v in (("min", 0), ("median", 0.5), ("max", 1))},
+        },
+    )
+    inputs = [*args.pool_features, *args.target_features, args.warmup, args.subtasks]
+    sidecars(args, "less match", [args.out, args.report], inputs)
+
+
+# ------------------------------------------------------------------------------------------- predict
+def predict(args) -> None:
+    import pyarrow as pa
+    import torch
+    from scipy.stats import spearmanr
+
+    from winnow.data.subsets import sample_ids
+    from winnow.io.tables import SCORES, read_table, write_table
+    from winnow.methods.less import fit_ridge, mean_hidden_states, predict_ridge, regression_report
+    from winnow.models.build import load_pretrained
+    from winnow.select import SelectParams, select
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    store, manifest = _store(args)
+    pool = np.sort(_ids(args.pool))
+    exact = read_table(args.scores, SCORES)
+    exact_of = dict(zip(exact["example_id"].to_pylist(), exact["score"].to_pylist(), strict=True))
+    y = np.asarray([exact_of[int(e)] for e in pool], dtype=np.float64)
+    n_fit = max(2, int(round(args.fit_fraction * pool.size)))
+    fit_ids = np.sort(sample_ids(pool, args.seed, n=n_fit))
+    fit_mask = np.isin(pool, fit_ids)
+    base = load_pretrained(Path(args.base).parent).to(device)
+    x = mean_hidden_states(base, store, pool, args.batch_size, manifest["seq_len"], manifest["pad_token_id"], device)
+    x = np.asarray(x, dtype=np.float64)
+    model = fit_ridge(x[fit_mask], y[fit_mask], seed=args.seed)
+    pred = np.asarray(predict_ridge(model, x), dtype=np.float64)
+    held = ~fit_mask
+    report = {
+        "inputs": "mean last-layer hidden state of the frozen base model",
+        "n_pool": int(pool.size),
+        "n_fit": int(fit_mask.sum()),
+        "n_held_out": int(held.sum()),
+        "held_out": regression_report(y[held], pred[held]),
+        "fit": regression_report(y[fit_mask], pred[fit_mask]),
+        "ridge_lambda": float(model["lambda"]) if "lambda" in model else None,
+    }
+    # Selection from predictions: exact scores where they were computed (the featurised sample),
+    # predictions elsewhere; compared with the exact LESS selection over the whole pool.
+    hybrid = np.where(fit_mask, y, pred)
+    params = SelectParams(direction="higher", ratio=args.ratio, temperature=0.0)
+    k = params.count(pool.size)
+    top_exact = set(select(pool, y, params)[0].tolist())
+    for name, s in (("hybrid", hybrid), ("predicted", pred)):
+        top = set(select(pool, s, params)[0].tolist())
+        report[f"overlap_{name}"] = len(top & top_exact) / max(k, 1)
+    # What chance would give: a random k-subset overlaps the exact top-k in k/n on average.
+    report["overlap_random_expected"] = k / pool.size
+    report["k"] = k
+    report["spearman_all_hybrid"] = float(spearmanr(hybrid, y).statistic)
+    write_table(args.out, pa.table({"example_id": pool, "score": hybrid.astype(np.float32)}, schema=SCORES), SCORES)
+    write_json(args.report, report)
+    log.info("predictor: held-out %s; overlap hybrid %.3f", report["held_out"], report["overlap_hybrid"])
+    sidecars(
+        args,
+        "less predict",
+        [args.out, args.report],
+        [args.examples, args.base, args.pool, args.scores],
+        seed=args.seed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def evaluate(args) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import torch
+
+    from winnow.eval.harness import run_harness
+    from winnow.eval.loss import per_example_losses
+    from winnow.io.tables import SUBTASKS, read_table
+    from winnow.models.build import load_pretrained
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    store, manifest = _store(args)
+    ids = _ids(args.eval_ids)
+    model = load_pretrained(Path(args.model).parent).to(device)
+    losses = per_example_losses(
+        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device
+    )
+    sub = read_table(args.subtasks, SUBTASKS)
+    sub = sub.filter(pc.is_in(sub["example_id"], pa.array(ids)))
+    sub_of = dict(zip(sub["example_id"].to_pylist(), sub["subtask"].to_pylist(), strict=True))
+    per_sub: dict[str, list[float]] = {}
+    for e, loss in zip(ids, losses, strict=True):
+        per_sub.setdefault(sub_of[int(e)], []).append(float(loss))
+    out = Path(args.out)
+    harness = run_harness(
+        Path(args.model).parent,
+        Path(args.tokenizer).parent,
+        {"define_choice": Path(args.choice).resolve()},
+        device=device,
+        batch_size=args.batch_size,
+        limit=None,
+        work_dir=out.parent / f".harness-{out.stem}",
+    )
+    result = {
+        "target_loss": float(losses.mean()),
+        "target_loss_sem": float(losses.std(ddof=1) / np.sqrt(losses.size)) if losses.size > 1 else None,
+        "n_examples": int(losses.size),
+        "target_loss_by_subtask": {k: float(np.mean(v)) for k, v in sorted(per_sub.items())},
+        "define_choice_acc": harness.get("winnow_define_choice", {}).get("acc"),
+        "define_choice_acc_norm": harness.get("winnow_define_choice", {}).get("acc_norm"),
+        "harness": harness,
+        "definition": "target_loss: mean over test-split target-task items of the token-mean response CE (nats)",
+    }
+    write_json(out, result)
+    sidecars(args, "less eval", [out], [args.model, args.examples, args.eval_ids, args.choice])
+
+
+# ------------------------------------------------------------------------------------------- compare
+def compare(args) -> None:
+    import pyarrow.compute as pc
+
+    from winnow.eval.table import write_tsv
+    from winnow.io.tables import EXAMPLES, read_table
+
+    rows = []
+    for path in args.evals:
+        arm, seed = Path(path).parent.parent.name, Path(path).parent.name
+        ev = read_json(path)
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "target_loss": ev["target_loss"],
+                "define_choice_acc": ev["define_choice_acc"],
+                **{f"loss_{k}": v for k, v in ev["target_loss_by_subtask"].items()},
+            }
+        )
+    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a != "less", a))
+    summary = []
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        row = {"arm": arm, "seed": "mean", "n_seeds": len(mine)}
+        for key in ("target_loss", "define_choice_acc"):
+            vals = [r[key] for r in mine if r[key] is not None]
+            row[key] = float(np.mean(vals)) if vals else None
+            row[f"{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        summary.append(row)
+    base = {r["seed"]: r for r in rows if r["arm"] == "random"}
+    for r in rows:
+        b = base.get(r["seed"])
+        r["delta_loss_vs_random"] = r["target_loss"] - b["target_loss"] if b else None
+    write_tsv(args.out, summary + sorted(rows, key=lambda r: (arms.index(r["arm"]), r["seed"])))
+    examples = read_table(args.examples, EXAMPLES)
+    comp = []
+    for path in args.selections:
+        arm, seed = Path(path).parent.parent.name, Path(path).parent.name
+        sel = examples.filter(pc.is_in(examples["example_id"], read_table(path)["example_id"]))
+        counts = _counts(sel["domain"].to_pylist())
+        total = sum(counts.values())
+        comp += [{"arm": arm, "seed": seed, "task": t, "n": n, "share": n / total} for t, n in counts.items()]
+    write_tsv(args.composition, comp)
+    sidecars(args, "less compare", [args.out, args.composition], [*args.evals, *args.selections])
