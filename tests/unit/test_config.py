@@ -83,7 +83,7 @@ def test_misspelled_key_in_a_subset_and_select(config):
         (("train", "lr"), "fast", "'fast' is not of type 'number'"),
         (("tokenize", "num_shards"), 2.5, "2.5 is not of type 'integer'"),
         (("corpus", "inputs"), "data/x.jsonl", "is not of type 'array'"),
-        (("train", "schedule"), "linear", "'linear' is not one of"),
+        (("train", "schedule"), "lin", "'lin' is not one of"),
         (("tokenize", "seq_len"), 1, "1 is less than the minimum of 2"),
         (("methods",), ["random", "random"], "has non-unique elements"),
         (("run",), "has space", "does not match"),

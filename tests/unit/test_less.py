@@ -31,6 +31,7 @@ from winnow.methods.less import (
     lora_size,
     mean_hidden_states,
     per_example_lora_grads,
+    per_example_lora_grads_hooks,
     predict_ridge,
     read_features,
     read_sidecar,
@@ -174,6 +175,24 @@ def test_per_example_lora_grads_equal_backward_loop():
         off += k
     chunked = per_example_lora_grads(model, batch, names, chunk_size=2)
     torch.testing.assert_close(chunked, got, rtol=1e-6, atol=1e-7)
+
+
+def test_hook_grads_equal_backward_loop_and_vmap():
+    # One batched backward with hooks (the fast path) against LESS's one-example loop: padded rows
+    # of different lengths, a masked prompt, and an example without targets in one batch.
+    model = lora_model()
+    model.train()
+    names = lora_param_names(model)
+    batch = tiny_batch(0, SPEC)
+    got = per_example_lora_grads_hooks(model, batch, names)
+    assert model.training  # restored
+    want = loop_lora_grads(model, batch, names)
+    live = want.norm(dim=1) > 0
+    assert float(got[~live].abs().max()) == 0.0
+    assert float(cosine(got[live].double(), want[live]).min()) >= 0.9999
+    torch.testing.assert_close(got[live].norm(dim=1).double(), want[live].norm(dim=1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(got, per_example_lora_grads(model, batch, names), rtol=1e-5, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())  # no .grad side effects
 
 
 def test_adam_features_one_simulated_step():
@@ -335,6 +354,10 @@ def test_featurize_sgd_and_adam(tmp_path):
     for kind, x in (("sgd", g), ("adam", adam_features(g, m, v))):
         want = proj.project(x)
         feats, norms = featurize(model, store, ids, names, proj, kind, moments=moments, batch_size=4, seq_len=SEQ)
+        by_vmap, _ = featurize(
+            model, store, ids, names, proj, kind, moments=moments, batch_size=4, seq_len=SEQ, method="vmap"
+        )
+        torch.testing.assert_close(by_vmap, feats, rtol=1e-5, atol=1e-6)
         assert feats.shape == (len(ids), 64) and norms.shape == (len(ids),)
         torch.testing.assert_close(norms, want.norm(dim=1), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(feats, want / want.norm(dim=1, keepdim=True), rtol=1e-5, atol=1e-6)
