@@ -145,12 +145,13 @@ def flat_moments(
 
 
 @contextlib.contextmanager
-def _grad_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (LoRA/attention dropout off) and eager attention, both restored afterwards."""
+def _grad_mode(model: torch.nn.Module, eager: bool = True) -> Iterator[None]:
+    """Eval mode (LoRA/attention dropout off) and, for vmap, eager attention; restored afterwards."""
     config = getattr(model, "config", None)
     attn_before = getattr(config, "_attn_implementation", None)
     was_training = model.training
-    functional_model(model)
+    if eager:
+        functional_model(model)
     model.eval()
     try:
         yield
@@ -217,7 +218,7 @@ def per_example_lora_grads_hooks(model: torch.nn.Module, batch: Batch, names: Se
     try:
         for n, mod in owners:
             handles.append(mod.register_forward_hook(keep(n)))
-        with _grad_mode(model):
+        with _grad_mode(model, eager=False):  # plain reverse mode: SDPA attention is fine
             losses = per_example_loss(model, {n: named[n] for n in names}, batch)
             torch.autograd.grad(losses.sum(), [named[n] for n in names], allow_unused=True)
     finally:
@@ -529,7 +530,7 @@ def featurize(
         norms.append(n.cpu())
 
     buffered = 0
-    with _grad_mode(model):  # once, not per batch
+    with _grad_mode(model, eager=method == "vmap"):  # once, not per batch
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             batch = {k: t.to(device) for k, t in collate(store, chunk, seq_len, pad_id).items()}
