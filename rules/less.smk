@@ -108,6 +108,7 @@ rule less_features:
         seed=LESS.get("features", {}).get("seed", 0),
         dtype=LESS.get("features", {}).get("dtype", "float16"),
         batch_size=LESS.get("features", {}).get("batch_size", 16),
+        method=LESS.get("features", {}).get("method", "hooks"),
         device=eval_device(),
         code=code("less features"),
     shell:
@@ -115,7 +116,8 @@ rule less_features:
         " --tokens {input.tokens} --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
         " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
-        " --batch-size {params.batch_size} --device {params.device} --pool-out {output.pool}"
+        " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
+        " --pool-out {output.pool}"
         " --target-out {output.target} --threads {threads} > {log} 2>&1"
 
 

@@ -77,6 +77,7 @@ def register(sub) -> None:
     p.add_argument("--proj-seed", type=int, required=True)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--method", default="hooks", choices=["hooks", "vmap"], help="per-example gradients")
     p.add_argument("--device", default="auto")
     p.add_argument("--pool-out", nargs="+", required=True, help="pool-{shard}.npy, one per token shard")
     p.add_argument("--target-out", required=True)
@@ -381,7 +382,9 @@ def features(args) -> None:
     common = {"checkpoint": str(Path(args.checkpoint).parent), "d": args.dim, "seed": args.proj_seed}
     common["dtype"] = args.dtype
     kw = dict(names=names, projector=projector, seq_len=manifest["seq_len"], pad_id=manifest["pad_token_id"])
-    kw.update(batch_size=args.batch_size, device=device)
+    kw.update(batch_size=args.batch_size, device=device, method=args.method)
+    if str(device).startswith("cuda"):
+        kw["amp"] = "bf16"  # as the trainer on GPU: bf16 autocast over the fp32 parameters
     for path in args.pool_out:
         shard = int(Path(path).stem.split("-")[-1])
         ids = pool[np.asarray([shard_of[int(e)] == shard for e in pool], dtype=bool)]
