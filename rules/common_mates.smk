@@ -5,10 +5,6 @@ MATES = config.get("mates", {})
 MATES_STAGES = list(range(MATES.get("stages", 0)))
 
 
-def mates_pool_files():
-    return [f"results/{{run}}/mates/pools/stage-{k}.parquet" for k in MATES_STAGES]
-
-
 def mates_reference_size(wildcards):
     ref = MATES["reference"]
     return ref["n"] if wildcards.split == "val" else ref["n_eval"]

@@ -4,27 +4,29 @@
 # Arms: `mates` and `mrandom` (the same staged schedule with random selection at every stage).
 
 
-# Disjoint per-stage pools and the probe pool (candidates are never in a selection pool).
+# Disjoint pools from one seeded permutation of the candidate pool, cut [probe | stage 0 | stage 1
+# | ...]: one job per pool, so adding a stage adds one job and leaves the others' pools as they are.
 rule mates_pools:
     input:
         pool="results/{run}/subsets/pool/ids.parquet",
     output:
-        stages=mates_pool_files(),
-        probe="results/{run}/mates/pools/probe.parquet",
+        "results/{run}/mates/pools/{pool}.parquet",
     log:
-        "results/{run}/logs/mates_pools.log",
+        "results/{run}/logs/mates_pools/{pool}.log",
+    wildcard_constraints:
+        pool=r"probe|stage-\d+",
     conda:
         ENV
     params:
-        stages=lookup(dpath="mates/stages", within=config),
+        part=lambda wildcards: wildcards.pool.removeprefix("stage-"),
         stage_size=lookup(dpath="mates/stage_size", within=config),
         probe_size=lookup(dpath="mates/probe_size", within=config),
         seed=lookup(dpath="mates/seed", within=config),
         code=code("mates pools"),
     shell:
-        "python -m winnow mates pools --pool {input.pool} --stages {params.stages}"
+        "python -m winnow mates pools --pool {input.pool} --part {params.part}"
         " --stage-size {params.stage_size} --probe-size {params.probe_size} --seed {params.seed}"
-        " --out {output.stages} {output.probe} > {log} 2>&1"
+        " --out {output} > {log} 2>&1"
 
 
 # The reference task: LAMBADA-style last words from held-out text (val: for the oracle; test: eval).

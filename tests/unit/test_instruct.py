@@ -18,6 +18,7 @@ from winnow.data.instruct import (
     CONTINUE_DOMAINS,
     TASKS,
     _parse_wordnet_line,
+    _pos_of,
     build_define_choice,
     build_instructions,
     target_subtasks,
@@ -168,6 +169,20 @@ def test_parse_wordnet_line():
         ["inescapable conclusion"],
     )
     assert _parse_wordnet_line("no colon here") is None
+
+
+@pytest.mark.parametrize(
+    "doc_id, pos",
+    [
+        ("wordnet/adj.all/0005", "adj"),  # the bundled corpus's ids
+        ("wordnet_noun.Tops_0001", "noun"),  # the test corpus's ids (underscores, capitals)
+        ("wordnet/verb.body/0002", "verb"),
+        ("kjv/Genesis/0001", None),
+        ("wordnet_adjective_01", None),
+    ],
+)
+def test_part_of_speech_from_the_doc_id(doc_id, pos):
+    assert _pos_of(doc_id) == pos
 
 
 def test_target_subtasks(inst, rows):

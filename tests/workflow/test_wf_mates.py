@@ -58,3 +58,26 @@ def test_per_stage_comparison_and_idempotence(mates_run):
     ref = [r for r in rows if r["metric"] == "reference/loss"]
     assert [r["stage"] for r in ref] == ["1"] and ref[0]["method"] == "mates_k1"
     assert planned_jobs(smk(work, cfg, "-n", "mates")) == {}
+
+
+def test_adding_a_stage_plans_only_the_new_stage(mates_run, tmp_path):
+    # Pools are cut [probe | stage 0 | stage 1 | ...] from one permutation, one job each, so a third
+    # stage leaves stages 0-1, their oracles and models alone: only stage 2's jobs and the table.
+    work, _ = mates_run
+    cfg = tiny_config()
+    cfg["mates"]["stages"] = 3
+    jobs = planned_jobs(smk(work, write_config(tmp_path / "three.yaml", cfg), "-n", "mates"))
+    assert jobs.pop("mates_pools") == 1 and jobs.pop("mates_oracle") == 1 and jobs.pop("fit_scorer") == 1
+    assert jobs.pop("mates_train") == 2 and jobs.pop("mates_decay") == 2  # stage 2 of both arms
+    assert jobs.pop("mates_compare") == 1 and jobs.pop("mates") == 1
+    assert set(jobs) <= {
+        "mates_select",
+        "mates_random_scores",
+        "score_pool",
+        "merge_scores",
+        "eval_ppl",
+        "eval_harness",
+        "eval_target",
+        "mates_eval_reference",
+    }
+    assert jobs["mates_select"] == 2 and jobs["mates_eval_reference"] == 2

@@ -18,13 +18,13 @@ REFERENCE_SHARD = 1_000_000
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pools", help="disjoint per-stage pools and a probe pool from the candidate pool")
+    p = sub.add_parser("pools", help="one of the disjoint pools: the probe pool or a stage's pool")
     p.add_argument("--pool", required=True)
-    p.add_argument("--stages", type=int, required=True)
     p.add_argument("--stage-size", type=int, required=True)
     p.add_argument("--probe-size", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", nargs="+", required=True, help="stage-0 … stage-(S-1), then probe (IDS parquet)")
+    p.add_argument("--part", required=True, help="probe, or a stage number k")
+    p.add_argument("--out", required=True, help="IDS parquet")
     add_threads(p)
     p.set_defaults(func=pools)
 
@@ -68,16 +68,22 @@ def register(sub) -> None:
 
 
 def pools(args) -> None:
+    """One seeded permutation of the pool cut as [probe | stage 0 | stage 1 | ...]: the probe pool
+    and stage k's pool do not depend on how many stages there are, so adding a stage leaves the
+    existing pools (and everything built on them) as they are."""
     from winnow.data.subsets import ids_table, partition_ids
     from winnow.io.tables import IDS, read_table, write_table
 
-    if len(args.out) != args.stages + 1:
-        raise ValueError(f"expected {args.stages + 1} outputs (stages + probe), got {len(args.out)}")
     ids = read_table(args.pool, IDS)["example_id"].to_numpy()
-    parts = partition_ids(ids, [args.stage_size] * args.stages + [args.probe_size], args.seed)
-    for path, part in zip(args.out, parts):
-        write_table(path, ids_table(part), IDS)
-    sidecars(args, "mates pools", args.out, [args.pool], seed=args.seed)
+    if args.part == "probe":
+        part = partition_ids(ids, [args.probe_size], args.seed)[0]
+    else:
+        k = int(args.part)
+        if k < 0:
+            raise ValueError(f"--part: a stage number ≥ 0 or 'probe', got {args.part!r}")
+        part = partition_ids(ids, [args.probe_size] + [args.stage_size] * (k + 1), args.seed)[-1]
+    write_table(args.out, ids_table(part), IDS)
+    sidecars(args, "mates pools", [args.out], [args.pool], seed=args.seed)
 
 
 def reference(args) -> None:
