@@ -21,6 +21,7 @@ include: "rules/pds.smk"
 include: "rules/ablation.smk"
 include: "rules/mates.smk"
 include: "rules/less.smk"
+include: "rules/audit.smk"
 
 
 localrules:
@@ -35,6 +36,7 @@ localrules:
     mates_compare,
     less,
     less_compare,
+    audit,
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.
