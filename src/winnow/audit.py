@@ -131,3 +131,90 @@ def made_by_module(rows: list[dict], root: str | os.PathLike, module: str) -> li
         if module in (side.get("code") or {}).get("modules", []):
             out.append(r["artifact"])
     return sorted(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# two runs of the same config: which artifacts are byte-identical, which only close
+
+# Artifacts whose bytes must match across two CPU runs: scores, id lists, tokens, weights, features.
+EXACT_SUFFIXES = (".parquet", ".safetensors", ".bin", ".npy", ".jsonl")
+
+
+def _numeric_close(a: Path, b: Path, rtol: float, atol: float) -> bool | None:
+    """Values of two artifacts equal within tolerance (None: a format this cannot compare)."""
+    import numpy as np
+
+    if a.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        ta, tb = pq.read_table(a), pq.read_table(b)
+        if ta.schema != tb.schema or ta.num_rows != tb.num_rows:
+            return False
+        for name in ta.column_names:
+            ca, cb = ta[name].to_numpy(zero_copy_only=False), tb[name].to_numpy(zero_copy_only=False)
+            if ca.dtype.kind == "f":
+                if not np.allclose(ca, cb, rtol=rtol, atol=atol, equal_nan=True):
+                    return False
+            elif not np.array_equal(ca, cb):
+                return False
+        return True
+    if a.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        xa, xb = load_file(str(a)), load_file(str(b))
+        return xa.keys() == xb.keys() and all(
+            xa[k].shape == xb[k].shape and np.allclose(xa[k], xb[k], rtol=rtol, atol=atol) for k in xa
+        )
+    if a.suffix == ".npy":
+        xa, xb = np.load(a), np.load(b)
+        return xa.shape == xb.shape and bool(np.allclose(xa, xb, rtol=rtol, atol=atol))
+    return None
+
+
+def compare_runs(
+    a: str | os.PathLike, b: str | os.PathLike, rtol: float = 1e-4, atol: float = 1e-6
+) -> tuple[list[dict], dict]:
+    """Artifacts of two ``results/{run}`` folders made from the same config.
+
+    Each artifact with a sidecar in both is ``identical`` (same sha256), ``close`` (values within
+    ``rtol``/``atol``; reported as a pass only where a sidecar says the step was not
+    deterministic, e.g. it ran on a GPU), or ``differs``. Exact kinds (``EXACT_SUFFIXES``) made
+    deterministically must be identical; JSON reports and logs may differ in timings and are
+    listed but not judged.
+    """
+    a, b = Path(a), Path(b)
+    rows = []
+    for side_a in find_sidecars(a):
+        rel = side_a.relative_to(a)
+        side_b = b / rel
+        art = str(rel)[: -len(SUFFIX)]
+        if not side_b.exists():
+            rows.append({"artifact": art, "status": "only_in_a", "judged": True, "ok": False})
+            continue
+        sa, sb = json.loads(side_a.read_text()), json.loads(side_b.read_text())
+        deterministic = sa.get("deterministic", True) and sb.get("deterministic", True)
+        judged = Path(art).suffix in EXACT_SUFFIXES
+        if sa.get("sha256") == sb.get("sha256"):
+            status, ok = "identical", True
+        else:
+            close = _numeric_close(a / art, b / art, rtol, atol) if judged else None
+            status = "close" if close else "differs"
+            ok = (not judged) or (close is True and not deterministic)
+        rows.append({"artifact": art, "status": status, "judged": judged, "deterministic": deterministic, "ok": ok})
+    seen = {r["artifact"] for r in rows}
+    for side_b in find_sidecars(b):
+        art = str(side_b.relative_to(b))[: -len(SUFFIX)]
+        if art not in seen:
+            rows.append({"artifact": art, "status": "only_in_b", "judged": True, "ok": False})
+    judged = [r for r in rows if r["judged"]]
+    summary = {
+        "a": str(a),
+        "b": str(b),
+        "artifacts": len(rows),
+        "judged": len(judged),
+        "identical": sum(r["status"] == "identical" for r in judged),
+        "failed": sorted(r["artifact"] for r in rows if not r["ok"]),
+        "unjudged_differing": sorted(r["artifact"] for r in rows if not r["judged"] and r["status"] != "identical"),
+    }
+    summary["passed"] = not summary["failed"]
+    return rows, summary

@@ -74,4 +74,5 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "less eval": ("winnow.eval.harness", "winnow.eval.loss", "winnow.models.build", "winnow.train.batches", "winnow.io.tables"),
     "less compare": ("winnow.eval.table", "winnow.io.tables"),
     "audit verify": ("winnow.audit", "winnow.eval.table"),
+    "audit compare": ("winnow.audit", "winnow.eval.table"),
 }

@@ -163,6 +163,11 @@ def git_state() -> dict[str, str | bool | None]:
         return {"sha": None, "dirty": None}
 
 
+def _cuda_used() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
 def sidecar_path(artifact: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(artifact)}.prov.json")
 
@@ -194,6 +199,9 @@ def build_sidecar(
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # CUDA kernels (atomics in reductions, cuBLAS split-K) need not repeat bit for bit; the
+        # audit's run-to-run comparison then allows a tolerance. CPU runs must be identical.
+        "deterministic": not _cuda_used(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }

@@ -93,3 +93,39 @@ def test_cli_strict_exits_non_zero_after_writing(clean, tmp_path):
         main(["audit", "verify", "--root", str(root), "--out", str(out), "--summary", str(summ), "--strict"])
     assert json.loads(summ.read_text())["failed"]["bytes"] == ["summary.tsv"]
     assert "summary.tsv" in out.read_text()
+
+
+def _scores(path: Path, values, deterministic: bool = True) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"example_id": [1, 2, 3], "score": pa.array(values, pa.float32())}), path)
+    write_sidecar(path, command="scorer merge", params={}, extra={"deterministic": deterministic})
+
+
+def test_compare_runs_identical_close_and_different(tmp_path, monkeypatch):
+    from winnow.audit import compare_runs
+
+    monkeypatch.setattr("winnow.provenance.git_state", lambda: {"sha": "abc", "dirty": False})
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        _scores(root / "scores/random.parquet", [0.5, 0.25, 1.0])
+        (root / "report.json").write_text(json.dumps({"wall_s": 1.0 if root == a else 1.5}))  # timings differ
+        write_sidecar(root / "report.json", command="eval table", params={})
+    rows, summary = compare_runs(a, b)
+    assert summary["passed"] and summary["identical"] == 1 and summary["judged"] == 1
+    assert summary["unjudged_differing"] == ["report.json"]
+    # a CPU (deterministic) step whose values moved by 1e-7: not identical, so a failure
+    _scores(b / "scores/random.parquet", [0.5, 0.25, 1.0000001])
+    _, summary = compare_runs(a, b)
+    assert summary["failed"] == ["scores/random.parquet"]
+    # the same step on a GPU (sidecar: not deterministic): within tolerance is a pass
+    _scores(a / "scores/random.parquet", [0.5, 0.25, 1.0], deterministic=False)
+    _scores(b / "scores/random.parquet", [0.5, 0.25, 1.0000001], deterministic=False)
+    rows, summary = compare_runs(a, b)
+    status = {r["artifact"]: r["status"] for r in rows}
+    assert summary["passed"] and status["scores/random.parquet"] == "close"
+    _scores(b / "scores/random.parquet", [0.5, 0.25, 2.0], deterministic=False)
+    _, summary = compare_runs(a, b)
+    assert summary["failed"] == ["scores/random.parquet"]

@@ -20,6 +20,7 @@ def register(sub) -> None:
         help="exit non-zero when any artifact fails (after writing both files), so CI can gate on it",
     )
     p.set_defaults(func=verify)
+    register_compare(sub)
 
 
 def verify(args) -> None:
@@ -41,3 +42,35 @@ def verify(args) -> None:
             log.warning("%s: %s", check, name)
     if args.strict and not summary["passed"]:
         raise SystemExit(f"audit failed: {sum(len(v) for v in failed.values())} findings ({', '.join(failed)})")
+
+
+def register_compare(sub) -> None:
+    p = sub.add_parser("compare", help="two runs of one config: identical, close (GPU steps) or different")
+    p.add_argument("--a", required=True, help="results/{run} of the first run")
+    p.add_argument("--b", required=True, help="results/{run} of the second run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-6)
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=compare)
+
+
+def compare(args) -> None:
+    from winnow.audit import compare_runs
+    from winnow.eval.table import write_tsv
+
+    rows, summary = compare_runs(args.a, args.b, args.rtol, args.atol)
+    write_tsv(args.out, rows)
+    write_json(args.summary, summary)
+    log.info(
+        "compare: %d artifacts, %d judged, %d identical, %d failed",
+        summary["artifacts"],
+        summary["judged"],
+        summary["identical"],
+        len(summary["failed"]),
+    )
+    for name in summary["failed"][:50]:
+        log.warning("differs: %s", name)
+    if args.strict and not summary["passed"]:
+        raise SystemExit(f"runs differ: {len(summary['failed'])} artifacts")
