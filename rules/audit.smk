@@ -10,9 +10,10 @@ rule audit:
     conda:
         ENV
     params:
+        root=lambda wildcards, output: str(Path(output.table).parent.parent),
         strict="--strict" if str(config.get("audit_strict")).lower() == "true" else "",
         stamp=lambda wildcards: time.time_ns(),
         code=code("audit verify"),
     shell:
-        "python -m winnow audit verify --root results/{RUN} --out {output.table}"
+        "python -m winnow audit verify --root {params.root} --out {output.table}"
         " --summary {output.summary} {params.strict} > {log} 2>&1"
