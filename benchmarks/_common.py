@@ -66,6 +66,28 @@ def pythia_160m_config(vocab: int = 50304, max_pos: int = 2048) -> dict:
     }
 
 
+def build_neox(cfg: dict, device: torch.device, dtype: torch.dtype = torch.float32, pad_token_id: int | None = None):
+    """A GPT-NeoX from a ``*_config()`` dict (Pythia's rotary 0.25, parallel residual), seed 0."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    conf = GPTNeoXConfig(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=cfg["intermediate_size"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=pad_token_id,
+    )
+    return GPTNeoXForCausalLM(conf).to(device=device, dtype=dtype)
+
+
 def tiny_config() -> dict:
     """A CPU-sized stand-in with the same code paths (for a local smoke run of a benchmark)."""
     return {

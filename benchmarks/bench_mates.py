@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import environment, print_table, pythia_160m_config, sync, time_fn, tiny_config, write_result  # noqa: E402
+from _common import build_neox, environment, print_table, pythia_160m_config, sync, time_fn, tiny_config, write_result  # noqa: E402
 
 from winnow.methods.mates import (  # noqa: E402
     batched_oracle,
@@ -58,23 +58,7 @@ from winnow.train.trainer import TrainConfig, _state, masked_ce_sum  # noqa: E40
 
 
 def build(cfg: dict, device: torch.device):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(0)
-    conf = GPTNeoXConfig(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        num_hidden_layers=cfg["num_layers"],
-        num_attention_heads=cfg["num_heads"],
-        intermediate_size=cfg["intermediate_size"],
-        max_position_embeddings=cfg["max_position_embeddings"],
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    return GPTNeoXForCausalLM(conf).to(device=device, dtype=torch.float32)
+    return build_neox(cfg, device)
 
 
 def sequences(n: int, seq: int, vocab: int, seed: int) -> dict:

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import environment, print_table, pythia_160m_config, time_fn, tiny_config, write_result  # noqa: E402
+from _common import build_neox, environment, print_table, pythia_160m_config, time_fn, tiny_config, write_result  # noqa: E402
 
 from winnow.grads.functional import (  # noqa: E402
     functional_model,
@@ -35,23 +35,7 @@ from winnow.grads.functional import (  # noqa: E402
 
 
 def build(cfg: dict, dtype: torch.dtype, device: torch.device):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(0)
-    conf = GPTNeoXConfig(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        num_hidden_layers=cfg["num_layers"],
-        num_attention_heads=cfg["num_heads"],
-        intermediate_size=cfg["intermediate_size"],
-        max_position_embeddings=cfg["max_position_embeddings"],
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    return GPTNeoXForCausalLM(conf).to(device=device, dtype=dtype)
+    return build_neox(cfg, device, dtype)
 
 
 def batch(n: int, seq: int, vocab: int, device: torch.device, seed: int) -> dict:
@@ -110,8 +94,9 @@ def main() -> None:
 
     # 1. contributions: correctness on the looped subset, then throughput of each way.
     def jvp_all():
-        return torch.cat([loss_jvp(model, params, sub(proxy, i, i + args.micro), lam)
-                          for i in range(0, args.proxy, args.micro)])
+        return torch.cat(
+            [loss_jvp(model, params, sub(proxy, i, i + args.micro), lam) for i in range(0, args.proxy, args.micro)]
+        )
 
     ours_vals = jvp_all().float()
     ref_vals = loop_contributions(model, sub(proxy, 0, args.loop), lam_flat)
@@ -168,14 +153,24 @@ def main() -> None:
     if device.type == "cuda":
         result["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     path = write_result("bench_pds" + ("_tiny" if args.tiny else ""), result)
-    print_table([
-        {"figure": "PDS contributions, examples/s", "ours": f"{jvp_rate:.1f} (batched JVP)",
-         "reference": f"{loop_rate:.1f} (per-example backward loop)", "ratio": f"{jvp_rate / loop_rate:.1f}x",
-         "limit": f"rel. err {rel_err:.1e}"},
-        {"figure": "solver backward step vs train step, s", "ours": f"{t_solver['median_s']:.4f}",
-         "reference": f"{t_train['median_s']:.4f}", "ratio": f"{t_solver['median_s'] / t_train['median_s']:.2f}",
-         "limit": f"{tokens} tokens/step"},
-    ])
+    print_table(
+        [
+            {
+                "figure": "PDS contributions, examples/s",
+                "ours": f"{jvp_rate:.1f} (batched JVP)",
+                "reference": f"{loop_rate:.1f} (per-example backward loop)",
+                "ratio": f"{jvp_rate / loop_rate:.1f}x",
+                "limit": f"rel. err {rel_err:.1e}",
+            },
+            {
+                "figure": "solver backward step vs train step, s",
+                "ours": f"{t_solver['median_s']:.4f}",
+                "reference": f"{t_train['median_s']:.4f}",
+                "ratio": f"{t_solver['median_s'] / t_train['median_s']:.2f}",
+                "limit": f"{tokens} tokens/step",
+            },
+        ]
+    )
     print(f"wrote {path}; {result['environment']['device']}, {n_params / 1e6:.1f}M params, {args.dtype}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _neox import one_thread, padded_batch, tiny_neox  # noqa: F401 (one_thread: autouse fixture)
 
 from winnow.grads import (
     functional_model,
@@ -28,50 +29,13 @@ from winnow.grads import (
 VOCAB, SEQ, PAD = 50, 10, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are dominated by thread hand-off on a shared 2-core box (~100× slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0, eager: bool = True) -> torch.nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=SEQ,
-        initializer_range=0.2,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    model = GPTNeoXForCausalLM(config).double().eval()
+    model = tiny_neox(VOCAB, SEQ, PAD, seed=seed).eval()
     return functional_model(model) if eager else model
 
 
 def tiny_batch(seed: int, spec: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
-    """Right-padded batch like ``collate``; spec rows = (length, loss_start, loss_end)."""
-    g = torch.Generator().manual_seed(seed)
-    b = len(spec)
-    input_ids = torch.full((b, SEQ), PAD, dtype=torch.long)
-    attention = torch.zeros((b, SEQ), dtype=torch.long)
-    loss_mask = torch.zeros((b, SEQ), dtype=torch.bool)
-    for r, (n, ls, le) in enumerate(spec):
-        input_ids[r, :n] = torch.randint(2, VOCAB, (n,), generator=g)
-        attention[r, :n] = 1
-        loss_mask[r, max(ls, 1) : min(le, n)] = True
-    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+    return padded_batch(seed, spec, VOCAB, SEQ, PAD)
 
 
 SPEC_A = [(10, 0, 10), (7, 0, 7), (9, 4, 9), (5, 0, 5)]

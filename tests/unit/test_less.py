@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
+from _neox import one_thread, padded_batch, random_store, tiny_neox  # noqa: F401 (one_thread: autouse fixture)
 
-from winnow.io.shards import token_dtype, write_shard
-from winnow.io.tables import EXAMPLES
 from winnow.methods.less import (
     AGGREGATES,
     RademacherProjector,
@@ -44,35 +42,8 @@ VOCAB, SEQ, PAD = 50, 10, 0
 LORA = {"r": 4, "alpha": 8, "dropout": 0.3, "target_modules": ["query_key_value", "dense"], "seed": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are dominated by thread hand-off on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def base_model(dtype=torch.float64, seed: int = 0, hidden: int = 16) -> torch.nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=SEQ,
-        initializer_range=0.2,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return GPTNeoXForCausalLM(config).to(dtype).eval()
+    return tiny_neox(VOCAB, SEQ, PAD, seed=seed, hidden=hidden, dtype=dtype).eval()
 
 
 def perturb_b(model, seed: int = 0, scale: float = 0.3) -> None:
@@ -91,17 +62,7 @@ def lora_model(dtype=torch.float64, seed: int = 0, hidden: int = 16):
 
 
 def tiny_batch(seed: int, spec: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
-    """Right-padded batch like ``collate``; spec rows = (length, loss_start, loss_end)."""
-    g = torch.Generator().manual_seed(seed)
-    b = len(spec)
-    input_ids = torch.full((b, SEQ), PAD, dtype=torch.long)
-    attention = torch.zeros((b, SEQ), dtype=torch.long)
-    loss_mask = torch.zeros((b, SEQ), dtype=torch.bool)
-    for r, (n, ls, le) in enumerate(spec):
-        input_ids[r, :n] = torch.randint(2, VOCAB, (n,), generator=g)
-        attention[r, :n] = 1
-        loss_mask[r, max(ls, 1) : min(le, n)] = True
-    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+    return padded_batch(seed, spec, VOCAB, SEQ, PAD)
 
 
 SPEC = [(10, 0, 10), (7, 0, 7), (9, 4, 9), (5, 0, 5), (8, 2, 8), (6, 6, 6)]  # last: no targets
@@ -315,27 +276,7 @@ def test_projection_preserves_gradient_cosines():
 
 
 def make_store(tmp_path, n: int = 9, seed: int = 0) -> tuple[ExampleStore, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, SEQ + 1, size=n)
-    tokens = rng.integers(2, VOCAB, size=int(lengths.sum()))
-    dtype = token_dtype(VOCAB)
-    write_shard(tmp_path / "tokens-0.bin", tokens, dtype)
-    ids = 100 + 3 * np.arange(n)
-    table = pa.table(
-        {
-            "example_id": ids,
-            "doc_id": [f"d{i}" for i in range(n)],
-            "shard": np.zeros(n, dtype=np.int32),
-            "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-            "length": lengths.astype(np.int32),
-            "loss_start": np.where(rng.random(n) < 0.4, 3, 0).astype(np.int32),
-            "loss_end": lengths.astype(np.int32),
-            "domain": ["x"] * n,
-            "split": ["train"] * n,
-        },
-        schema=EXAMPLES,
-    )
-    return ExampleStore(table, {0: tmp_path / "tokens-0.bin"}, dtype.str), ids
+    return random_store(tmp_path, n, SEQ, VOCAB, seed, first_id=100, stride=3, prompt_frac=0.4)
 
 
 def test_featurize_sgd_and_adam(tmp_path):

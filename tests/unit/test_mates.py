@@ -12,13 +12,11 @@ import copy
 from dataclasses import replace
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
+from _neox import one_thread, random_store, tiny_neox  # noqa: F401 (one_thread: autouse fixture)
 
 from winnow.grads import functional_model
-from winnow.io.shards import token_dtype, write_shard
-from winnow.io.tables import EXAMPLES
 from winnow.methods.mates import (
     ORACLE,
     OracleConfig,
@@ -41,35 +39,8 @@ VOCAB, SEQ, PAD = 50, 12, 0
 N_CAND, N_REF = 7, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are dominated by thread hand-off on a shared 2-core box (~100× slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=SEQ,
-        initializer_range=0.2,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return GPTNeoXForCausalLM(config).to(dtype)
+    return tiny_neox(VOCAB, SEQ, PAD, seed=seed, dtype=dtype)
 
 
 def rand_batch(n: int, seed: int, last: int | None = None, prompt_every: int = 0, empty: int | None = None) -> dict:
@@ -281,27 +252,7 @@ def test_first_order_correlates_with_exact():
 
 
 def make_store(tmp_path, n: int = 24, seed: int = 0) -> tuple[ExampleStore, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, SEQ + 1, size=n)
-    tokens = rng.integers(2, VOCAB, size=int(lengths.sum()))
-    dtype = token_dtype(VOCAB)
-    write_shard(tmp_path / "tokens-0.bin", tokens, dtype)
-    ids = 500 + 2 * np.arange(n)
-    table = pa.table(
-        {
-            "example_id": ids,
-            "doc_id": [f"d{i}" for i in range(n)],
-            "shard": np.zeros(n, dtype=np.int32),
-            "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-            "length": lengths.astype(np.int32),
-            "loss_start": np.where(rng.random(n) < 0.3, 3, 0).astype(np.int32),
-            "loss_end": lengths.astype(np.int32),
-            "domain": ["x"] * n,
-            "split": ["train"] * n,
-        },
-        schema=EXAMPLES,
-    )
-    return ExampleStore(table, {0: tmp_path / "tokens-0.bin"}, dtype.str), ids
+    return random_store(tmp_path, n, SEQ, VOCAB, seed, first_id=500, stride=2, prompt_frac=0.3)
 
 
 def test_load_state_reads_a_trainer_checkpoint(tmp_path):

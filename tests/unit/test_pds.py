@@ -6,26 +6,15 @@ import itertools
 from dataclasses import replace
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
+from _neox import one_thread, random_store, tiny_neox  # noqa: F401 (one_thread: autouse fixture)
 
 from winnow.grads import functional_model, mean_loss_grad, params_of, per_example_grads, tree_add
-from winnow.io.shards import token_dtype, write_shard
-from winnow.io.tables import EXAMPLES
 from winnow.methods.pds import PMPConfig, project_simplex, solve
 from winnow.train.batches import ExampleStore, collate
 
 VOCAB, SEQ, PAD = 50, 10, 0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are dominated by thread hand-off on a shared 2-core box (~100× slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 T, B, LR = 4, 3, 0.3
@@ -34,51 +23,11 @@ N_PROXY, N_TARGET = 6, 4
 
 def make_store(tmp_path, n: int = 30, seed: int = 0) -> tuple[ExampleStore, np.ndarray]:
     """n examples with ids 1000, 1003, …, random lengths 5..10 and some prompt-masked ones."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, SEQ + 1, size=n)
-    tokens = rng.integers(2, VOCAB, size=int(lengths.sum()))
-    dtype = token_dtype(VOCAB)
-    write_shard(tmp_path / "tokens-0.bin", tokens, dtype)
-    ids = 1000 + 3 * np.arange(n)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    loss_start = np.where(rng.random(n) < 0.3, 3, 0)
-    table = pa.table(
-        {
-            "example_id": ids,
-            "doc_id": [f"d{i}" for i in range(n)],
-            "shard": np.zeros(n, dtype=np.int32),
-            "offset": offsets,
-            "length": lengths.astype(np.int32),
-            "loss_start": loss_start.astype(np.int32),
-            "loss_end": lengths.astype(np.int32),
-            "domain": ["x"] * n,
-            "split": ["train"] * n,
-        },
-        schema=EXAMPLES,
-    )
-    return ExampleStore(table, {0: tmp_path / "tokens-0.bin"}, dtype.str), ids
+    return random_store(tmp_path, n, SEQ, VOCAB, seed, first_id=1000, stride=3, prompt_frac=0.3)
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=SEQ,
-        initializer_range=0.2,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return GPTNeoXForCausalLM(config).double()
+    return tiny_neox(VOCAB, SEQ, PAD, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
