@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
@@ -22,6 +25,7 @@ include: "rules/ablation.smk"
 include: "rules/mates.smk"
 include: "rules/less.smk"
 include: "rules/audit.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -37,6 +41,7 @@ localrules:
     less,
     less_compare,
     audit,
+    report_plots,
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.

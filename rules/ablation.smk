@@ -248,11 +248,19 @@ rule ablation_correlate:
     input:
         ablation_evals,
     output:
-        table="results/{run}/ablation/correlation.tsv",
+        table=report(
+            "results/{run}/ablation/correlation.tsv",
+            caption="../report/ablation_table.rst",
+            category="Ablations",
+        ),
         json="results/{run}/ablation/correlation.json",
         points="results/{run}/ablation/points.tsv",
         ppl="results/{run}/ablation/ppl.parquet",
-        plot="results/{run}/ablation/correlation.png",
+        plot=report(
+            "results/{run}/ablation/correlation.png",
+            caption="../report/ablation_scatter.rst",
+            category="Ablations",
+        ),
     log:
         "results/{run}/logs/ablation_correlate.log",
     conda:

@@ -267,6 +267,7 @@ def all_targets():
         files += mates_targets()
     if "less" in config["methods"]:
         files += less_targets()
+    files += report_targets()
     return sorted(set(files))
 
 
@@ -332,3 +333,63 @@ def shard_scores(wildcards):
         scorer=wildcards.scorer,
         shard=SHARDS,
     )
+
+
+# ---- the report (rules/report.smk) -------------------------------------------------------------
+def report_plot_inputs(wildcards):
+    """Every pretraining selection and score table of the configured methods, and MATES's stage evals."""
+    run = wildcards.run
+    sel, scores, evals = {}, {}, []
+    for method in SELECTION_METHODS:
+        for seed in config["seeds"]:
+            sel[f"{method}_s{seed}"] = (
+                f"results/{run}/selected/{method}/s{seed}/ids.parquet"
+            )
+        if method != "random":  # random's scores are constant
+            scores[method] = f"results/{run}/scores/{method}/scores.parquet"
+    if "mates" in config["methods"]:
+        for seed in config["seeds"]:
+            for k in MATES_STAGES:
+                for arm in ("mrandom", "mates") if k else ("mrandom",):
+                    sel[f"{arm}_k{k}_s{seed}"] = (
+                        f"results/{run}/mates/{arm}/s{seed}/stage-{k}/ids.parquet"
+                    )
+                    evals.append(
+                        f"results/{run}/eval/{arm}_k{k}/s{seed}/reference.json"
+                    )
+                if k:
+                    scores[f"mates_s{seed}_k{k}"] = (
+                        f"results/{run}/scores/mates_s{seed}_k{k}/scores.parquet"
+                    )
+    if "less" in config["methods"]:
+        for seed in config["seeds"]:
+            scores[f"less_s{seed}"] = f"results/{run}/less/s{seed}/scores.parquet"
+    return {"selections": sel, "scores": scores, "evals": evals}
+
+
+def report_plot_args(wildcards, input):
+    spec = report_plot_inputs(wildcards)
+    args = "--selection " + " ".join(f"{n}={p}" for n, p in spec["selections"].items())
+    if spec["scores"]:
+        args += " --scores " + " ".join(f"{n}={p}" for n, p in spec["scores"].items())
+    if spec["evals"]:
+        args += " --mates-evals " + " ".join(spec["evals"])
+    return args
+
+
+def report_plot_files(wildcards):
+    spec = report_plot_inputs(wildcards)
+    return (
+        list(spec["selections"].values())
+        + list(spec["scores"].values())
+        + spec["evals"]
+    )
+
+
+def report_targets():
+    plots = ["overlap.png", "composition.png"]
+    if any(m != "random" for m in SELECTION_METHODS) or "mates" in config["methods"]:
+        plots.append("scores.png")
+    if "mates" in config["methods"]:
+        plots.append("mates_stages.png")
+    return [f"results/{RUN}/report/{p}" for p in plots]

@@ -96,7 +96,11 @@ rule eval_table:
     input:
         all_model_evals,
     output:
-        "results/{run}/eval/summary.tsv",
+        report(
+            "results/{run}/eval/summary.tsv",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
     log:
         "results/{run}/logs/eval_table.log",
     conda:
@@ -112,7 +116,12 @@ rule eval_compare:
     input:
         compare_inputs,
     output:
-        "results/{run}/eval/compare-{method}.tsv",
+        report(
+            "results/{run}/eval/compare-{method}.tsv",
+            caption="../report/compare.rst",
+            category="Evaluation",
+            subcategory="{method}",
+        ),
     log:
         "results/{run}/logs/eval_compare/{method}.log",
     conda:

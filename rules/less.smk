@@ -288,8 +288,16 @@ rule less_compare:
         unpack(less_compare_inputs),
         examples=f"{LESS_DATA}/examples.parquet",
     output:
-        table="results/{run}/less/compare.tsv",
-        composition="results/{run}/less/composition.tsv",
+        table=report(
+            "results/{run}/less/compare.tsv",
+            caption="../report/less_compare.rst",
+            category="LESS",
+        ),
+        composition=report(
+            "results/{run}/less/composition.tsv",
+            caption="../report/less_composition.rst",
+            category="LESS",
+        ),
     log:
         "results/{run}/logs/less_compare.log",
     conda:

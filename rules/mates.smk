@@ -230,7 +230,11 @@ rule mates_compare:
     input:
         mates_compare_inputs,
     output:
-        "results/{run}/mates/compare.tsv",
+        report(
+            "results/{run}/mates/compare.tsv",
+            caption="../report/mates_compare.rst",
+            category="MATES",
+        ),
     log:
         "results/{run}/logs/mates_compare.log",
     conda:

@@ -75,4 +75,5 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "less compare": ("winnow.eval.table", "winnow.io.tables"),
     "audit verify": ("winnow.audit", "winnow.eval.table"),
     "audit compare": ("winnow.audit", "winnow.eval.table"),
+    "report plots": ("winnow.report", "winnow.eval.table", "winnow.io.tables"),
 }

@@ -56,6 +56,7 @@ ALL_JOBS = {
     "eval_harness": 2,
     "eval_target": 2,
     "eval_table": 1,
+    "report_plots": 1,
     "all": 1,
 }
 
@@ -86,7 +87,7 @@ def test_dry_run_of_the_pds_target(tiny):
     work, cfg = tiny
     expected = {k: v for k, v in ALL_JOBS.items() if k not in ABLATION_JOBS}
     expected["pds"] = 1
-    del expected["all"], expected["eval_table"]
+    del expected["all"], expected["eval_table"], expected["report_plots"]
     assert planned_jobs(smk(work, cfg, "-n", "pds")) == expected
 
 

@@ -106,7 +106,7 @@ def test_changing_the_ratio_replans_only_select_and_what_follows(finished, tmp_p
     cfg["select"]["random"]["ratio"] = 0.25
     jobs = planned_jobs(smk(work, write_config(tmp_path / "r.yaml", cfg), "-n"))
     random_model = {"select": 1, "train_lm": 1, "eval_ppl": 1, "eval_harness": 1, "eval_target": 1}
-    assert jobs == {**random_model, "eval_table": 1, "eval_compare": 1, "all": 1}
+    assert jobs == {**random_model, "eval_table": 1, "eval_compare": 1, "report_plots": 1, "all": 1}
 
 
 def test_changing_eval_docs_replans_only_perplexity(finished, tmp_path):
@@ -124,7 +124,7 @@ def test_changing_the_scorer_reuses_the_solver(finished, tmp_path):
     jobs = planned_jobs(smk(work, write_config(tmp_path / "s.yaml", cfg), "-n"))
     pds_model = {"select": 1, "train_lm": 1, "eval_ppl": 1, "eval_harness": 1, "eval_target": 1}
     expected = {"fit_scorer": 1, "score_pool": 3, "merge_scores": 1, **pds_model}
-    assert jobs == {**expected, "eval_table": 1, "eval_compare": 1, "all": 1}
+    assert jobs == {**expected, "eval_table": 1, "eval_compare": 1, "report_plots": 1, "all": 1}
 
 
 def test_pds_reports(finished):

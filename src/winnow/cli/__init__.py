@@ -16,7 +16,7 @@ import sys
 
 from winnow import __version__
 
-GROUPS = ("data", "select", "train", "eval", "scorer", "pds", "mates", "ablation", "less", "audit")
+GROUPS = ("data", "select", "train", "eval", "scorer", "pds", "mates", "ablation", "less", "audit", "report")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -61,7 +61,7 @@ def set_threads(n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from winnow.cli import ablation, audit, data, less, mates, pds, scorer, select, train
+    from winnow.cli import ablation, audit, data, less, mates, pds, report, scorer, select, train
     from winnow.cli import eval as evaluate
 
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0])
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ablation", ablation),
         ("less", less),
         ("audit", audit),
+        ("report", report),
     )
     for name, module in groups_:
         sub = groups.add_parser(name).add_subparsers(dest="command", required=True)

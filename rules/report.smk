@@ -1,0 +1,45 @@
+# Figures for `snakemake --report`: what each method scored and selected (the tables and the
+# ablation scatter come from the method rules, marked for the report where they are made).
+
+
+# Score histograms, selection overlap (Jaccard) and per-domain composition, MATES per stage.
+rule report_plots:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        files=report_plot_files,
+    output:
+        overlap=report(
+            "results/{run}/report/overlap.png",
+            caption="../report/overlap.rst",
+            category="Selections",
+        ),
+        overlap_table="results/{run}/report/overlap.tsv",
+        composition=report(
+            "results/{run}/report/composition.png",
+            caption="../report/composition.rst",
+            category="Selections",
+        ),
+        composition_table="results/{run}/report/composition.tsv",
+        extra=[
+            report(
+                f"results/{{run}}/report/{name}",
+                caption=f"../report/{name.removesuffix('.png')}.rst",
+                category=category,
+            )
+            for name, category in (
+                ("scores.png", "Scores"),
+                ("mates_stages.png", "MATES"),
+            )
+            if f"results/{RUN}/report/{name}" in report_targets()
+        ],
+    log:
+        "results/{run}/logs/report_plots.log",
+    conda:
+        ENV
+    params:
+        args=report_plot_args,
+        out_dir=lambda wildcards, output: str(Path(output.overlap).parent),
+        code=code("report plots"),
+    shell:
+        "python -m winnow report plots --examples {input.examples} {params.args}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
