@@ -3,6 +3,7 @@
 from winnow.grads.functional import (
     Batch,
     Params,
+    eval_mode,
     functional_model,
     hvp,
     loss_and_jvp,
@@ -24,6 +25,7 @@ from winnow.grads.functional import (
 )
 
 __all__ = [
+    "eval_mode",
     "Batch",
     "Params",
     "functional_model",

@@ -28,8 +28,9 @@ own ``eager_attention_forward`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,25 @@ def functional_model(model: torch.nn.Module) -> torch.nn.Module:
     else:  # older transformers: the attention modules read the config at call time
         config._attn_implementation = EAGER_IMPL
     return model
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module, eager: bool = True) -> Iterator[None]:
+    """Eval mode (dropout off: a per-example quantity then depends on the example alone) and, with
+    ``eager``, :func:`functional_model`'s eager attention for forward-mode AD and vmap; both are
+    restored on exit."""
+    config = getattr(model, "config", None)
+    attn_before = getattr(config, "_attn_implementation", None)
+    was_training = model.training
+    if eager:
+        functional_model(model)
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if eager and attn_before is not None and config._attn_implementation != attn_before:
+            model.set_attn_implementation(attn_before)
 
 
 def params_of(model: torch.nn.Module) -> Params:

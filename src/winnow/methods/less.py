@@ -35,13 +35,13 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from winnow.grads import Batch, functional_model, per_example_grads, per_example_loss
+from winnow.grads import Batch, eval_mode, per_example_grads, per_example_loss
 from winnow.io.atomic import atomic_path, read_json, write_json
 from winnow.train.batches import ExampleStore, collate
 
@@ -144,23 +144,6 @@ def flat_moments(
     return m, v
 
 
-@contextlib.contextmanager
-def _grad_mode(model: torch.nn.Module, eager: bool = True) -> Iterator[None]:
-    """Eval mode (LoRA/attention dropout off) and, for vmap, eager attention; restored afterwards."""
-    config = getattr(model, "config", None)
-    attn_before = getattr(config, "_attn_implementation", None)
-    was_training = model.training
-    if eager:
-        functional_model(model)
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        if attn_before is not None and config._attn_implementation != attn_before:
-            model.set_attn_implementation(attn_before)
-
-
 def per_example_lora_grads(
     model: torch.nn.Module, batch: Batch, names: Sequence[str], chunk_size: int | None = None
 ) -> torch.Tensor:
@@ -178,7 +161,7 @@ def per_example_lora_grads(
     """
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
-    with _grad_mode(model):
+    with eval_mode(model):
         grads = per_example_grads(model, params, batch, chunk_size=chunk_size)
     b = int(batch["input_ids"].shape[0])
     return torch.cat([grads.pop(n).reshape(b, -1).float() for n in names], dim=1)
@@ -218,7 +201,7 @@ def per_example_lora_grads_hooks(model: torch.nn.Module, batch: Batch, names: Se
     try:
         for n, mod in owners:
             handles.append(mod.register_forward_hook(keep(n)))
-        with _grad_mode(model, eager=False):  # plain reverse mode: SDPA attention is fine
+        with eval_mode(model, eager=False):  # plain reverse mode: SDPA attention is fine
             losses = per_example_loss(model, {n: named[n] for n in names}, batch)
             torch.autograd.grad(losses.sum(), [named[n] for n in names], allow_unused=True)
     finally:
@@ -530,7 +513,7 @@ def featurize(
         norms.append(n.cpu())
 
     buffered = 0
-    with _grad_mode(model, eager=method == "vmap"):  # once, not per batch
+    with eval_mode(model, eager=method == "vmap"):  # once, not per batch
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             batch = {k: t.to(device) for k, t in collate(store, chunk, seq_len, pad_id).items()}

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.func import functional_call, grad, vmap
 
-from winnow.grads import Batch, Params, functional_model, per_example_grads, per_example_loss
+from winnow.grads import Batch, Params, eval_mode, per_example_grads, per_example_loss
 from winnow.io.atomic import read_json
 from winnow.train.batches import ExampleStore, collate
 from winnow.train.schedules import lr_at
@@ -385,23 +385,6 @@ def _state_on(state: ProbeState, model: torch.nn.Module) -> ProbeState:
     return state.to(p0.device, p0.dtype)
 
 
-@contextlib.contextmanager
-def _probe_mode(model: torch.nn.Module, functional: bool) -> Iterator[None]:
-    """Eval mode (and eager attention for torch.func) while probing; restored afterwards."""
-    config = getattr(model, "config", None)
-    attn_before = getattr(config, "_attn_implementation", None)
-    was_training = model.training
-    if functional:
-        functional_model(model)
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        if functional and attn_before is not None and config._attn_implementation != attn_before:
-            model.set_attn_implementation(attn_before)
-
-
 def _plain_ref_loss(model: torch.nn.Module, ref_batches: list[Batch], cfg: OracleConfig) -> float:
     """ℒ_ref with ordinary forwards of ``model`` (as winnow.eval.loss); float64 host value."""
     device = next(model.parameters()).device
@@ -490,7 +473,7 @@ def sequential_oracle(
 
     after = np.zeros(_n(candidates), dtype=np.float64)
     t_restore = t_step = t_ref = 0.0
-    with _probe_mode(model, functional=False):
+    with eval_mode(model, eager=False):
         restore()
         before = _plain_ref_loss(model, ref_batches, cfg)
         try:
@@ -804,7 +787,7 @@ def batched_oracle(
     state = _state_on(state, model)
     device = next(model.parameters()).device
     timings = {"grads_s": 0.0, "update_s": 0.0, "reference_s": 0.0}
-    with _probe_mode(model, functional=True), torch.no_grad():
+    with eval_mode(model, eager=True), torch.no_grad():
         ref = _Reference(model, _reference_batches(reference, cfg.reference_batch_size, device), cfg)
         ref.check_head_path(state.params)
         before = ref.total(state.params)
@@ -846,7 +829,7 @@ def first_order_oracle(
     state = _state_on(state, model)
     device = next(model.parameters()).device
     timings = {"reference_grad_s": 0.0, "grads_s": 0.0, "update_s": 0.0}
-    with _probe_mode(model, functional=True), torch.no_grad():
+    with eval_mode(model, eager=True), torch.no_grad():
         ref = _Reference(model, _reference_batches(reference, cfg.reference_batch_size, device), cfg)
         ref.check_head_path(state.params)
         t0 = time.perf_counter()
