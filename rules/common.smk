@@ -40,7 +40,8 @@ THREADS = {"train": 2, "eval": 1, **config.get("threads", {})}
 ENV = "../envs/winnow.yaml"
 
 
-# Methods that select data (trained per seed, compared with random); `ablation` is not one of them.
+# Methods of the shared spine (trained per seed on pool selections, compared with random); MATES and
+# LESS have their own arms and tables, and `ablation` is not a selection method.
 SELECTION_METHODS = [
     m for m in config["methods"] if m not in ("ablation", "mates", "less")
 ]
@@ -388,7 +389,9 @@ def report_plot_files(wildcards):
 
 def report_targets():
     plots = ["overlap.png", "composition.png"]
-    if any(m != "random" for m in SELECTION_METHODS) or "mates" in config["methods"]:
+    if any(m != "random" for m in SELECTION_METHODS) or {"mates", "less"} & set(
+        config["methods"]
+    ):
         plots.append("scores.png")
     if "mates" in config["methods"]:
         plots.append("mates_stages.png")
