@@ -12,8 +12,10 @@ Features (one per example and checkpoint):
 - target ("sgd"): the plain gradient g;
 - then Φ(x) = x R / √d with R ∈ {±1}^{P×d} (:class:`RademacherProjector`) and L2 normalisation.
 
-Gradients come from ``vmap(grad)`` over a batch (:func:`per_example_lora_grads`) instead of
-LESS's one-example ``loss.backward()`` loop; they equal the loop's (tests/unit/test_less.py).
+Per-example gradients are batched instead of LESS's one-example ``loss.backward()`` loop: one
+batched backward with hooks on the LoRA factors (:func:`per_example_lora_grads_hooks`, the
+default) or ``vmap(grad)`` (:func:`per_example_lora_grads`); both equal the loop's
+(tests/unit/test_less.py).
 
 Matching (:func:`less_scores`): Inf(z, z') = Σ_i w_i ⟨φ_i(z), φ_i(z')⟩ with w_i = η̄_i / Σ_j η̄_j,
 aggregated over the target examples (LESS: mean within a subtask, max over subtasks).
