@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -248,10 +249,7 @@ def data(args) -> None:
 
 
 def _counts(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def _rows_of(examples, ids: np.ndarray) -> np.ndarray:
