@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
 include: "rules/common_less.smk"
+include: "rules/common_bakeoff.smk"
 include: "rules/data.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
@@ -24,6 +25,7 @@ include: "rules/pds.smk"
 include: "rules/ablation.smk"
 include: "rules/mates.smk"
 include: "rules/less.smk"
+include: "rules/bakeoff.smk"
 include: "rules/audit.smk"
 include: "rules/report.smk"
 
@@ -40,6 +42,8 @@ localrules:
     mates_compare,
     less,
     less_compare,
+    bakeoff,
+    bakeoff_leaderboard,
     audit,
     report_plots,
 
@@ -80,3 +84,9 @@ rule mates:
 rule less:
     input:
         less_targets(),
+
+
+# The bake-off: random, PDS, MATES and LESS arms at one budget on one pool, and their leaderboard.
+rule bakeoff:
+    input:
+        bakeoff_targets(),

@@ -30,6 +30,17 @@ setup() {
   echo "$want" > "$STAMP"
 }
 
+# The rendered-report test opens the report in Debian's headless Chromium; install it where we may.
+browser() {
+  command -v chromium >/dev/null && return
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing Debian's chromium for the rendered-report test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing and cannot be installed here (not root): the rendered-report test skips" >&2
+  fi
+}
+
 [[ "$VENV" == /* ]] || VENV="$PWD/$VENV" # an absolute VENV (shared between clones) works too
 export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -39,7 +50,7 @@ shift || true
 case "$cmd" in
   venv) setup ;;
   run) setup; snakemake "$@" ;;
-  test) setup; python -m pytest -q "$@" tests ;;
+  test) setup; browser; python -m pytest -q "$@" tests ;;
   slurm-test) setup; python -m pytest -q -rs "$@" tests/slurm ;;
   lint)
     setup

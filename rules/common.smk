@@ -42,11 +42,15 @@ ENV = "../envs/winnow.yaml"
 
 # Methods of the shared spine (trained per seed on pool selections, compared with random); MATES and
 # LESS have their own arms and tables, and `ablation` is not a selection method.
+# The bake-off adds the pool-level MATES and LESS arms (rules/bakeoff.smk) to the spine.
+BAKEOFF_ARMS = ["random", "pds", "mates_pool", "less_pool"]
 SELECTION_METHODS = [
-    m for m in config["methods"] if m not in ("ablation", "mates", "less")
+    m for m in config["methods"] if m not in ("ablation", "mates", "less", "bakeoff")
 ]
+if "bakeoff" in config["methods"]:
+    SELECTION_METHODS += [m for m in BAKEOFF_ARMS if m not in SELECTION_METHODS]
 # Methods whose scores come from a fitted scorer (the others have their own score rule).
-SCORERS = [m for m in config["methods"] if m in ("pds",)]
+SCORERS = [m for m in SELECTION_METHODS if m in ("pds", "mates_pool", "less_pool")]
 if (
     "mates" in config
 ):  # `snakemake mates` works whenever the block exists; `all` needs it in methods
@@ -268,6 +272,8 @@ def all_targets():
         files += mates_targets()
     if "less" in config["methods"]:
         files += less_targets()
+    if "bakeoff" in config["methods"]:
+        files += bakeoff_targets()
     files += report_targets()
     return sorted(set(files))
 
@@ -294,6 +300,10 @@ def scorer_labels(wildcards):
     """The labels table a scorer is fitted to."""
     if wildcards.scorer == "pds":
         return f"results/{wildcards.run}/pds/gamma.parquet"
+    if wildcards.scorer == "mates_pool":
+        return f"results/{wildcards.run}/bakeoff/mates_pool/oracle.parquet"
+    if wildcards.scorer == "less_pool":
+        return f"results/{wildcards.run}/bakeoff/less_pool/labels.parquet"
     if _mates_scorer(wildcards.scorer):
         seed, k = _mates_scorer(wildcards.scorer)
         return f"results/{wildcards.run}/mates/mates/s{seed}/stage-{k}/oracle.parquet"
@@ -301,8 +311,10 @@ def scorer_labels(wildcards):
 
 
 def scorer_label_column(wildcards):
-    if _mates_scorer(wildcards.scorer):
+    if _mates_scorer(wildcards.scorer) or wildcards.scorer == "mates_pool":
         return "delta"  # reference loss after − before the candidate's step (lower is better)
+    if wildcards.scorer == "less_pool":
+        return "score"  # LESS's matching score (higher is better)
     if wildcards.scorer == "pds":
         return (
             "gamma"
@@ -322,7 +334,11 @@ def scorer_pool(wildcards):
 def scorer_config(wildcards):
     if _mates_scorer(wildcards.scorer):
         return as_json(config["mates"]["scorer"])
-    if wildcards.scorer == "pds":
+    if wildcards.scorer in (
+        "pds",
+        "mates_pool",
+        "less_pool",
+    ):  # the bake-off: one scorer for all
         return as_json(config["pds"]["scorer"])
     raise ValueError(f"no scorer config for {wildcards.scorer!r}")
 
@@ -365,7 +381,12 @@ def report_plot_inputs(wildcards):
     if "less" in config["methods"]:
         for seed in config["seeds"]:
             scores[f"less_s{seed}"] = f"results/{run}/less/s{seed}/scores.parquet"
-    return {"selections": sel, "scores": scores, "evals": evals}
+    curves = {
+        f"{method}_s{seed}": f"results/{run}/models/{method}/s{seed}/model/trainer_state.json"
+        for method in SELECTION_METHODS
+        for seed in config["seeds"]
+    }
+    return {"selections": sel, "scores": scores, "evals": evals, "curves": curves}
 
 
 def report_plot_args(wildcards, input):
@@ -375,6 +396,7 @@ def report_plot_args(wildcards, input):
         args += " --scores " + " ".join(f"{n}={p}" for n, p in spec["scores"].items())
     if spec["evals"]:
         args += " --mates-evals " + " ".join(spec["evals"])
+    args += " --curves " + " ".join(f"{n}={p}" for n, p in spec["curves"].items())
     return args
 
 
@@ -384,11 +406,12 @@ def report_plot_files(wildcards):
         list(spec["selections"].values())
         + list(spec["scores"].values())
         + spec["evals"]
+        + list(spec["curves"].values())
     )
 
 
 def report_targets():
-    plots = ["overlap.png", "composition.png"]
+    plots = ["overlap.png", "composition.png", "curves.png"]
     if any(m != "random" for m in SELECTION_METHODS) or {"mates", "less"} & set(
         config["methods"]
     ):

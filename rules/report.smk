@@ -2,7 +2,8 @@
 # ablation scatter come from the method rules, marked for the report where they are made).
 
 
-# Score histograms, selection overlap (Jaccard) and per-domain composition, MATES per stage.
+# Score histograms, selection overlap (Jaccard), per-domain composition, training curves of the
+# spine's models, and MATES's reference loss per stage.
 rule report_plots:
     input:
         examples="results/{run}/tokens/examples.parquet",
@@ -20,6 +21,11 @@ rule report_plots:
             category="Selections",
         ),
         composition_table="results/{run}/report/composition.tsv",
+        curves=report(
+            "results/{run}/report/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+        ),
         extra=[
             report(
                 f"results/{{run}}/report/{name}",

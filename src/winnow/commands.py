@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "eval table": ("winnow.eval.table",),
     "eval target": ("winnow.eval.loss", "winnow.models.build", "winnow.io.tables"),
     "eval compare": ("winnow.eval.table",),
+    "eval leaderboard": ("winnow.eval.table", "winnow.io.atomic"),
     "pds solve": ("winnow.methods.pds", "winnow.models.build", "winnow.train.batches", "winnow.io.tables"),
     "scorer fit": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),
     "scorer score": ("winnow.scorer", "winnow.data.tokenizer", "winnow.train.batches", "winnow.io.tables"),

@@ -153,3 +153,35 @@ def plot_mates_stages(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def curve_rows(states: Mapping[str, str | os.PathLike]) -> list[dict]:
+    """``{"{method}_s{seed}": trainer_state.json}`` → rows (method, seed, step, loss, lr) of each step."""
+    rows = []
+    for name, p in states.items():
+        method, _, seed = name.rpartition("_s")
+        for step, loss, lr in json.loads(Path(p).read_text()).get("history", []):
+            rows.append({"method": method, "seed": int(seed), "step": int(step), "loss": loss, "lr": lr})
+    return rows
+
+
+def plot_curves(rows: Sequence[Mapping], path: str | os.PathLike, window: int = 10) -> None:
+    """Training loss per step: each method's seed mean, smoothed by a trailing mean of ``window`` steps."""
+    plt = _plt()
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, height_ratios=(3, 1))
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        steps = sorted({r["step"] for r in mine})
+        mean = np.array([np.mean([r["loss"] for r in mine if r["step"] == s]) for s in steps])
+        smooth = np.convolve(mean, np.ones(window) / window, mode="valid") if len(mean) >= window else mean
+        ax.plot(steps[len(steps) - len(smooth) :], smooth, label=method, lw=1.2)
+        ax_lr.plot(steps, [next(r["lr"] for r in mine if r["step"] == s) for s in steps], lw=1)
+    ax.set_ylabel(f"train loss (nats, {window}-step mean)")
+    ax.legend(fontsize=7)
+    ax.grid(True, lw=0.3)
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(True, lw=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

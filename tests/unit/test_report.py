@@ -44,3 +44,20 @@ def test_mates_rows_and_plots(tmp_path):
     plot_overlap(overlap_rows({"a": [1, 2], "b": [2]}), tmp_path / "o.png")
     plot_composition(composition_rows({"a": [1]}, {1: "x"}), tmp_path / "c.png")
     assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_curve_rows_and_plot(tmp_path):
+    from winnow.report import curve_rows, plot_curves
+
+    states = {}
+    for method, seed, base in (("random", 0, 6.0), ("pds_pool", 1, 5.0)):
+        p = tmp_path / f"{method}{seed}.json"
+        p.write_text(json.dumps({"history": [[s, base - 0.01 * s, 1e-3] for s in range(1, 31)]}))
+        states[f"{method}_s{seed}"] = p
+    rows = curve_rows(states)
+    assert len(rows) == 60
+    # the name splits at the last "_s": method names may hold underscores
+    assert {(r["method"], r["seed"]) for r in rows} == {("random", 0), ("pds_pool", 1)}
+    assert rows[0]["step"] == 1 and rows[0]["loss"] == pytest.approx(5.99)
+    plot_curves(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -206,6 +206,10 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    # the training curve of the resumed run is the uninterrupted run's, one row per step
+    whole_curve = json.loads((whole / "model/trainer_state.json").read_text())["history"]
+    assert [r[0] for r in whole_curve] == list(range(1, 61))
+    assert state["history"] == whole_curve
 
 
 def test_checkpoints_from_another_config_are_not_resumed(data, tmp_path):

@@ -30,8 +30,10 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def smk(workdir: Path, config: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run ``snakemake`` on the repository's Snakefile in ``workdir`` with only ``config``."""
+def smk(
+    workdir: Path, config: Path, *args: str, check: bool = True, timeout: int = 900, snakefile: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``snakemake`` on the repository's Snakefile (or ``snakefile``) in ``workdir`` with only ``config``."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HOME"] = str(workdir / ".hf")
@@ -42,7 +44,7 @@ def smk(workdir: Path, config: Path, *args: str, check: bool = True, timeout: in
         "-m",
         "snakemake",
         "--snakefile",
-        str(ROOT / "Snakefile"),
+        str(snakefile or ROOT / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",
@@ -91,4 +93,27 @@ def tiny_finished(tmp_path_factory) -> tuple[Path, Path]:
     work.mkdir()
     cfg = write_config(base / "tiny.yaml", tiny_config())
     smk(work, cfg)
+    return work, cfg
+
+
+def all_methods_config() -> dict:
+    """The tiny config with every method, the bake-off and two seeds (the report's full shape)."""
+    cfg = tiny_config()
+    cfg["methods"] = ["random", "pds", "ablation", "mates", "less", "bakeoff"]
+    cfg["seeds"] = [0, 1]
+    cfg["bakeoff"] = {"n_probe": 16}
+    for arm, direction, temperature in (("mates_pool", "lower", 0.5), ("less_pool", "higher", 0.0)):
+        cfg["select"][arm] = {"direction": direction, "ratio": cfg["select"]["pds"]["ratio"], "temperature": temperature}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_all_finished(tmp_path_factory) -> tuple[Path, Path]:
+    """(workdir, config) of one real tiny run of every method with the bake-off over two seeds,
+    shared by the bake-off, report and rendered-report tests (they only read it)."""
+    base = tmp_path_factory.mktemp("all")
+    work = base / "work"
+    work.mkdir()
+    cfg = write_config(base / "tiny-all.yaml", all_methods_config())
+    smk(work, cfg, timeout=1800)
     return work, cfg

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
-from conftest import smk
+from conftest import ROOT, smk
 
 pytestmark = pytest.mark.slow
 R = "results/tiny"
@@ -33,3 +34,39 @@ def test_audit_names_an_edited_artifact_and_strict_mode_fails(tiny_finished, tmp
     assert proc.returncode != 0 and "audit failed" in (
         proc.stdout + proc.stderr + (work / R / "logs/audit.log").read_text()
     )
+
+
+def test_a_module_edit_names_exactly_the_artifacts_it_made(tiny_finished, tmp_path):
+    """Edit winnow/eval/perplexity.py in a copy of the workflow: the audit's `code` check and the
+    jobs `snakemake -n` plans for changed params both name exactly the artifacts `eval ppl` wrote."""
+    first, cfg = tiny_finished
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for part in ("Snakefile", "rules", "src", "workflow", "report", "envs", "profiles", "config"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / part)
+    work = tmp_path / "work"
+    shutil.copytree(first, work, symlinks=True)  # results and .snakemake/ (the params record)
+    module = repo / "src/winnow/eval/perplexity.py"
+    module.write_text(module.read_text() + "\n# an edit that changes the module's bytes\n")
+    sidecars = sorted((work / R).rglob("*.prov.json"))
+    made_by_ppl = {
+        str(p.relative_to(work / R))[: -len(".prov.json")]
+        for p in sidecars
+        if json.loads(p.read_text()).get("command") == "eval ppl"
+    }
+    assert len(made_by_ppl) >= 3  # the spine's models and the ablation models
+
+    smk(work, cfg, "audit", snakefile=repo / "Snakefile")
+    audit = json.loads((work / R / "audit/audit.json").read_text())
+    assert set(audit["failed"]["code"]) == made_by_ppl
+    assert audit["failed"]["bytes"] == []
+
+    # the dry run: the jobs it plans because their params (the code hash) changed, by output
+    plan = smk(work, cfg, "-n", snakefile=repo / "Snakefile")
+    rerun = set()
+    for block in re.split(r"\n(?=\[|rule |localrule )", plan.stdout):
+        out = re.search(r"^\s+output: (.*)$", block, re.M)
+        if out and re.search(r"^\s+reason: .*Params have changed", block, re.M):
+            rerun |= {f.strip().removeprefix(f"{R}/") for f in out.group(1).split(",")}
+    assert rerun == made_by_ppl, (sorted(rerun ^ made_by_ppl), plan.stdout[-3000:])

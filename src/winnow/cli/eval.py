@@ -61,6 +61,15 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     add_threads(p)
     p.set_defaults(func=compare)
+    p = sub.add_parser("leaderboard", help="bake-off: mean ± sd over seeds per method, ranked by one metric")
+    p.add_argument("--evals", nargs="+", required=True, help="eval files of every bake-off method and seed")
+    p.add_argument("--primary", required=True, help="the ranking metric, e.g. target/pds_target")
+    p.add_argument("--metrics", nargs="+", required=True, help="columns of the HTML table, in order")
+    p.add_argument("--baseline", default="random")
+    p.add_argument("--out", required=True, help="TSV: one row per method")
+    p.add_argument("--html", required=True, help="the same table as a page (for the report)")
+    add_threads(p)
+    p.set_defaults(func=leaderboard)
 
 
 def ppl(args) -> None:
@@ -123,6 +132,17 @@ def compare(args) -> None:
 
     write_tsv(args.out, compare_rows(summary_rows(args.evals), args.baseline))
     sidecars(args, "eval compare", [args.out], args.evals)
+
+
+def leaderboard(args) -> None:
+    from winnow.eval.table import leaderboard_html, leaderboard_rows, summary_rows, write_tsv
+    from winnow.io.atomic import write_text
+
+    rows = leaderboard_rows(summary_rows(args.evals), args.primary, args.baseline)
+    write_tsv(args.out, rows)
+    metrics = [m for m in args.metrics if any(m in r for r in rows)]
+    write_text(args.html, leaderboard_html(rows, args.primary, metrics, "Bake-off: one pool, one budget"))
+    sidecars(args, "eval leaderboard", [args.out, args.html], args.evals)
 
 
 def target(args) -> None:

@@ -89,7 +89,7 @@ def register(sub) -> None:
     p.add_argument("--pool-features", nargs="+", required=True)
     p.add_argument("--target-features", nargs="+", required=True, help="one per epoch, in epoch order")
     p.add_argument("--warmup", required=True, help="warm-up report (each epoch's mean lr)")
-    p.add_argument("--subtasks", required=True)
+    p.add_argument("--subtasks", default=None, help="SUBTASKS parquet; without it the target is one subtask")
     p.add_argument("--aggregate", default="subtask_max", choices=["subtask_max", "mean", "max", "min"])
     p.add_argument("--out", required=True)
     p.add_argument("--report", required=True)
@@ -446,10 +446,13 @@ def match(args) -> None:
     for _, t_ids in target[1:]:
         if not np.array_equal(t_ids, target_ids):
             raise ValueError("target features of different epochs hold different example ids")
-    sub = read_table(args.subtasks, SUBTASKS)
-    sub = sub.filter(pc.is_in(sub["example_id"], pa.array(target_ids)))
-    sub_of = dict(zip(sub["example_id"].to_pylist(), sub["subtask"].to_pylist(), strict=True))
-    subtasks = [sub_of[int(e)] for e in target_ids]
+    if args.subtasks is None:
+        subtasks = ["all"] * int(target_ids.size)
+    else:
+        sub = read_table(args.subtasks, SUBTASKS)
+        sub = sub.filter(pc.is_in(sub["example_id"], pa.array(target_ids)))
+        sub_of = dict(zip(sub["example_id"].to_pylist(), sub["subtask"].to_pylist(), strict=True))
+        subtasks = [sub_of[int(e)] for e in target_ids]
     warm = read_json(args.warmup)
     if len(warm["epoch_mean_lr"]) != len(args.target_features):
         raise ValueError(f"{len(warm['epoch_mean_lr'])} warm-up epochs but {len(args.target_features)} feature sets")
@@ -474,7 +477,7 @@ def match(args) -> None:
             "score": {q: float(np.quantile(scores, v)) for q, v in (("min", 0), ("median", 0.5), ("max", 1))},
         },
     )
-    inputs = [*args.pool_features, *args.target_features, args.warmup, args.subtasks]
+    inputs = [*args.pool_features, *args.target_features, args.warmup, *([args.subtasks] if args.subtasks else [])]
     sidecars(args, "less match", [args.out, args.report], inputs)
 
 

@@ -47,8 +47,10 @@ def register(sub) -> None:
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--shards", nargs="+", required=True)
-    p.add_argument("--reference-examples", required=True)
-    p.add_argument("--reference-tokens", required=True)
+    # Without --reference-examples/--reference-tokens the reference ids live in the corpus store
+    # (the bake-off's MATES arm: the PDS target); with them, in a store of their own (last words).
+    p.add_argument("--reference-examples", default=None)
+    p.add_argument("--reference-tokens", default=None)
     p.add_argument("--reference-ids", required=True)
     p.add_argument("--probe", required=True, help="probe pool (IDS parquet)")
     p.add_argument("--n-probe", type=int, required=True)
@@ -158,8 +160,12 @@ def oracle(args) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     manifest = read_json(args.manifest)
-    examples = pa.concat_tables([read_table(args.examples, EXAMPLES), read_table(args.reference_examples, EXAMPLES)])
-    shards = {**shard_paths_from(args.shards), REFERENCE_SHARD: args.reference_tokens}
+    examples, shards = read_table(args.examples, EXAMPLES), shard_paths_from(args.shards)
+    if (args.reference_examples is None) != (args.reference_tokens is None):
+        raise ValueError("--reference-examples and --reference-tokens go together")
+    if args.reference_examples is not None:
+        examples = pa.concat_tables([examples, read_table(args.reference_examples, EXAMPLES)])
+        shards[REFERENCE_SHARD] = args.reference_tokens
     store = ExampleStore(examples, shards, manifest["dtype"])
     probe_pool = np.sort(read_table(args.probe, IDS)["example_id"].to_numpy())
     if args.n_probe > probe_pool.size:
@@ -199,7 +205,11 @@ def oracle(args) -> None:
         report["delta"]["std"],
     )
     sidecars(
-        args, "mates oracle", [args.out, args.report], [args.ckpt, args.probe, args.reference_examples], seed=args.seed
+        args,
+        "mates oracle",
+        [args.out, args.report],
+        [args.ckpt, args.probe, args.reference_ids, *([args.reference_examples] if args.reference_examples else [])],
+        seed=args.seed,
     )
 
 

@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--selection", nargs="+", default=[], help="NAME=ids.parquet, one per selection")
     p.add_argument("--scores", nargs="*", default=[], help="NAME=scores.parquet, one per score table")
     p.add_argument("--mates-evals", nargs="*", default=[], help=".../eval/{mates|mrandom}_k{k}/s{seed}/reference.json")
+    p.add_argument("--curves", nargs="*", default=[], help="NAME=trainer_state.json, NAME = {method}_s{seed}")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=plots)
 
@@ -35,9 +36,11 @@ def plots(args) -> None:
     from winnow.io.tables import EXAMPLES, IDS, SCORES, read_table
     from winnow.report import (
         composition_rows,
+        curve_rows,
         mates_stage_rows,
         overlap_rows,
         plot_composition,
+        plot_curves,
         plot_mates_stages,
         plot_overlap,
         plot_scores,
@@ -62,5 +65,9 @@ def plots(args) -> None:
     if args.mates_evals:
         plot_mates_stages(mates_stage_rows(args.mates_evals), out / "mates_stages.png")
         outs.append(out / "mates_stages.png")
+    if args.curves:
+        plot_curves(curve_rows(_pairs(args.curves)), out / "curves.png")
+        outs.append(out / "curves.png")
     inputs = [args.examples, *_pairs(args.selection).values(), *_pairs(args.scores).values(), *args.mates_evals]
+    inputs += list(_pairs(args.curves).values())
     sidecars(args, "report plots", outs, inputs)

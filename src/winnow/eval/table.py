@@ -144,3 +144,80 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def leaderboard_rows(summary: list[dict], primary: str, baseline: str = "random") -> list[dict]:
+    """One row per method: mean and sample sd over seeds of every metric, ranked by ``primary``.
+
+    Every method must have the same seeds (a bake-off compares like with like); ``wins`` counts the
+    seeds where the method beats ``baseline`` on ``primary`` (same seed, so same training seed).
+    """
+    by_method: dict[str, dict[int, dict]] = {}
+    for r in summary:
+        by_method.setdefault(r["method"], {})[int(r["seed"])] = r
+    seed_sets = {m: sorted(rows) for m, rows in by_method.items()}
+    if len({tuple(s) for s in seed_sets.values()}) > 1:
+        raise ValueError(f"bake-off methods were run on different seeds: {seed_sets}")
+    metrics: list[str] = []
+    for rows in by_method.values():
+        for row in rows.values():
+            metrics += [k for k in row if k not in ("method", "seed") and k not in metrics]
+    if primary not in metrics:
+        raise ValueError(f"primary metric {primary!r} is not among the evaluations: {metrics}")
+    out = []
+    for method, rows in by_method.items():
+        row: dict = {"method": method, "n_seeds": len(rows)}
+        for metric in metrics:
+            vals = [float(r[metric]) for r in rows.values() if _num(r.get(metric))]
+            mean = sum(vals) / len(vals) if vals else float("nan")
+            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else float("nan")
+            row[metric], row[f"{metric} sd"] = mean, math.sqrt(var)
+        if baseline in by_method and method != baseline:
+            better = (lambda d: d < 0) if lower_is_better(primary) else (lambda d: d > 0)
+            base = by_method[baseline]
+            row[f"wins vs {baseline}"] = sum(
+                better(float(rows[s][primary]) - float(base[s][primary]))
+                for s in rows
+                if s in base and _num(rows[s].get(primary)) and _num(base[s].get(primary))
+            )
+        out.append(row)
+    sign = 1.0 if lower_is_better(primary) else -1.0
+    out.sort(key=lambda r: (sign * r[primary] if _num(r[primary]) else math.inf, r["method"]))
+    wins = f"wins vs {baseline}"
+    first = ["method", "n_seeds", primary, f"{primary} sd", wins]
+    return [
+        {"rank": rank, **{k: r[k] for k in first if k in r}, **{k: v for k, v in r.items() if k not in first}}
+        for rank, r in enumerate(out, start=1)
+    ]
+
+
+def leaderboard_html(rows: list[dict], primary: str, metrics: list[str], title: str) -> str:
+    """A self-contained HTML page of the leaderboard (``mean ± sd`` cells) for the Snakemake report."""
+    import html
+
+    def cell(row, m):
+        if not _num(row.get(m)):
+            return "NA"
+        sd = row.get(f"{m} sd")
+        return f"{float(row[m]):.4g} ± {float(sd):.2g}" if _num(sd) else f"{float(row[m]):.4g}"
+
+    extra = sorted({c for r in rows for c in r if c.startswith("wins vs ")})
+    head = ["rank", "method", "seeds", *[f"{m} ({'↓' if lower_is_better(m) else '↑'})" for m in metrics], *extra]
+    body = []
+    for r in rows:
+        cells = [str(r["rank"]), r["method"], str(r["n_seeds"])] + [cell(r, m) for m in metrics]
+        cells += [str(r.get(c, "—")) for c in extra]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>{t}</title><style>"
+        "body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}"
+        "td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}td:nth-child(2){{text-align:left}}"
+        "</style></head><body><h2>{t}</h2><p>Ranked by <b>{p}</b> (mean ± sample sd over seeds; ↓ lower is"
+        " better, ↑ higher is better).</p><table id='leaderboard'><thead><tr>{h}</tr></thead><tbody>{b}"
+        "</tbody></table></body></html>\n"
+    ).format(
+        t=html.escape(title),
+        p=html.escape(primary),
+        h="".join(f"<th>{html.escape(c)}</th>" for c in head),
+        b="".join(body),
+    )

@@ -147,12 +147,16 @@ def train(
     )
 
     start_step = 0
+    # One row per optimizer step, [step, loss, lr]: the training curve, kept in trainer_state.json
+    # (checkpoints too, so a resumed run's curve is the uninterrupted one).
+    history: list[list[float]] = []
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         saved = json.loads((latest / "trainer_state.json").read_text())
         if saved.get("fingerprint") == fingerprint:
             state = load_checkpoint(latest, model, optimizer)
             start_step = state["step"]
+            history = [list(r) for r in state.get("history", []) if r[0] <= start_step]
             torch.set_rng_state(decode_rng(state["rng"]["torch"]))
             if device.type == "cuda" and state["rng"].get("cuda"):
                 torch.cuda.set_rng_state(decode_rng(state["rng"]["cuda"]))
@@ -227,8 +231,9 @@ def train(
             raise FloatingPointError(f"loss is {loss_value} at step {step}")
         prog.update(1, tokens=step_tokens * world)
         done = step + 1
+        history.append([done, loss_value, lr])
         if rank == 0 and (done % cfg.ckpt_every == 0) and done < cfg.steps:
-            state = _state(done, fingerprint, cfg, device, loss_value)
+            state = _state(done, fingerprint, cfg, device, loss_value, history)
             save_checkpoint(ckpt_root / f"step-{done:08d}", model, optimizer, state)
             _prune(ckpt_root, cfg.keep_checkpoints)
         if done % max(1, cfg.steps // 20) == 0 or done == cfg.steps:
@@ -251,7 +256,7 @@ def train(
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if rank == 0:
         write_checkpoint_files(
-            out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value), "summary": summary}
+            out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value, history), "summary": summary}
         )
     if world > 1:
         torch.distributed.barrier()
@@ -259,7 +264,9 @@ def train(
     return summary
 
 
-def _state(step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float) -> dict:
+def _state(
+    step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float, history: list
+) -> dict:
     rng = {"torch": encode_rng(torch.get_rng_state())}
     if device.type == "cuda":
         rng["cuda"] = encode_rng(torch.cuda.get_rng_state(device))
@@ -271,6 +278,7 @@ def _state(step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, 
         "last_loss": loss,
         "rng": rng,
         "config": asdict(cfg),
+        "history": history,
     }
 
 

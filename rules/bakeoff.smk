@@ -1,0 +1,175 @@
+# The bake-off: random, PDS, MATES and LESS selecting from one pool (subsets.pool) at one budget.
+# The model-aware arms share PDS's warm model θ0, its proxy sample (what they label) and its target
+# set (what they aim at), and one data scorer carries each arm's labels to the whole pool; then each
+# arm is one more method of the spine (select → train_lm → evals), and a leaderboard sums it up.
+
+
+# MATES arm: exact oracle influence on θ0 (one AdamW step per proxy candidate, from θ0's moments),
+# measured on the PDS target; the shared scorer (rules/scorer.smk, scorer `mates_pool`) fits it.
+rule bakeoff_mates_oracle:
+    input:
+        ckpt="results/{run}/pds/init/model/model.safetensors",
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        shards=shard_tokens,
+        ref_ids="results/{run}/subsets/pds_target/ids.parquet",
+        probe="results/{run}/subsets/pds_proxy/ids.parquet",
+    output:
+        oracle="results/{run}/bakeoff/mates_pool/oracle.parquet",
+        report="results/{run}/bakeoff/mates_pool/oracle.json",
+    log:
+        "results/{run}/logs/bakeoff_mates_oracle.log",
+    benchmark:
+        "results/{run}/benchmarks/bakeoff_mates_oracle.tsv"
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        n_probe=BAKEOFF.get("n_probe"),
+        seed=BAKEOFF_SEED,
+        oracle=as_json(config.get("mates", {}).get("oracle", {})),
+        device=eval_device(),
+        code=code("mates oracle"),
+    shell:
+        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
+        " --manifest {input.manifest} --shards {input.shards} --reference-ids {input.ref_ids}"
+        " --probe {input.probe} --n-probe {params.n_probe} --seed {params.seed}"
+        " --oracle-config '{params.oracle}' --device {params.device} --out {output.oracle}"
+        " --report {output.report} --threads {threads} > {log} 2>&1"
+
+
+# LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).
+rule bakeoff_less_warmup:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        tokens=shard_tokens,
+        base="results/{run}/pds/init/model/model.safetensors",
+        pool="results/{run}/subsets/pool/ids.parquet",
+    output:
+        epochs=bakeoff_less_epochs(SimpleNamespace(run="{run}")),
+        report="results/{run}/bakeoff/less_pool/warmup/warmup.json",
+    log:
+        "results/{run}/logs/bakeoff_less_warmup.log",
+    benchmark:
+        "results/{run}/benchmarks/bakeoff_less_warmup.tsv"
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        fraction=LESS.get("warmup", {}).get("fraction"),
+        lora=less_lora() if LESS else "",
+        recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
+        seed=BAKEOFF_SEED,
+        ckpt_root="results/{run}/bakeoff/less_pool/warmup/checkpoints",
+        code=code("less train"),
+    shell:
+        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --ids {input.pool} --fraction {params.fraction}"
+        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {params.seed}"
+        " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# LESS arm, features at one warm-up epoch: Adam features of the proxy sample, SGD features of the
+# PDS target (the same projection and store format as rules/less.smk).
+rule bakeoff_less_features:
+    input:
+        examples="results/{run}/tokens/examples.parquet",
+        manifest="results/{run}/tokens/manifest.json",
+        tokens=shard_tokens,
+        base="results/{run}/pds/init/model/model.safetensors",
+        checkpoint="results/{run}/bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors",
+        pool="results/{run}/subsets/pds_proxy/ids.parquet",
+        target="results/{run}/subsets/pds_target/ids.parquet",
+    output:
+        pool=expand(
+            "results/{{run}}/bakeoff/less_pool/features/epoch-{{epoch}}/pool-{shard}.npy",
+            shard=SHARDS,
+        ),
+        target="results/{run}/bakeoff/less_pool/features/epoch-{epoch}/target.npy",
+    log:
+        "results/{run}/logs/bakeoff_less_features/epoch{epoch}.log",
+    benchmark:
+        "results/{run}/benchmarks/bakeoff_less_features/epoch{epoch}.tsv"
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        lora=less_lora() if LESS else "",
+        dim=LESS.get("features", {}).get("dim"),
+        seed=LESS.get("features", {}).get("seed", 0),
+        dtype=LESS.get("features", {}).get("dtype", "float16"),
+        batch_size=LESS.get("features", {}).get("batch_size", 16),
+        method=LESS.get("features", {}).get("method", "hooks"),
+        device=eval_device(),
+        code=code("less features"),
+    shell:
+        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        " --tokens {input.tokens} --base {input.base} --checkpoint {input.checkpoint}"
+        " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
+        " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
+        " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
+        " --pool-out {output.pool} --target-out {output.target} --threads {threads} > {log} 2>&1"
+
+
+# LESS arm, labels: lr-weighted cosine of each proxy example with the target, averaged over the
+# target (one subtask); the shared scorer (scorer `less_pool`) fits these.
+rule bakeoff_less_match:
+    input:
+        unpack(bakeoff_less_features),
+        warmup="results/{run}/bakeoff/less_pool/warmup/warmup.json",
+    output:
+        scores="results/{run}/bakeoff/less_pool/labels.parquet",
+        report="results/{run}/bakeoff/less_pool/match.json",
+    log:
+        "results/{run}/logs/bakeoff_less_match.log",
+    conda:
+        ENV
+    params:
+        code=code("less match"),
+    shell:
+        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
+        " --warmup {input.warmup} --aggregate mean --out {output.scores} --report {output.report}"
+        " > {log} 2>&1"
+
+
+# Every arm's models over every seed on the shared suite: mean ± sd, ranked by bakeoff.primary.
+rule bakeoff_leaderboard:
+    input:
+        bakeoff_evals,
+    output:
+        table=report(
+            "results/{run}/bakeoff/leaderboard.tsv",
+            caption="../report/bakeoff.rst",
+            category="Bake-off",
+        ),
+        html=report(
+            "results/{run}/bakeoff/leaderboard.html",
+            caption="../report/bakeoff.rst",
+            category="Bake-off",
+        ),
+    log:
+        "results/{run}/logs/bakeoff_leaderboard.log",
+    conda:
+        ENV
+    params:
+        primary=BAKEOFF.get("primary", "target/pds_target"),
+        metrics=" ".join(bakeoff_metrics()),
+        code=code("eval leaderboard"),
+    shell:
+        "python -m winnow eval leaderboard --evals {input} --primary {params.primary}"
+        " --metrics {params.metrics} --baseline random --out {output.table} --html {output.html}"
+        " > {log} 2>&1"
