@@ -8,20 +8,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import planned_jobs, smk, tiny_config, write_config
+from conftest import planned_jobs, smk
 
 pytestmark = pytest.mark.slow
 R = "results/tiny"
 
 
 @pytest.fixture(scope="module")
-def less_run(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("less")
-    work = base / "work"
-    work.mkdir()
-    cfg = write_config(base / "tiny.yaml", tiny_config())
-    smk(work, cfg, "less")
-    return work, cfg
+def less_run(tiny_all_finished) -> tuple[Path, Path]:
+    """The tiny run of every method (LESS included), shared with the bake-off and report tests."""
+    return tiny_all_finished
 
 
 def test_data_sets_are_disjoint_and_from_their_splits(less_run):

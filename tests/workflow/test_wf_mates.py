@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import planned_jobs, smk, tiny_config, write_config
+from conftest import all_methods_config, planned_jobs, smk, write_config
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -15,13 +15,9 @@ R = "results/tiny"
 
 
 @pytest.fixture(scope="module")
-def mates_run(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("mates")
-    work = base / "work"
-    work.mkdir()
-    cfg = write_config(base / "tiny.yaml", tiny_config())
-    smk(work, cfg, "mates")
-    return work, cfg
+def mates_run(tiny_all_finished) -> tuple[Path, Path]:
+    """The tiny run of every method (MATES included, two seeds), shared with other tests."""
+    return tiny_all_finished
 
 
 def test_stages_pools_and_oracle(mates_run):
@@ -64,11 +60,12 @@ def test_adding_a_stage_plans_only_the_new_stage(mates_run, tmp_path):
     # Pools are cut [probe | stage 0 | stage 1 | ...] from one permutation, one job each, so a third
     # stage leaves stages 0-1, their oracles and models alone: only stage 2's jobs and the table.
     work, _ = mates_run
-    cfg = tiny_config()
+    cfg = all_methods_config()
     cfg["mates"]["stages"] = 3
+    n = len(cfg["seeds"])
     jobs = planned_jobs(smk(work, write_config(tmp_path / "three.yaml", cfg), "-n", "mates"))
-    assert jobs.pop("mates_pools") == 1 and jobs.pop("mates_oracle") == 1 and jobs.pop("fit_scorer") == 1
-    assert jobs.pop("mates_train") == 2 and jobs.pop("mates_decay") == 2  # stage 2 of both arms
+    assert jobs.pop("mates_pools") == 1 and jobs.pop("mates_oracle") == n and jobs.pop("fit_scorer") == n
+    assert jobs.pop("mates_train") == 2 * n and jobs.pop("mates_decay") == 2 * n  # stage 2, both arms
     assert jobs.pop("mates_compare") == 1 and jobs.pop("mates") == 1
     assert set(jobs) <= {
         "mates_select",
@@ -80,4 +77,4 @@ def test_adding_a_stage_plans_only_the_new_stage(mates_run, tmp_path):
         "eval_target",
         "mates_eval_reference",
     }
-    assert jobs["mates_select"] == 2 and jobs["mates_eval_reference"] == 2
+    assert jobs["mates_select"] == 2 * n and jobs["mates_eval_reference"] == 2 * n
