@@ -110,15 +110,25 @@ def code(command):
     return command_hash(command)
 
 
+# Per-shard path lists, built once per (pattern, run, ...) and copied per call: with thousands of
+# shards, `expand` in every job's input function was a measurable part of the dry run.
+_SHARD_PATHS = {}
+
+
+def _shard_paths(pattern, **fields):
+    key = (pattern, *sorted(fields.items()))
+    if key not in _SHARD_PATHS:
+        _SHARD_PATHS[key] = [pattern.format(shard=s, **fields) for s in SHARDS]
+    return list(_SHARD_PATHS[key])
+
+
 def shard_tokens(wildcards):
-    return expand(
-        "results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run, shard=SHARDS
-    )
+    return _shard_paths("results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run)
 
 
 def shard_examples(wildcards):
-    return expand(
-        "results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run, shard=SHARDS
+    return _shard_paths(
+        "results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run
     )
 
 
@@ -344,11 +354,10 @@ def scorer_config(wildcards):
 
 
 def shard_scores(wildcards):
-    return expand(
+    return _shard_paths(
         "results/{run}/scores/{scorer}/parts/{shard}.parquet",
         run=wildcards.run,
         scorer=wildcards.scorer,
-        shard=SHARDS,
     )
 
 

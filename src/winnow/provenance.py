@@ -49,7 +49,15 @@ def module_path(module: str) -> Path:
 
 def _imports(module: str) -> set[str]:
     path = module_path(module)
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return set(_imports_of_source(module, path.read_bytes(), str(path)))
+
+
+@lru_cache(maxsize=1024)
+def _imports_of_source(module: str, source: bytes, filename: str) -> frozenset[str]:
+    """The winnow modules one source imports, cached on its content: parsing is the cost of a code
+    hash, and the Snakefile hashes ~50 commands over the same few dozen modules."""
+    tree = ast.parse(source.decode("utf-8"), filename=filename)
+    path = Path(filename)
     is_pkg = path.name == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
     found: set[str] = set()
@@ -73,7 +81,7 @@ def _imports(module: str) -> set[str]:
                 except FileNotFoundError:
                     continue  # ``from winnow.x import function``: the module is the prefix
                 found.add(name)
-    return found
+    return frozenset(found)
 
 
 @cache

@@ -240,3 +240,84 @@ def test_empty_shard_and_seq_len_check(docs, tok):
     assert stats["examples"] == 0
     with pytest.raises(ValueError, match="seq_len"):
         tokenize_shard(docs, tok, 0, NUM_SHARDS, 1)
+
+
+# ---- issue 9: the vectorised tokenize_shard against the per-piece loop it replaced ----------------
+def _loop_tokenize_shard(docs, tokenizer, shard, num_shards, seq_len, batch_docs=256):
+    """The implementation before issue 9 (HF call per batch, a Python loop per piece), verbatim
+    but for the progress display: the reference the faster path must reproduce exactly."""
+    from collections import Counter
+
+    from winnow.data.tokenize import _encode, _prompt_response_pieces
+
+    eos = tokenizer.eos_token_id
+    cols = docs.select(["doc_id", "text", "domain", "split", "prompt"]).to_pydict()
+    rows = [i for i, d in enumerate(cols["doc_id"]) if shard_of(d, num_shards) == shard]
+    out_tokens, ex, stats, offset = [], {f.name: [] for f in EXAMPLES}, Counter(), 0
+    for start in range(0, len(rows), batch_docs):
+        batch = rows[start : start + batch_docs]
+        texts = [cols["text"][i] for i in batch]
+        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for j, i in enumerate(batch):
+            prompt = cols["prompt"][i]
+            if prompt is not None:
+                p_ids = _encode(tokenizer, prompt)
+                r_ids = _encode(tokenizer, cols["text"][i][len(prompt) :])
+                pieces = _prompt_response_pieces(p_ids + r_ids + [eos], len(p_ids), seq_len)
+            else:
+                ids = enc[j] + [eos]
+                pieces = [(ids[k : k + seq_len], 0) for k in range(0, len(ids), seq_len)]
+            stats["docs"] += 1
+            for piece, loss_start in pieces:
+                if len(piece) < 2 or loss_start >= len(piece):
+                    stats["dropped_pieces"] += 1
+                    stats["dropped_tokens"] += len(piece)
+                    continue
+                ex["example_id"].append(make_example_id(shard, len(ex["example_id"])))
+                ex["doc_id"].append(cols["doc_id"][i])
+                ex["shard"].append(shard)
+                ex["offset"].append(offset)
+                ex["length"].append(len(piece))
+                ex["loss_start"].append(loss_start)
+                ex["loss_end"].append(len(piece))
+                ex["domain"].append(cols["domain"][i])
+                ex["split"].append(cols["split"][i])
+                out_tokens.append(np.asarray(piece, dtype=np.int64))
+                offset += len(piece)
+                stats["tokens"] += len(piece)
+    tokens = np.concatenate(out_tokens) if out_tokens else np.zeros(0, dtype=np.int64)
+    stats["examples"] = len(ex["example_id"])
+    return tokens, pa.table(ex, schema=EXAMPLES), dict(stats)
+
+
+def _assert_same(new, old):
+    assert new[0].dtype == old[0].dtype == np.int64
+    np.testing.assert_array_equal(new[0], old[0])
+    assert new[0].tobytes() == old[0].tobytes()
+    assert new[1].schema.equals(EXAMPLES) and new[1].equals(old[1])
+    assert new[2] == old[2]
+
+
+@pytest.mark.parametrize("seq_len", [2, 3, SEQ_LEN, 1000])
+def test_vectorised_path_equals_the_loop(docs, tok, seq_len):
+    special = pa.Table.from_pylist(
+        [{"doc_id": "sp/1", "text": f"a literal {EOS} inside", "domain": "x", "source": "t", "split": "train", "prompt": None},
+         {"doc_id": "sp/2", "text": "x", "domain": "x", "source": "t", "split": "train", "prompt": None}],
+        schema=DOCS,
+    )  # fmt: skip
+    table = pa.concat_tables([docs, special])
+    for shard in range(NUM_SHARDS):
+        for batch_docs in (1, 7, 256):
+            new = tokenize_shard(table, tok, shard, NUM_SHARDS, seq_len, batch_docs=batch_docs)
+            _assert_same(new, _loop_tokenize_shard(table, tok, shard, NUM_SHARDS, seq_len, batch_docs))
+
+
+def test_vectorised_path_equals_the_loop_on_the_corpus(tok):
+    from winnow.data.ingest import IngestOptions, ingest
+
+    opts = IngestOptions(domain_field="domain", id_field="doc_id", max_chars=200_000)
+    corpus = ingest([str(CORPUS)], opts).docs.slice(0, 600)
+    for shard in range(2):
+        _assert_same(tokenize_shard(corpus, tok, shard, 2, 128), _loop_tokenize_shard(corpus, tok, shard, 2, 128))
+    # an empty shard
+    _assert_same(tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128), _loop_tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
+from itertools import chain
 
 import numpy as np
 import pyarrow as pa
@@ -45,59 +45,102 @@ def tokenize_shard(docs: pa.Table, tokenizer, shard: int, num_shards: int, seq_l
         tokenizer: an HF fast tokenizer with ``eos_token_id``.
     Returns:
         ``(tokens, examples, stats)``: ``(n_tokens,)`` int64 array, an EXAMPLES table and counts.
+
+    The documents' token sequences (``tokens + [eos]``, or a prompt/response document's one piece)
+    are laid end to end; the pieces tile that array in order, so cutting, dropping and the
+    examples' columns are numpy operations over all pieces at once rather than a Python loop
+    per piece (issue 9: the loop cost as much as the encoder on short documents).
     """
     if seq_len < 2:
         raise ValueError("seq_len must be ≥ 2")
     eos = tokenizer.eos_token_id
     cols = docs.select(["doc_id", "text", "domain", "split", "prompt"]).to_pydict()
     rows = [i for i, d in enumerate(cols["doc_id"]) if shard_of(d, num_shards) == shard]
-    out_tokens: list[np.ndarray] = []
-    ex: dict[str, list] = {f.name: [] for f in EXAMPLES}
-    stats: Counter = Counter()
-    offset = 0
+    encode_batch = _batch_encoder(tokenizer)
+    seqs: list[list[int]] = []  # per doc: the tokens its pieces tile
+    n_pieces = np.zeros(len(rows), dtype=np.int64)
+    loss_start = np.zeros(len(rows), dtype=np.int64)  # of a prompt/response doc's one piece
     prog = Progress(f"tokenize shard {shard}", total=len(rows), unit="docs")
     for start in range(0, len(rows), batch_docs):
         batch = rows[start : start + batch_docs]
-        texts = [cols["text"][i] for i in batch]
-        prompts = [cols["prompt"][i] for i in batch]
         # split_special_tokens: a literal "<|endoftext|>" in a document is text, not a fake boundary.
-        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        # Prompt and response are tokenized separately so the loss boundary falls exactly on a
-        # token boundary (BPE could otherwise merge across the prompt's last characters).
+        enc = encode_batch([cols["text"][i] for i in batch])
+        n_encoded = sum(len(e) for e in enc)
         for j, i in enumerate(batch):
-            if prompts[j] is not None:
-                p_ids = _encode(tokenizer, prompts[j])
-                r_ids = _encode(tokenizer, cols["text"][i][len(prompts[j]) :])
-                ids, n_prompt = p_ids + r_ids + [eos], len(p_ids)
-                pieces = _prompt_response_pieces(ids, n_prompt, seq_len)
+            prompt = cols["prompt"][i]
+            if prompt is not None:
+                # Prompt and response are tokenized separately so the loss boundary falls exactly on
+                # a token boundary (BPE could otherwise merge across the prompt's last characters).
+                p_ids = _encode(tokenizer, prompt)
+                r_ids = _encode(tokenizer, cols["text"][i][len(prompt) :])
+                ((piece, keep),) = _prompt_response_pieces(p_ids + r_ids + [eos], len(p_ids), seq_len)
+                seqs.append(piece)
+                n_pieces[start + j], loss_start[start + j] = 1, keep
             else:
-                ids = enc[j] + [eos]
-                pieces = [(ids[k : k + seq_len], 0) for k in range(0, len(ids), seq_len)]
-            stats["docs"] += 1
-            for piece, loss_start in pieces:
-                if len(piece) < 2 or loss_start >= len(piece):
-                    stats["dropped_pieces"] += 1
-                    stats["dropped_tokens"] += len(piece)
-                    continue
-                ex["example_id"].append(make_example_id(shard, len(ex["example_id"])))
-                ex["doc_id"].append(cols["doc_id"][i])
-                ex["shard"].append(shard)
-                ex["offset"].append(offset)
-                ex["length"].append(len(piece))
-                ex["loss_start"].append(loss_start)
-                ex["loss_end"].append(len(piece))
-                ex["domain"].append(cols["domain"][i])
-                ex["split"].append(cols["split"][i])
-                out_tokens.append(np.asarray(piece, dtype=np.int64))
-                offset += len(piece)
-                stats["tokens"] += len(piece)
-        prog.update(len(batch), tokens=sum(len(e) for e in enc))
+                ids = enc[j]
+                ids.append(eos)
+                seqs.append(ids)
+                n_pieces[start + j] = -(-len(ids) // seq_len)
+        prog.update(len(batch), tokens=n_encoded)
     prog.done()
-    tokens = np.concatenate(out_tokens) if out_tokens else np.zeros(0, dtype=np.int64)
-    stats["examples"] = len(ex["example_id"])
-    if len(ex["example_id"]) >= ID_STRIDE:
+
+    doc_len = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(doc_len.sum()))
+    prompt_doc = np.array([cols["prompt"][i] is not None for i in rows], dtype=bool)
+    piece_doc = np.repeat(np.arange(len(rows)), n_pieces)
+    first_piece = np.cumsum(n_pieces) - n_pieces
+    k = np.arange(len(piece_doc)) - first_piece[piece_doc]  # index of the piece in its doc
+    piece_len = np.where(prompt_doc[piece_doc], doc_len[piece_doc], np.minimum(seq_len, doc_len[piece_doc] - k * seq_len))
+    piece_loss = loss_start[piece_doc]
+    keep = (piece_len >= 2) & (piece_loss < piece_len)
+    tokens = flat[np.repeat(keep, piece_len)]
+    lengths = piece_len[keep]
+    n = len(lengths)
+    if n >= ID_STRIDE:
         raise ValueError("more than 2**32 examples in one shard: raise num_shards")
-    return tokens, pa.table(ex, schema=EXAMPLES), dict(stats)
+    src = pa.array(np.asarray(rows, dtype=np.int64)[piece_doc[keep]], type=pa.int64())
+    ex = {
+        "example_id": pa.array(shard * ID_STRIDE + np.arange(n, dtype=np.int64), type=pa.int64()),
+        "doc_id": pa.array(cols["doc_id"], type=pa.string()).take(src),
+        "shard": pa.array(np.full(n, shard, dtype=np.int32), type=pa.int32()),
+        "offset": pa.array(np.cumsum(lengths) - lengths, type=pa.int64()),
+        "length": pa.array(lengths.astype(np.int32), type=pa.int32()),
+        "loss_start": pa.array(piece_loss[keep].astype(np.int32), type=pa.int32()),
+        "loss_end": pa.array(lengths.astype(np.int32), type=pa.int32()),
+        "domain": pa.array(cols["domain"], type=pa.string()).take(src),
+        "split": pa.array(cols["split"], type=pa.string()).take(src),
+    }
+    # Counts under the keys the per-piece loop used to create (a key only once it was counted).
+    stats: dict[str, int] = {}
+    dropped = ~keep
+    if rows:
+        stats["docs"] = len(rows)
+    if dropped.any():
+        stats["dropped_pieces"] = int(dropped.sum())
+        stats["dropped_tokens"] = int(piece_len[dropped].sum())
+    if n:
+        stats["tokens"] = int(lengths.sum())
+    stats["examples"] = n
+    return tokens, pa.table(ex, schema=EXAMPLES), stats
+
+
+def _batch_encoder(tokenizer):
+    """``texts → [ids]``, as ``tokenizer(texts, add_special_tokens=False, split_special_tokens=True)``.
+
+    A fast tokenizer's Rust backend is called directly (the HF call wraps the same ``encode_batch``
+    and converts every encoding to Python dicts first); other tokenizers, or a backend with
+    truncation or padding set, go through the HF call.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if backend.encode_special_tokens is not True:
+            backend.encode_special_tokens = True
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+    return encode
 
 
 def _encode(tokenizer, text: str) -> list[int]:
