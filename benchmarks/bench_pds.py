@@ -127,7 +127,7 @@ def main() -> None:
     variants: dict = {}
     fns = [("eager", None)]
     if args.compile:
-        fns.append(("compiled", torch.compile(lambda p, b, t: loss_jvp(model, p, b, t))))
+        fns.append(("compiled", torch.compile(lambda p, b, t: loss_jvp(model, p, b, t), dynamic=False)))
     for fname, fn in fns:
         for micro in micros:
             key = f"{fname}_micro{micro}"

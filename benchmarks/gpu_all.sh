@@ -15,6 +15,8 @@ for b in $benches; do
     train16) args="--skip-eager --micro-fast 16" ;;
     trainMA) args="--skip-eager --compile-mode max-autotune-no-cudagraphs" ;;
     less512) args="--batch 64 --project-batch 512 --n 512 --repeat 1" ;;
+    less512r2) args="--batch 64 --project-batch 512 --n 512 --repeat 2" ;;
+    pdsc) args="--proxy 128 --micro 32,64 --compile --loop 16" ;;
     pds) args="--proxy 128 --micro 32,64 --compile --loop 16" ;;
     less) args="--batch 64 --project-batch 128" ;;
     mates) args="--k 16" ;;
@@ -23,7 +25,7 @@ for b in $benches; do
   echo "== $b $args"
   start=$(date +%s)
   # the scripts' own full JSON (write_result) goes to /tmp: the rows document holds it under "details"
-  OUT=/tmp/bench_raw python3 benchmarks/bench_$(echo $b | sed -E "s/(16|MA|512)$//").py $args --json "$OUT/$b.json" 2>&1 | grep -v "^W[0-9]" | tail -40
+  OUT=/tmp/bench_raw python3 benchmarks/bench_$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//").py $args --json "$OUT/$b.json" 2>&1 | grep -v "^W[0-9]" | tail -40
   echo "== $b done in $(( $(date +%s) - start )) s"
 done
 python3 benchmarks/run.py --help >/dev/null && python3 - "$OUT" <<'PY'
