@@ -42,7 +42,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import build_neox, environment, print_table, pythia_160m_config, sync, time_fn, tiny_config, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    build_neox,
+    environment,
+    print_table,
+    pythia_160m_config,
+    row,
+    sync,
+    time_fn,
+    tiny_config,
+    write_result,
+    write_rows,
+)
 
 from winnow.methods.mates import (  # noqa: E402
     batched_oracle,
@@ -164,7 +175,11 @@ def main() -> None:
     ap.add_argument("--ref-mode", default="loop", choices=["vmap", "loop"], help="(b)'s reference_mode")
     ap.add_argument("--profile", action="store_true", help="time one chunk of (b) per K and reference mode, exit")
     ap.add_argument("--profile-table", action="store_true", help="with --profile: also the top kernels (first)")
+    ap.add_argument("--quick", action="store_true", help="= --tiny --cpu (the smoke run benchmarks/run.py uses)")
+    ap.add_argument("--json", default=None, help="also write the rows document (benchmarks/run.py) here")
     args = ap.parse_args()
+    if args.quick:
+        args.tiny = args.cpu = True
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -366,6 +381,36 @@ def main() -> None:
     full = results["b_full_head"]
     print(f"batched per K: {per_k}; full head: " + ("out of memory" if full.get("oom") else f"{full['rate']:.2f}/s"))
     print(f"wrote {path}; {result['environment']['device']}, {n_params / 1e6:.1f}M params, {dtype_name}")
+    on_gpu = device.type == "cuda"
+    diff = agree["b_vs_a_max_abs_diff_delta"]
+    rows = [
+        row(
+            f"MATES exact oracle candidates/s, batched K={k_best} vs reload-per-candidate loop",
+            rate_b,
+            rate_a,
+            limit=None,
+            unit="candidates/s",
+            target="≥ 50× with exact values",
+            met=(rate_b / rate_a >= 50) if on_gpu else None,
+        ),
+        row(
+            "MATES oracle: max |Δ(ours) − Δ(loop)|",
+            diff,
+            None,
+            unit="loss",
+            target="exact (rounding only)",
+            limit=float(res_b.delta.std()),
+        ),
+        row(
+            "MATES batched vs in-memory sequential",
+            rate_b,
+            rate_c,
+            unit="candidates/s",
+            limit=ref_floor,
+            target="(limit: 1 full-head reference pass/s)",
+        ),
+    ]
+    write_rows(args.json, "mates", result["environment"], rows, result)
     tmp.cleanup()
 
 

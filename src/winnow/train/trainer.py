@@ -61,11 +61,15 @@ class TrainConfig:
     shuffle: bool = True
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16
     log_every_s: float = 10.0
+    # GPU fast path (off by default; ignored on CPU): torch.compile of forward + loss, fused AdamW,
+    # and an all-ones attention mask dropped so SDPA takes its causal (flash) kernel.
+    compile: bool = False
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self, ids: np.ndarray, init: str) -> str:
         """What a checkpoint must match to be resumed (everything but logging/checkpoint cadence)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("ckpt_every", "keep_checkpoints", "log_every_s")}
+        skip = ("ckpt_every", "keep_checkpoints", "log_every_s", "compile")
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         h = hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode())
         h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
         h.update(init.encode())
@@ -98,6 +102,24 @@ def masked_ce_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torc
     mask = loss_mask[:, 1:]
     ce = F.cross_entropy(pred.reshape(-1, pred.size(-1)), tgt.reshape(-1), reduction="none")
     return (ce * mask.reshape(-1)).sum()
+
+
+def forward_ce_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    loss_mask: torch.Tensor,
+    use_bf16: bool,
+) -> torch.Tensor:
+    """The trainer's forward: logits under bf16 autocast (if asked), then :func:`masked_ce_sum` in fp32."""
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return masked_ce_sum(logits, input_ids, loss_mask)
+
+
+def fast_path(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the compiled GPU path is on (``cfg.compile`` on a CUDA device)."""
+    return bool(cfg.compile) and device.type == "cuda"
 
 
 def train(
@@ -138,12 +160,13 @@ def train(
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
+    fast = fast_path(cfg, device)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,
-        foreach=device.type == "cuda",
+        **({"fused": True} if fast else {"foreach": device.type == "cuda"}),
     )
 
     start_step = 0
@@ -177,6 +200,9 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    loss_fn = forward_ce_sum
+    if fast:
+        loss_fn = torch.compile(forward_ce_sum)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
@@ -212,9 +238,10 @@ def train(
             sync = j == len(mine) - 1
             ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
             with ctx:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                ce = masked_ce_sum(logits, batch["input_ids"], batch["loss_mask"])
+                mask = batch["attention_mask"]
+                if fast and bool(mask.all()):
+                    mask = None  # no padding: SDPA's causal kernel instead of an explicit mask
+                ce = loss_fn(ddp_model, batch["input_ids"], mask, batch["loss_mask"], use_bf16)
                 # DDP averages gradients over ranks; × world turns that back into a sum.
                 (ce * world / max(n_targets, 1)).backward()
             loss_sum += ce.detach()
@@ -251,6 +278,7 @@ def train(
         "world_size": world,
         "device": str(device),
         "precision": "bf16" if use_bf16 else "fp32",
+        "compiled": fast,
     }
     if device.type == "cuda":
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

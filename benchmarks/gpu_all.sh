@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# All GPU benchmarks of issue 9 in one device call (the rows JSON of each lands in $OUT).
+#   bash benchmarks/gpu_all.sh [train scorer pds less mates]   (from the repository root; default: all)
+# A device call that runs a copy of the tree (.gpuwt) does `cd .gpuwt` first.
+set -u
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+benches=${*:-train scorer pds less mates}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+for b in $benches; do
+  case $b in
+    train) args="" ;;
+    scorer) args="--batches 8" ;;
+    train16) args="--skip-eager --micro-fast 16" ;;
+    trainMA) args="--skip-eager --compile-mode max-autotune-no-cudagraphs" ;;
+    less512) args="--batch 64 --project-batch 512 --n 512 --repeat 1" ;;
+    less512r2) args="--batch 64 --project-batch 512 --n 512 --repeat 2" ;;
+    pdsc) args="--proxy 128 --micro 32,64 --compile --loop 16" ;;
+    pds) args="--proxy 128 --micro 32,64 --compile --loop 16" ;;
+    less) args="--batch 64 --project-batch 128" ;;
+    mates) args="--k 16" ;;
+    *) args="" ;;
+  esac
+  echo "== $b $args"
+  start=$(date +%s)
+  # the scripts' own full JSON (write_result) goes to /tmp: the rows document holds it under "details"
+  OUT=/tmp/bench_raw python3 benchmarks/bench_$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//").py $args --json "$OUT/$b.json" 2>&1 | grep -v "^W[0-9]" | tail -40
+  echo "== $b done in $(( $(date +%s) - start )) s"
+done
+python3 benchmarks/run.py --help >/dev/null && python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from run import table
+docs = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*.json"))]
+print(table(docs))
+PY
