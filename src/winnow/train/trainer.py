@@ -293,7 +293,7 @@ def train(
 
 
 def _state(
-    step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float, history: list
+    step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float, history: list | None = None
 ) -> dict:
     rng = {"torch": encode_rng(torch.get_rng_state())}
     if device.type == "cuda":
@@ -306,7 +306,7 @@ def _state(
         "last_loss": loss,
         "rng": rng,
         "config": asdict(cfg),
-        "history": history,
+        "history": history or [],
     }
 
 
