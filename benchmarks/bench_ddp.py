@@ -72,8 +72,8 @@ def prepare(spec: dict, d: Path) -> dict[str, str]:
 
     p = {k: str(d / v) for k, v in {
         "docs": "docs.parquet", "rejects": "rejects.parquet", "ingest": "ingest.json", "tok": "tok/tokenizer.json",
-        "tokens": "tokens-0.bin", "ex0": "examples-0.parquet", "examples": "examples.parquet",
-        "manifest": "manifest.json", "ids": "ids.parquet",
+        "block": "tokens/block-0", "examples": "tokens/examples.parquet",
+        "manifest": "tokens/manifest.json", "ids": "ids.parquet",
     }.items()}  # fmt: skip
     if Path(p["ids"]).exists():
         return p
@@ -81,9 +81,10 @@ def prepare(spec: dict, d: Path) -> dict[str, str]:
     cli(["data", "ingest", "--inputs", spec["corpus"], "--id-field", spec["id_field"], "--docs", p["docs"],
          "--rejects", p["rejects"], "--manifest", p["ingest"]])  # fmt: skip
     cli(["data", "tokenizer", "--docs", p["docs"], "--vocab-size", str(spec["vocab"]), "--out", p["tok"]])
-    cli(["data", "tokenize", "--docs", p["docs"], "--tokenizer", p["tok"], "--shard", "0", "--num-shards", "1",
-         "--seq-len", str(spec["seq_len"]), "--tokens", p["tokens"], "--examples", p["ex0"]])  # fmt: skip
-    cli(["data", "merge-examples", "--shards", p["ex0"], "--tokenizer", p["tok"], "--seq-len", str(spec["seq_len"]),
+    one_block = ["--shards-per-block", "1", "--num-shards", "1", "--seq-len", str(spec["seq_len"])]
+    cli(["data", "tokenize", "--docs", p["docs"], "--tokenizer", p["tok"], "--block", "0", *one_block,
+         "--out", p["block"]])  # fmt: skip
+    cli(["data", "merge-examples", "--blocks", p["block"], "--tokenizer", p["tok"], *one_block,
          "--out", p["examples"], "--manifest", p["manifest"]])  # fmt: skip
     cli(["data", "sample-subset", "--examples", p["examples"], "--splits", "train", "--fraction", "1.0",
          "--seed", "0", "--out", p["ids"]])  # fmt: skip
@@ -96,18 +97,16 @@ def worker(args) -> None:
 
     import winnow.train.trainer as trainer
     from winnow.data.tokenizer import load
-    from winnow.io.atomic import read_json
-    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.io.tables import IDS, read_table
     from winnow.models.build import build_model
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
     spec = SMOKE if args.smoke else GPU
     p = json.loads(Path(args.data_json).read_text())
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_num_threads(1 if args.smoke else 4)
-    manifest = read_json(p["manifest"])
     tok = load(Path(p["tok"]).parent)
-    store = ExampleStore(read_table(p["examples"], EXAMPLES), shard_paths_from([p["tokens"]]), manifest["dtype"])
+    store, manifest = open_store(p["examples"], p["manifest"])
     ids = read_table(p["ids"], IDS)["example_id"].to_numpy()
     train_cfg = dict(spec["train"], micro_batch_size=args.micro_batch or spec["train"]["micro_batch_size"])
     cfg = trainer.TrainConfig(seq_len=manifest["seq_len"], seed=0, ckpt_every=1, keep_checkpoints=1, **train_cfg)

@@ -55,7 +55,6 @@ rule ablation_seed:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         ids=ablation_seed_ids,
     output:
@@ -81,7 +80,7 @@ rule ablation_seed:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}'"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
@@ -91,7 +90,6 @@ rule ablation_component:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         ids="results/{run}/ablation/partitions/{part}/ids.parquet",
         init="results/{run}/ablation/seed/model/model.safetensors",
@@ -121,7 +119,7 @@ rule ablation_component:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
@@ -131,7 +129,6 @@ rule ablation_mixture:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         ids="results/{run}/ablation/mixtures/{mix}/ids.parquet",
         init="results/{run}/ablation/seed/model/model.safetensors",
@@ -161,7 +158,7 @@ rule ablation_mixture:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 

@@ -11,7 +11,6 @@ rule bakeoff_mates_oracle:
         ckpt="results/{run}/pds/init/model/model.safetensors",
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         ref_ids="results/{run}/subsets/pds_target/ids.parquet",
         probe="results/{run}/subsets/pds_proxy/ids.parquet",
     output:
@@ -36,7 +35,7 @@ rule bakeoff_mates_oracle:
         code=code("mates oracle"),
     shell:
         "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
-        " --manifest {input.manifest} --shards {input.shards} --reference-ids {input.ref_ids}"
+        " --manifest {input.manifest} --reference-ids {input.ref_ids}"
         " --probe {input.probe} --n-probe {params.n_probe} --seed {params.seed}"
         " --oracle-config '{params.oracle}' --device {params.device} --out {output.oracle}"
         " --report {output.report} --threads {threads} > {log} 2>&1"
@@ -47,7 +46,6 @@ rule bakeoff_less_warmup:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        tokens=shard_tokens,
         base="results/{run}/pds/init/model/model.safetensors",
         pool="results/{run}/subsets/pool/ids.parquet",
     output:
@@ -73,7 +71,7 @@ rule bakeoff_less_warmup:
         code=code("less train"),
     shell:
         "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --ids {input.pool} --fraction {params.fraction}"
+        " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {params.seed}"
         " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
         " --threads {threads} > {log} 2>&1"
@@ -85,15 +83,14 @@ rule bakeoff_less_features:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        tokens=shard_tokens,
         base="results/{run}/pds/init/model/model.safetensors",
         checkpoint="results/{run}/bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors",
         pool="results/{run}/subsets/pds_proxy/ids.parquet",
         target="results/{run}/subsets/pds_target/ids.parquet",
     output:
         pool=expand(
-            "results/{{run}}/bakeoff/less_pool/features/epoch-{{epoch}}/pool-{shard}.npy",
-            shard=SHARDS,
+            "results/{{run}}/bakeoff/less_pool/features/epoch-{{epoch}}/pool-{block}.npy",
+            block=BLOCKS,
         ),
         target="results/{run}/bakeoff/less_pool/features/epoch-{epoch}/target.npy",
     log:
@@ -114,15 +111,17 @@ rule bakeoff_less_features:
         dtype=LESS.get("features", {}).get("dtype", "float16"),
         batch_size=LESS.get("features", {}).get("batch_size", 16),
         method=LESS.get("features", {}).get("method", "hooks"),
+        shards_per_block=SHARDS_PER_BLOCK,
         device=eval_device(),
         code=code("less features"),
     shell:
         "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --checkpoint {input.checkpoint}"
+        " --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
         " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
         " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
-        " --pool-out {output.pool} --target-out {output.target} --threads {threads} > {log} 2>&1"
+        " --pool-out {output.pool} --shards-per-block {params.shards_per_block}"
+        " --target-out {output.target} --threads {threads} > {log} 2>&1"
 
 
 # LESS arm, labels: lr-weighted cosine of each proxy example with the target, averaged over the

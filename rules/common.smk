@@ -12,6 +12,7 @@ from snakemake.utils import validate
 # which inherit the environment), so the code that runs is the code that was hashed.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
+from winnow.io.shards import num_blocks  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree  # noqa: E402
 
@@ -32,7 +33,10 @@ if config["select"].get("random", {}).get("temperature", 0) <= 0:
         "config key select.random.temperature must be > 0: on equal scores, temperature 0 would"
         " make every seed pick the same (lowest) example ids"
     )
-SHARDS = list(range(config["tokenize"]["num_shards"]))
+NUM_SHARDS = config["tokenize"]["num_shards"]
+# Jobs work on blocks of shards (tokenize, score_pool), so the DAG grows with blocks, not shards.
+SHARDS_PER_BLOCK = config["tokenize"].get("shards_per_block") or -(-NUM_SHARDS // 64)
+BLOCKS = list(range(num_blocks(NUM_SHARDS, SHARDS_PER_BLOCK)))
 # CPU threads of each training / evaluation job (Slurm: cpus_per_task). Training is compute-bound
 # (2 threads ≈ 1.8× one on the default model); evaluations are short and mostly start-up, so one
 # thread each lets two of them run side by side.
@@ -84,7 +88,7 @@ if "mates" in config:
 wildcard_constraints:
     run=RUN,
     scorer="|".join(SCORERS) or "no-scorer",
-    shard=r"\d+",
+    block=r"\d+",
     seed=r"\d+",
     method=r"[a-z][a-z0-9_]*",
     subset=r"[A-Za-z0-9_]+",
@@ -110,26 +114,23 @@ def code(command):
     return command_hash(command)
 
 
-# Per-shard path lists, built once per (pattern, run, ...) and copied per call: with thousands of
-# shards, `expand` in every job's input function was a measurable part of the dry run.
-_SHARD_PATHS = {}
+# Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,
+# `expand` in every job's input function was a measurable part of the dry run.
+_BLOCK_PATHS = {}
 
 
-def _shard_paths(pattern, **fields):
+def _block_paths(pattern, **fields):
     key = (pattern, *sorted(fields.items()))
-    if key not in _SHARD_PATHS:
-        _SHARD_PATHS[key] = [pattern.format(shard=s, **fields) for s in SHARDS]
-    return list(_SHARD_PATHS[key])
+    if key not in _BLOCK_PATHS:
+        _BLOCK_PATHS[key] = [pattern.format(block=b, **fields) for b in BLOCKS]
+    return list(_BLOCK_PATHS[key])
 
 
-def shard_tokens(wildcards):
-    return _shard_paths("results/{run}/tokens/tokens-{shard}.bin", run=wildcards.run)
-
-
-def shard_examples(wildcards):
-    return _shard_paths(
-        "results/{run}/tokens/examples-{shard}.parquet", run=wildcards.run
-    )
+def token_blocks(wildcards):
+    """The tokenize jobs' folders. Readers of the corpus take tokens/manifest.json instead: it is
+    made from all of them and names every shard's file (a list of thousands of files in one
+    command would exceed the kernel's 128 KiB argument limit)."""
+    return _block_paths("results/{run}/tokens/block-{block}", run=wildcards.run)
 
 
 def subset_args(wildcards):
@@ -353,9 +354,9 @@ def scorer_config(wildcards):
     raise ValueError(f"no scorer config for {wildcards.scorer!r}")
 
 
-def shard_scores(wildcards):
-    return _shard_paths(
-        "results/{run}/scores/{scorer}/parts/{shard}.parquet",
+def block_scores(wildcards):
+    return _block_paths(
+        "results/{run}/scores/{scorer}/parts/{block}.parquet",
         run=wildcards.run,
         scorer=wildcards.scorer,
     )

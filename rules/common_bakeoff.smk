@@ -36,7 +36,7 @@ def bakeoff_less_epochs(wildcards):
 def bakeoff_less_features(wildcards):
     root = f"results/{wildcards.run}/bakeoff/less_pool/features"
     return {
-        "pool": [f"{root}/epoch-{e}/pool-{s}.npy" for e in LESS_EPOCHS for s in SHARDS],
+        "pool": [f"{root}/epoch-{e}/pool-{s}.npy" for e in LESS_EPOCHS for s in BLOCKS],
         "target": [f"{root}/epoch-{e}/target.npy" for e in LESS_EPOCHS],
     }
 

@@ -27,7 +27,6 @@ def less_store(wildcards):
     return {
         "examples": f"{d}/examples.parquet",
         "manifest": f"{d}/manifest.json",
-        "tokens": [f"{d}/tokens-{s}.bin" for s in LESS_SHARDS],
     }
 
 

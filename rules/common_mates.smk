@@ -38,7 +38,6 @@ def _corpus_inputs(wildcards):
     return {
         "examples": f"results/{wildcards.run}/tokens/examples.parquet",
         "manifest": f"results/{wildcards.run}/tokens/manifest.json",
-        "shards": shard_tokens(wildcards),
         "tokenizer": f"results/{wildcards.run}/tokenizer/tokenizer.json",
     }
 

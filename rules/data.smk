@@ -44,34 +44,37 @@ rule tokenizer:
         " --threads {threads} > {log} 2>&1"
 
 
-# One packed token shard and its examples (global example_id = shard * 2**32 + index).
+# One block of packed token shards and their examples, in one folder: tokens-{shard}.bin and
+# examples-{shard}.parquet (global example_id = shard * 2**32 + index).
 rule tokenize:
     input:
         docs="results/{run}/data/docs.parquet",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
     output:
-        tokens="results/{run}/tokens/tokens-{shard}.bin",
-        examples="results/{run}/tokens/examples-{shard}.parquet",
+        directory("results/{run}/tokens/block-{block}"),
     log:
-        "results/{run}/logs/tokenize/{shard}.log",
+        "results/{run}/logs/tokenize/{block}.log",
     benchmark:
-        "results/{run}/benchmarks/tokenize/{shard}.tsv"
+        "results/{run}/benchmarks/tokenize/{block}.tsv"
     conda:
         ENV
     params:
-        num_shards=config["tokenize"]["num_shards"],
+        num_shards=NUM_SHARDS,
+        shards_per_block=SHARDS_PER_BLOCK,
         seq_len=config["tokenize"]["seq_len"],
         code=code("data tokenize"),
     shell:
         "python -m winnow data tokenize --docs {input.docs} --tokenizer {input.tokenizer}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --seq-len {params.seq_len}"
-        " --tokens {output.tokens} --examples {output.examples} --threads {threads} > {log} 2>&1"
+        " --block {wildcards.block} --shards-per-block {params.shards_per_block}"
+        " --num-shards {params.num_shards} --seq-len {params.seq_len} --out {output}"
+        " --threads {threads} > {log} 2>&1"
 
 
-# The examples table of all shards, and the manifest every reader of the shards needs (dtype, seq_len).
+# The examples table of all shards, and the manifest every reader of the shards needs (dtype,
+# seq_len, and where each shard's tokens are: readers take the manifest, not a list of shards).
 rule merge_examples:
     input:
-        examples=shard_examples,
+        blocks=token_blocks,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
     output:
         examples="results/{run}/tokens/examples.parquet",
@@ -81,10 +84,13 @@ rule merge_examples:
     conda:
         ENV
     params:
+        num_shards=NUM_SHARDS,
+        shards_per_block=SHARDS_PER_BLOCK,
         seq_len=config["tokenize"]["seq_len"],
         code=code("data merge-examples"),
     shell:
-        "python -m winnow data merge-examples --shards {input.examples} --tokenizer {input.tokenizer}"
+        "python -m winnow data merge-examples --blocks {input.blocks} --tokenizer {input.tokenizer}"
+        " --num-shards {params.num_shards} --shards-per-block {params.shards_per_block}"
         " --seq-len {params.seq_len} --out {output.examples} --manifest {output.manifest}"
         " --threads {threads} > {log} 2>&1"
 

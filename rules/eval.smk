@@ -68,7 +68,6 @@ rule eval_target:
         model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         ids="results/{run}/subsets/{subset}/ids.parquet",
     output:
         "results/{run}/eval/{method}/s{seed}/target-{subset}.json",
@@ -86,7 +85,7 @@ rule eval_target:
         code=code("eval target"),
     shell:
         "python -m winnow eval target --model {input.model} --examples {input.examples}"
-        " --manifest {input.manifest} --shards {input.shards} --ids {input.ids}"
+        " --manifest {input.manifest} --ids {input.ids}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"
 

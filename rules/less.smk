@@ -70,14 +70,15 @@ rule less_warmup:
         code=code("less train"),
     shell:
         "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --ids {input.pool} --fraction {params.fraction}"
+        " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
         " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
         " --threads {threads} > {log} 2>&1"
 
 
-# Gradient features at one warm-up epoch: Adam features of the pool (one .npy per token shard),
-# SGD features of the target's reference points; each .npy has a JSON sidecar checked on reuse.
+# Gradient features at one warm-up epoch: Adam features of the pool (one .npy per token shard of
+# the instruction store), SGD features of the target's reference points; each .npy has a JSON
+# sidecar checked on reuse.
 rule less_features:
     input:
         unpack(less_store),
@@ -113,7 +114,7 @@ rule less_features:
         code=code("less features"),
     shell:
         "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --checkpoint {input.checkpoint}"
+        " --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
         " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
         " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
@@ -171,7 +172,7 @@ rule less_predict:
         code=code("less predict"),
     shell:
         "python -m winnow less predict --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --pool {input.pool} --scores {input.scores}"
+        " --base {input.base} --pool {input.pool} --scores {input.scores}"
         " --fit-fraction {params.fit_fraction} --ratio {params.ratio} --seed {params.seed}"
         " --device {params.device} --out {output.scores} --report {output.report}"
         " --threads {threads} > {log} 2>&1"
@@ -243,7 +244,7 @@ rule less_finetune:
         code=code("less train"),
     shell:
         "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --base {input.base} --ids {input.ids}"
+        " --base {input.base} --ids {input.ids}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
         " --ckpt-root {params.ckpt_root} --merged-out {output.model} --report {output.report}"
         " --threads {threads} > {log} 2>&1"
@@ -276,7 +277,7 @@ rule less_eval:
         code=code("less eval"),
     shell:
         "python -m winnow less eval --examples {input.examples} --manifest {input.manifest}"
-        " --tokens {input.tokens} --model {input.model} --tokenizer {input.tokenizer}"
+        " --model {input.model} --tokenizer {input.tokenizer}"
         " --eval-ids {input.eval_ids} --subtasks {input.subtasks} --choice {input.choice}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"

@@ -119,7 +119,7 @@ rule mates_train:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}' {params.resume}"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
@@ -131,7 +131,6 @@ rule mates_oracle:
         ckpt=mates_previous_model,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         ref_examples="results/{run}/mates/reference/val/examples.parquet",
         ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
         ref_ids="results/{run}/mates/reference/val/ids.parquet",
@@ -158,7 +157,7 @@ rule mates_oracle:
         code=code("mates oracle"),
     shell:
         "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
-        " --manifest {input.manifest} --shards {input.shards} --reference-examples {input.ref_examples}"
+        " --manifest {input.manifest} --reference-examples {input.ref_examples}"
         " --reference-tokens {input.ref_tokens} --reference-ids {input.ref_ids} --probe {input.probe}"
         " --n-probe {params.n_probe} --seed {params.seed} --oracle-config '{params.oracle}'"
         " --device {params.device} --out {output.oracle} --report {output.report}"
@@ -191,7 +190,7 @@ rule mates_decay:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.resume}"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
@@ -202,7 +201,6 @@ rule mates_eval_reference:
         model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
         examples="results/{run}/mates/reference/test/examples.parquet",
         manifest="results/{run}/mates/reference/test/manifest.json",
-        tokens="results/{run}/mates/reference/test/tokens-1000000.bin",
         ids="results/{run}/mates/reference/test/ids.parquet",
     output:
         "results/{run}/eval/{method}/s{seed}/reference.json",
@@ -220,7 +218,7 @@ rule mates_eval_reference:
         code=code("eval target"),
     shell:
         "python -m winnow eval target --model {input.model} --examples {input.examples}"
-        " --manifest {input.manifest} --shards {input.tokens} --ids {input.ids}"
+        " --manifest {input.manifest} --ids {input.ids}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"
 

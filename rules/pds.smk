@@ -1,5 +1,5 @@
 # PDS (data selection via optimal control, Gu et al. 2024): gamma from the PMP solver on a proxy
-# sample, a data scorer fitted to gamma, the pool scored shard by shard, then the shared `select`.
+# sample, a data scorer fitted to gamma, the pool scored block by block, then the shared `select`.
 
 
 # θ0 of the solver: the shared train layer, on random pool data, for a few steps.
@@ -7,7 +7,6 @@ rule pds_init:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         ids="results/{run}/subsets/pool/ids.parquet",
     output:
@@ -33,7 +32,7 @@ rule pds_init:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}'"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
@@ -44,7 +43,6 @@ rule pds_solve:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         init="results/{run}/pds/init/model/model.safetensors",
         pool="results/{run}/subsets/pool/ids.parquet",
         proxy="results/{run}/subsets/pds_proxy/ids.parquet",
@@ -70,7 +68,7 @@ rule pds_solve:
         code=code("pds solve"),
     shell:
         "python -m winnow pds solve --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --init {input.init} --pool {input.pool} --proxy {input.proxy}"
+        " --init {input.init} --pool {input.pool} --proxy {input.proxy}"
         " --target {input.target} --solver-config '{params.solver}' --work-dir {params.work_dir}"
         " --device {params.device} --gamma {output.gamma} --report {output.report}"
         " --threads {threads} > {log} 2>&1"

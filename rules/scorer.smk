@@ -1,5 +1,5 @@
 # The shared scorer stage (PDS, MATES, the LESS predictor): fit a small model to expensive labels,
-# then score the pool one token shard at a time.
+# then score the pool one block of token shards at a time.
 
 
 # A GPT-NeoX encoder + mean pooling + linear head on z-scored labels clipped to ±clip; the
@@ -8,7 +8,6 @@ rule fit_scorer:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         labels=scorer_labels,
     output:
@@ -33,26 +32,25 @@ rule fit_scorer:
         code=code("scorer fit"),
     shell:
         "python -m winnow scorer fit --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --labels {input.labels}"
+        " --tokenizer {input.tokenizer} --labels {input.labels}"
         " --label-column {params.column} --scorer-config '{params.scorer}' --device {params.device}"
         " --out {output.model} --report {output.report} --threads {threads} > {log} 2>&1"
 
 
-# Scores of the pool examples that live in one token shard (resumable within the shard).
+# Scores of the pool examples that live in one block of token shards (resumable within the block).
 rule score_pool:
     input:
         scorer="results/{run}/scorers/{scorer}/model.safetensors",
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        tokens="results/{run}/tokens/tokens-{shard}.bin",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         pool=scorer_pool,
     output:
-        "results/{run}/scores/{scorer}/parts/{shard}.parquet",
+        "results/{run}/scores/{scorer}/parts/{block}.parquet",
     log:
-        "results/{run}/logs/score_pool/{scorer}-{shard}.log",
+        "results/{run}/logs/score_pool/{scorer}-{block}.log",
     benchmark:
-        "results/{run}/benchmarks/score_pool/{scorer}-{shard}.tsv"
+        "results/{run}/benchmarks/score_pool/{scorer}-{block}.tsv"
     conda:
         ENV
     threads: 1
@@ -62,11 +60,11 @@ rule score_pool:
     params:
         batch_size=64,
         device=eval_device(),
-        state="results/{run}/scores/{scorer}/parts/.state-{shard}",
+        state="results/{run}/scores/{scorer}/parts/.state-{block}",
         code=code("scorer score"),
     shell:
         "python -m winnow scorer score --scorer {input.scorer} --examples {input.examples}"
-        " --manifest {input.manifest} --shard {wildcards.shard} --tokens {input.tokens}"
+        " --manifest {input.manifest} --block {wildcards.block}"
         " --tokenizer {input.tokenizer} --ids {input.pool} --batch-size {params.batch_size}"
         " --device {params.device} --state {params.state} --out {output} --threads {threads} > {log} 2>&1"
 
@@ -74,7 +72,7 @@ rule score_pool:
 # One scores table (example_id, score) for the whole pool, the input of `select`.
 rule merge_scores:
     input:
-        shard_scores,
+        block_scores,
     output:
         "results/{run}/scores/{scorer}/scores.parquet",
     log:

@@ -6,7 +6,6 @@ rule train_lm:
     input:
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
-        shards=shard_tokens,
         tokenizer="results/{run}/tokenizer/tokenizer.json",
         ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
     output:
@@ -34,6 +33,6 @@ rule train_lm:
         code=code("train lm"),
     shell:
         "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --ids {input.ids}"
+        " --tokenizer {input.tokenizer} --ids {input.ids}"
         " --model-config '{params.model}' --train-config '{params.train}'"
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"

@@ -50,10 +50,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
             "rejects": "rejects.parquet",
             "ingest": "ingest.json",
             "tok": "tok/tokenizer.json",
-            "tokens": "tokens-0.bin",
-            "ex0": "examples-0.parquet",
-            "examples": "examples.parquet",
-            "manifest": "manifest.json",
+            "block": "tokens/block-0",
+            "examples": "tokens/examples.parquet",
+            "manifest": "tokens/manifest.json",
             "ids": "ids.parquet",
         }.items()
     }
@@ -95,24 +94,28 @@ def data(tmp_path_factory) -> dict[str, Path]:
             str(p["docs"]),
             "--tokenizer",
             str(p["tok"]),
-            "--shard",
+            "--block",
             "0",
+            "--shards-per-block",
+            "1",
             "--num-shards",
             "1",
             "--seq-len",
             "64",
-            "--tokens",
-            str(p["tokens"]),
-            "--examples",
-            str(p["ex0"]),
+            "--out",
+            str(p["block"]),
         ]
     )
     cli(
         [
             "data",
             "merge-examples",
-            "--shards",
-            str(p["ex0"]),
+            "--blocks",
+            str(p["block"]),
+            "--shards-per-block",
+            "1",
+            "--num-shards",
+            "1",
             "--tokenizer",
             str(p["tok"]),
             "--seq-len",
@@ -153,8 +156,6 @@ def _train_cmd(data: dict, out: Path, cfg: dict, launcher: list[str] | None = No
         str(data["examples"]),
         "--manifest",
         str(data["manifest"]),
-        "--shards",
-        str(data["tokens"]),
         "--tokenizer",
         str(data["tok"]),
         "--ids",
@@ -269,11 +270,11 @@ def test_resume_from_loads_the_exact_optimizer_state(data, tmp_path, monkeypatch
     import numpy as np
 
     from winnow.data.tokenizer import load
-    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.io.tables import IDS, read_table
     from winnow.models.build import build_model
     from winnow.models.checkpoint import optimizer_state_by_name
     from winnow.train import trainer
-    from winnow.train.batches import ExampleStore
+    from winnow.train.batches import open_store
 
     prev = tmp_path / "prev"
     subprocess.run(_train_cmd(data, prev, _train_cfg(steps=5)), check=True, env=_env(tmp_path), capture_output=True)
@@ -291,8 +292,7 @@ def test_resume_from_loads_the_exact_optimizer_state(data, tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "load_checkpoint", spy)
     torch.set_num_threads(1)
     tok = load(data["tok"].parent)
-    manifest = json.loads(data["manifest"].read_text())
-    store = ExampleStore(read_table(data["examples"], EXAMPLES), {0: str(data["tokens"])}, manifest["dtype"])
+    store, _ = open_store(data["examples"], data["manifest"])
     ids = read_table(data["ids"], IDS)["example_id"].to_numpy()
     model = build_model(MODEL, len(tok), tok.eos_token_id, tok.pad_token_id, seed=123)
     cfg = trainer.TrainConfig(seq_len=64, **_train_cfg(steps=1, schedule="constant", warmup_steps=0))

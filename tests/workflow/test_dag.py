@@ -11,7 +11,7 @@ from conftest import ROOT, planned_jobs, smk, tiny_config, write_config
 SPINE_JOBS = {  # tiny.yaml: 3 shards, methods random + pds, one seed, one eval target
     "ingest": 1,
     "tokenizer": 1,
-    "tokenize": 3,
+    "tokenize": 2,  # blocks of 2 shards: {0, 1} and {2}
     "merge_examples": 1,
     "sample_subset": 2,  # pool, pds_target
     "random_scores": 1,
@@ -27,12 +27,12 @@ PDS_JOBS = {
     "pds_init": 1,
     "pds_solve": 1,
     "fit_scorer": 1,
-    "score_pool": 3,  # one per token shard
+    "score_pool": 2,  # one per block of token shards
     "merge_scores": 1,
     "eval_compare": 1,
 }
 # ---- modular data ablations (tiny.yaml: 3 partitions, pairs, seed mix of 2 other domains, a macro) ----
-DATA_JOBS = {"ingest": 1, "tokenizer": 1, "tokenize": 3, "merge_examples": 1}
+DATA_JOBS = {"ingest": 1, "tokenizer": 1, "tokenize": 2, "merge_examples": 1}
 ABLATION_JOBS = {
     "ablation_partition": 5,  # kjv, pydocs, shakespeare + the seed mix's fortunes, milton
     "ablation_mixture_ids": 4,  # 3 pairs + the seed mix (fortunes+milton)
@@ -140,13 +140,37 @@ def test_seeds_multiply_the_selection_branch(tmp_path: Path):
     for rule in ("eval_ppl", "eval_harness"):
         assert jobs[rule] == 6, rule  # 2 methods × 3 seeds
     # Scores do not depend on the seed (the seed drives the selection noise): computed once.
-    assert jobs["random_scores"] == 1 and jobs["tokenize"] == 3 and jobs["ingest"] == 1
+    # 3 shards, 2 a block: the tokenize jobs are the blocks {0, 1} and {2}.
+    assert jobs["random_scores"] == 1 and jobs["tokenize"] == 2 and jobs["ingest"] == 1
 
 
-def test_one_token_shard_by_file_name_plans_only_its_ancestors(tiny):
+def test_one_token_block_by_file_name_plans_only_its_ancestors(tiny):
     work, cfg = tiny
-    jobs = planned_jobs(smk(work, cfg, "-n", "results/tiny/tokens/tokens-1.bin"))
+    jobs = planned_jobs(smk(work, cfg, "-n", "results/tiny/tokens/block-1"))
     assert jobs == {"ingest": 1, "tokenizer": 1, "tokenize": 1}
+
+
+def test_ten_thousand_shards_plan_jobs_per_block_with_short_commands(tmp_path: Path):
+    """Issue 9: with 10,000 shards the DAG has one tokenize / score_pool job per block (≤ 64 by
+    default), and no job's command lists the shards (the kernel refuses one argument > 128 KiB)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["methods"] = ["random", "pds", "ablation", "mates", "less", "bakeoff"]
+    cfg["bakeoff"] = {"n_probe": 16}
+    for arm, direction, temperature in (("mates_pool", "lower", 0.5), ("less_pool", "higher", 0.0)):
+        cfg["select"][arm] = {"direction": direction, "ratio": cfg["select"]["pds"]["ratio"], "temperature": temperature}
+    cfg["tokenize"] = {"seq_len": 64, "num_shards": 10_000}  # shards_per_block: the default
+    proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", "-p")
+    jobs = planned_jobs(proc)
+    assert jobs["tokenize"] == 64  # ceil(10000 / 157) blocks of 157 shards
+    # pds, mates_s{seed}_k{stage}, mates_pool, less_pool
+    scorers = 1 + len(cfg["seeds"]) * (cfg["mates"]["stages"] - 1) + 2
+    assert jobs["score_pool"] == 64 * scorers
+    assert sum(jobs.values()) < 1500
+    longest = max((proc.stdout + proc.stderr).splitlines(), key=len)
+    assert len(longest.encode()) < 32 * 1024, longest[:300]
+    assert "--shards " not in proc.stdout + proc.stderr
 
 
 def test_misspelled_key_fails_before_any_job_and_names_the_key(tmp_path: Path):

@@ -43,19 +43,21 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=tokenizer)
 
-    p = sub.add_parser("tokenize", help="one token shard + its examples")
+    p = sub.add_parser("tokenize", help="one block of token shards + their examples, in one folder")
     p.add_argument("--docs", required=True)
     p.add_argument("--tokenizer", required=True)
-    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--block", type=int, required=True)
+    p.add_argument("--shards-per-block", type=int, required=True)
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--tokens", required=True)
-    p.add_argument("--examples", required=True)
+    p.add_argument("--out", required=True, help="the block's folder: tokens-{shard}.bin, examples-{shard}.parquet")
     add_threads(p)
     p.set_defaults(func=tokenize)
 
-    p = sub.add_parser("merge-examples", help="per-shard examples → examples.parquet + manifest")
-    p.add_argument("--shards", nargs="+", required=True, help="per-shard examples parquet files")
+    p = sub.add_parser("merge-examples", help="per-shard examples of all blocks → examples.parquet + manifest")
+    p.add_argument("--blocks", nargs="+", required=True, help="the block folders written by `data tokenize`")
+    p.add_argument("--shards-per-block", type=int, required=True)
+    p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--out", required=True)
@@ -145,24 +147,27 @@ def tokenizer(args) -> None:
 
 
 def tokenize(args) -> None:
-    from winnow.data.tokenize import tokenize_shard
+    from winnow.data.tokenize import shard_of, tokenize_shard
     from winnow.data.tokenizer import load
-    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.shards import block_shards, token_dtype, write_shard
     from winnow.io.tables import DOCS, EXAMPLES, read_table, write_table
 
+    shards = block_shards(args.block, args.shards_per_block, args.num_shards)
     tok = load(Path(args.tokenizer).parent)
     docs = read_table(args.docs, DOCS)
-    tokens, examples, stats = tokenize_shard(docs, tok, args.shard, args.num_shards, args.seq_len)
-    write_shard(args.tokens, tokens, token_dtype(len(tok)))
-    write_table(args.examples, examples, EXAMPLES)
-    log.info("shard %d: %s", args.shard, stats)
-    sidecars(
-        args,
-        "data tokenize",
-        [args.tokens, args.examples],
-        [args.docs, args.tokenizer],
-        extra={"stats": stats, "dtype": token_dtype(len(tok)).str},
-    )
+    # One pass assigns every doc its shard; each shard then tokenizes only its own rows.
+    doc_shard = np.fromiter((shard_of(d, args.num_shards) for d in docs["doc_id"].to_pylist()), np.int64, docs.num_rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(len(tok))
+    for shard in shards:
+        rows = docs.take(np.flatnonzero(doc_shard == shard))
+        tokens, examples, stats = tokenize_shard(rows, tok, shard, args.num_shards, args.seq_len)
+        paths = [out / f"tokens-{shard}.bin", out / f"examples-{shard}.parquet"]
+        write_shard(paths[0], tokens, dtype)
+        write_table(paths[1], examples, EXAMPLES)
+        log.info("shard %d: %s", shard, stats)
+        sidecars(args, "data tokenize", paths, [args.docs, args.tokenizer], extra={"stats": stats, "dtype": dtype.str})
 
 
 def merge_examples(args) -> None:
@@ -171,11 +176,19 @@ def merge_examples(args) -> None:
     import pyarrow as pa
 
     from winnow.data.tokenizer import load
-    from winnow.io.shards import token_dtype
+    from winnow.io.shards import BLOCK_LAYOUT, block_shards, layout_entry, num_blocks, token_dtype
     from winnow.io.tables import EXAMPLES, read_table, write_table
     from winnow.provenance import file_sha256
 
-    tables = [read_table(p, EXAMPLES) for p in args.shards]
+    blocks = {int(Path(b).name.removeprefix("block-")): Path(b) for b in args.blocks}
+    if sorted(blocks) != list(range(num_blocks(args.num_shards, args.shards_per_block))):
+        raise ValueError(f"--blocks must name blocks 0..{num_blocks(args.num_shards, args.shards_per_block) - 1}")
+    paths = [
+        blocks[b] / f"examples-{s}.parquet"
+        for b in sorted(blocks)
+        for s in block_shards(b, args.shards_per_block, args.num_shards)
+    ]
+    tables = [read_table(p, EXAMPLES) for p in paths]
     merged = pa.concat_tables(tables).sort_by("example_id")
     ids = merged["example_id"].to_numpy()
     if np.unique(ids).size != ids.size:
@@ -194,11 +207,12 @@ def merge_examples(args) -> None:
         "tokenizer_sha256": file_sha256(args.tokenizer),
         "chunking": "per document: tokens + eos, cut every seq_len tokens; pieces < 2 tokens dropped",
         "shards": {int(t["shard"][0].as_py()): t.num_rows for t in tables if t.num_rows},
+        "layout": layout_entry(BLOCK_LAYOUT, args.shards_per_block, args.num_shards),
         "splits": dict(sorted(Counter(merged["split"].to_pylist()).items())),
         "domains": dict(sorted(Counter(merged["domain"].to_pylist()).items())),
     }
     write_json(args.manifest, manifest)
-    sidecars(args, "data merge-examples", [args.out, args.manifest], args.shards + [args.tokenizer])
+    sidecars(args, "data merge-examples", [args.out, args.manifest], [*paths, args.tokenizer])
 
 
 def sample_subset(args) -> None:

@@ -47,7 +47,6 @@ def register(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--ids", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
@@ -150,16 +149,14 @@ def target(args) -> None:
     import torch
 
     from winnow.eval.loss import per_example_losses
-    from winnow.io.atomic import read_json
-    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.io.tables import IDS, read_table
     from winnow.models.build import load_pretrained
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    manifest = read_json(args.manifest)
     model = load_pretrained(Path(args.model).parent).to(device)
-    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    store, manifest = open_store(args.examples, args.manifest)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     losses = per_example_losses(
         model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device

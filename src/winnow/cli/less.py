@@ -4,7 +4,7 @@
               subtask labels, the lm-eval define-choice task
     train     LoRA on a base model: the warm-up (one checkpoint per epoch + each epoch's mean lr)
               or a fine-tune (the adapter merged into a plain model folder for evaluation)
-    features  one warm-up checkpoint → Adam features of the pool (one .npy per token shard) and
+    features  one warm-up checkpoint → Adam features of the pool (one .npy per block of token shards) and
               SGD features of the target, projected and normalised, each with a JSON sidecar
     match     features of every checkpoint → LESS scores of the pool
     predict   a ridge model on the frozen base's hidden states, fitted to the exact scores of a
@@ -80,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--method", default="hooks", choices=["hooks", "vmap"], help="per-example gradients")
     p.add_argument("--device", default="auto")
-    p.add_argument("--pool-out", nargs="+", required=True, help="pool-{shard}.npy, one per token shard")
+    p.add_argument("--pool-out", nargs="+", required=True, help="pool-{block}.npy, one per block of token shards")
+    p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers")
     p.add_argument("--target-out", required=True)
     add_threads(p)
     p.set_defaults(func=features)
@@ -136,15 +137,12 @@ def register(sub) -> None:
 def _store_args(p) -> None:
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--tokens", nargs="+", required=True)
 
 
 def _store(args):
-    from winnow.io.tables import EXAMPLES, read_table
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
-    manifest = read_json(args.manifest)
-    return ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.tokens), manifest["dtype"]), manifest
+    return open_store(args.examples, args.manifest)
 
 
 def _ids(path) -> np.ndarray:
@@ -163,12 +161,15 @@ def data(args) -> None:
     from winnow.data.tasks import write_jsonl
     from winnow.data.tokenize import tokenize_shard
     from winnow.data.tokenizer import load
-    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.shards import FLAT_LAYOUT, layout_entry, token_dtype, write_shard
     from winnow.io.tables import DOCS, EXAMPLES, IDS, INSTRUCTIONS, SUBTASKS, read_table, write_table
 
     cfg = args.data_config
     if len(args.tokens) != args.num_shards:
         raise ValueError(f"--tokens names {len(args.tokens)} files for {args.num_shards} shards")
+    for shard, path in enumerate(args.tokens):  # readers find them through the manifest's layout
+        if Path(path) != Path(args.manifest).parent / FLAT_LAYOUT.format(shard=shard):
+            raise ValueError(f"--tokens: shard {shard} must be {FLAT_LAYOUT.format(shard=shard)} next to the manifest")
     docs = read_table(args.docs, DOCS)
     docs = docs.filter(pc.is_null(docs["prompt"]))  # instruction items are built from plain text
     inst = build_instructions(docs, seed=cfg["seed"], max_per_task=cfg["max_per_task"])
@@ -233,6 +234,8 @@ def data(args) -> None:
             "eos_token_id": tok.eos_token_id,
             "pad_token_id": tok.pad_token_id,
             "num_shards": args.num_shards,
+            "shards": {int(t["shard"][0].as_py()): t.num_rows for t in parts if t.num_rows},
+            "layout": layout_entry(FLAT_LAYOUT, 1, args.num_shards),
             "stats": stats,
             "instructions_per_task": _counts(inst["task"].to_pylist()),
             "pool_per_task": _counts(pc.take(examples["domain"], _rows_of(examples, pool)).to_pylist()),
@@ -376,7 +379,9 @@ def features(args) -> None:
     n_in = sum(dict(model.named_parameters())[n].numel() for n in names)
     projector = RademacherProjector(n_in, args.dim, args.proj_seed)
     pool = _ids(args.pool)
-    shard_of = dict(zip(store.cols["example_id"].tolist(), store.cols["shard"].tolist(), strict=True))
+    # A pool id's block, from its shard (example_id = shard · 2**32 + index): one file per block
+    # keeps the job resumable per file and its file list short at thousands of shards.
+    block_of = (pool >> 32) // args.shards_per_block
     common = {"checkpoint": str(Path(args.checkpoint).parent), "d": args.dim, "seed": args.proj_seed}
     common["dtype"] = args.dtype
     kw = dict(names=names, projector=projector, seq_len=manifest["seq_len"], pad_id=manifest["pad_token_id"])
@@ -384,8 +389,7 @@ def features(args) -> None:
     if str(device).startswith("cuda"):
         kw["amp"] = "bf16"  # as the trainer on GPU: bf16 autocast over the fp32 parameters
     for path in args.pool_out:
-        shard = int(Path(path).stem.split("-")[-1])
-        ids = pool[np.asarray([shard_of[int(e)] == shard for e in pool], dtype=bool)]
+        ids = pool[block_of == int(Path(path).stem.split("-")[-1])]
         feats, norms = featurize(model, store, ids, kind="adam", moments=moments, **kw)
         write_features(path, feats, {**common, "kind": "adam", "ids": ids.tolist()}, norms=norms)
     target = _ids(args.target)

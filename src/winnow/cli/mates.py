@@ -46,7 +46,6 @@ def register(sub) -> None:
     p.add_argument("--ckpt", required=True, help="model.safetensors of the stage's final checkpoint")
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
     # Without --reference-examples/--reference-tokens the reference ids live in the corpus store
     # (the bake-off's MATES arm: the PDS target); with them, in a store of their own (last words).
     p.add_argument("--reference-examples", default=None)
@@ -95,7 +94,7 @@ def reference(args) -> None:
     from winnow.data.tasks import build_lastword
     from winnow.data.tokenize import ID_STRIDE, tokenize_shard
     from winnow.data.tokenizer import load
-    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.shards import FLAT_LAYOUT, layout_entry, token_dtype, write_shard
     from winnow.io.tables import DOCS, EXAMPLES, IDS, read_table, write_table
 
     docs = read_table(args.docs, DOCS)
@@ -116,6 +115,8 @@ def reference(args) -> None:
         },
         schema=DOCS,
     )
+    if Path(args.tokens) != Path(args.manifest).parent / FLAT_LAYOUT.format(shard=REFERENCE_SHARD):
+        raise ValueError(f"--tokens must be {FLAT_LAYOUT.format(shard=REFERENCE_SHARD)} next to the manifest")
     tok = load(Path(args.tokenizer).parent)
     tokens, examples, stats = tokenize_shard(ref_docs, tok, 0, 1, args.seq_len)
     offset = REFERENCE_SHARD * ID_STRIDE
@@ -134,6 +135,8 @@ def reference(args) -> None:
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
         "shard": REFERENCE_SHARD,
+        "shards": {REFERENCE_SHARD: examples.num_rows},
+        "layout": layout_entry(FLAT_LAYOUT, 1, 1),
         "split": args.split,
         "stats": stats,
         "definition": "LAMBADA-style last word: loss on the target word's tokens given the passage",
@@ -149,24 +152,21 @@ def reference(args) -> None:
 
 
 def oracle(args) -> None:
-    import pyarrow as pa
     import torch
 
-    from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
+    from winnow.io.tables import IDS, read_table, write_table
     from winnow.methods.mates import ORACLE, OracleConfig, load_state, probe
     from winnow.models.build import load_pretrained
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    manifest = read_json(args.manifest)
-    examples, shards = read_table(args.examples, EXAMPLES), shard_paths_from(args.shards)
     if (args.reference_examples is None) != (args.reference_tokens is None):
         raise ValueError("--reference-examples and --reference-tokens go together")
+    extra = None
     if args.reference_examples is not None:
-        examples = pa.concat_tables([examples, read_table(args.reference_examples, EXAMPLES)])
-        shards[REFERENCE_SHARD] = args.reference_tokens
-    store = ExampleStore(examples, shards, manifest["dtype"])
+        extra = (args.reference_examples, {REFERENCE_SHARD: args.reference_tokens})
+    store, manifest = open_store(args.examples, args.manifest, extra)
     probe_pool = np.sort(read_table(args.probe, IDS)["example_id"].to_numpy())
     if args.n_probe > probe_pool.size:
         raise ValueError(f"n_probe {args.n_probe} > probe pool {probe_pool.size}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
-from winnow.io.atomic import read_json, write_json
+from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,6 @@ def register(sub) -> None:
     p = sub.add_parser("solve", help="PMP solver: trajectory, costates, per-example contributions")
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--init", required=True, help="model.safetensors of θ0 (an HF model folder)")
     p.add_argument("--pool", required=True, help="ids the trajectory batches are drawn from")
     p.add_argument("--proxy", required=True, help="ids to score (gamma)")
@@ -35,16 +34,15 @@ def solve(args) -> None:
     import pyarrow as pa
     import torch
 
-    from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
+    from winnow.io.tables import IDS, read_table, write_table
     from winnow.methods.pds import PMPConfig
     from winnow.methods.pds import solve as run
     from winnow.models.build import load_pretrained
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    manifest = read_json(args.manifest)
-    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    store, manifest = open_store(args.examples, args.manifest)
     cfg = PMPConfig(**args.solver_config)
     pool = np.sort(read_table(args.pool, IDS)["example_id"].to_numpy())
     proxy = read_table(args.proxy, IDS)["example_id"].to_numpy()

@@ -1,4 +1,4 @@
-"""``winnow scorer ...``: fit a data scorer to labels, score the pool per shard, merge."""
+"""``winnow scorer ...``: fit a data scorer to labels, score the pool one block of shards at a time, merge."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ def register(sub) -> None:
     p = sub.add_parser("fit", help="fit the scorer to a labels table (model selection by val Spearman)")
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
     p.add_argument("--labels", required=True, help="parquet with example_id and the label column")
     p.add_argument("--label-column", required=True)
@@ -28,14 +27,13 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=fit)
 
-    p = sub.add_parser("score", help="score the ids that live in one token shard (resumable)")
+    p = sub.add_parser("score", help="score the ids that live in one block of token shards (resumable)")
     p.add_argument("--scorer", required=True, help="the scorer's model.safetensors")
     p.add_argument("--examples", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--tokens", required=True, help="tokens-{shard}.bin")
+    p.add_argument("--block", type=int, required=True, help="the block of shards (manifest's layout) to score")
     p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
-    p.add_argument("--ids", required=True, help="IDS parquet; only the ids of this shard are scored")
+    p.add_argument("--ids", required=True, help="IDS parquet; only the ids of this block are scored")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--state", required=True, help="prefix of the resume state files")
@@ -43,7 +41,7 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=score)
 
-    p = sub.add_parser("merge", help="per-shard scores → one scores table")
+    p = sub.add_parser("merge", help="per-block scores → one scores table")
     p.add_argument("--parts", nargs="+", required=True)
     p.add_argument("--out", required=True)
     add_threads(p)
@@ -84,13 +82,12 @@ def fit(args) -> None:
     import torch
 
     from winnow.data.tokenizer import load
-    from winnow.io.tables import EXAMPLES, read_table
+    from winnow.io.tables import read_table
     from winnow.scorer import fit_scorer
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
 
     torch.set_num_threads(args.threads)
-    manifest = read_json(args.manifest)
-    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    store, _ = open_store(args.examples, args.manifest)
     labels = read_table(args.labels)
     ids = labels["example_id"].to_numpy()
     y = labels[args.label_column].to_numpy().astype(np.float64)
@@ -110,21 +107,24 @@ def score(args) -> None:
     import torch
 
     from winnow.data.tokenizer import load
-    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.io.shards import block_shards
+    from winnow.io.tables import IDS, read_table
     from winnow.scorer import score_ids
-    from winnow.train.batches import ExampleStore
+    from winnow.train.batches import open_store
 
     torch.set_num_threads(args.threads)
     manifest = read_json(args.manifest)
-    store = ExampleStore(read_table(args.examples, EXAMPLES), {args.shard: args.tokens}, manifest["dtype"])
+    layout = manifest["layout"]
+    shards = block_shards(args.block, layout["shards_per_block"], layout["num_shards"])
+    store, _ = open_store(args.examples, args.manifest, only_shards=shards)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
-    ids = np.sort(ids[(ids >> 32) == args.shard])  # example_id = shard · 2**32 + index
+    ids = np.sort(ids[np.isin(ids >> 32, np.asarray(shards))])  # example_id = shard · 2**32 + index
     meta = read_json(Path(args.scorer).parent / "scorer.json")
     scorer_cfg = meta.get("config", {})
     tok_dir = Path(args.scorer).parent / "tokenizer"
     encoder, tag = None, ""
     if meta.get("inputs") == "encoder":
-        # The scorer has a tokenizer of its own: retokenize this shard's ids the same way as at fit.
+        # The scorer has a tokenizer of its own: retokenize this block's ids the same way as at fit.
         from winnow.scorer import dict_encoder, retokenize
 
         max_len = scorer_cfg.get("max_len", 128)
@@ -141,8 +141,8 @@ def score(args) -> None:
         encoder=encoder,
         tag=tag,
     )
-    log.info("scored %d ids of shard %d: %s", ids.size, args.shard, {k: v for k, v in result.items() if k != "ids"})
-    sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.tokens, args.ids])
+    log.info("scored %d ids of block %d: %s", ids.size, args.block, {k: v for k, v in result.items() if k != "ids"})
+    sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.manifest, args.ids])
 
 
 def merge(args) -> None:

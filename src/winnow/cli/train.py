@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from winnow.cli._common import add_threads, json_arg, sidecars
-from winnow.io.atomic import read_json
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,6 @@ def register(sub) -> None:
     p = sub.add_parser("lm", help="train a causal LM on exactly the ids given")
     p.add_argument("--examples", required=True, help="examples.parquet")
     p.add_argument("--manifest", required=True, help="tokenized manifest.json (dtype, seq_len)")
-    p.add_argument("--shards", nargs="+", required=True, help="tokens-{shard}.bin files")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json in an HF tokenizer folder")
     p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
     p.add_argument("--model-config", type=json_arg, required=True)
@@ -97,7 +95,7 @@ def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) 
 def lm_argv(args) -> list[str]:
     """The command line of ``args`` (``winnow [--log-level L] train lm ...``), for the relaunch."""
     argv = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
-    argv += ["train", "lm", "--examples", args.examples, "--manifest", args.manifest, "--shards", *args.shards]
+    argv += ["train", "lm", "--examples", args.examples, "--manifest", args.manifest]
     argv += ["--tokenizer", args.tokenizer, "--ids", args.ids]
     argv += ["--model-config", json.dumps(args.model_config, sort_keys=True)]
     argv += ["--train-config", json.dumps(args.train_config, sort_keys=True)]
@@ -136,17 +134,16 @@ def lm(args) -> None:
     import torch
 
     from winnow.data.tokenizer import load
-    from winnow.io.tables import EXAMPLES, IDS, read_table
+    from winnow.io.tables import IDS, read_table
     from winnow.models.build import build_model
     from winnow.provenance import path_sha256
-    from winnow.train.batches import ExampleStore, shard_paths_from
+    from winnow.train.batches import open_store
     from winnow.train.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    manifest = read_json(args.manifest)
     tok = load(Path(args.tokenizer).parent)
-    store = ExampleStore(read_table(args.examples, EXAMPLES), shard_paths_from(args.shards), manifest["dtype"])
+    store, manifest = open_store(args.examples, args.manifest)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     cfg = TrainConfig(seq_len=manifest["seq_len"], **args.train_config)
     model = build_model(args.model_config, len(tok), tok.eos_token_id, tok.pad_token_id, seed=cfg.seed)

@@ -66,15 +66,29 @@ def collate(store: ExampleStore, ids, seq_len: int, pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
-def shard_paths_from(paths) -> dict[int, str]:
-    """``[".../tokens-3.bin", ...]`` → ``{3: ".../tokens-3.bin", ...}``."""
-    out = {}
-    for p in paths:
-        name = Path(p).name
-        if not (name.startswith("tokens-") and name.endswith(".bin")):
-            raise ValueError(f"{p}: expected a tokens-<shard>.bin file")
-        out[int(name[len("tokens-") : -len(".bin")])] = str(p)
-    return out
+def open_store(
+    examples_path, manifest_path, extra: tuple | None = None, only_shards=None
+) -> tuple[ExampleStore, dict]:
+    """The store of a tokenized corpus and its manifest; the shards' files come from the manifest.
+
+    ``extra = (examples parquet, {shard: tokens file})`` adds examples that live outside the
+    corpus, in the corpus's dtype (MATES's reference set). ``only_shards`` keeps the examples and
+    files of those shards alone (a block's scoring job need not index the whole corpus).
+    """
+    from winnow.io.atomic import read_json
+    from winnow.io.shards import shard_paths
+    from winnow.io.tables import EXAMPLES, read_table
+
+    manifest = read_json(manifest_path)
+    examples, paths = read_table(examples_path, EXAMPLES), shard_paths(manifest, manifest_path)
+    if only_shards is not None:
+        keep = np.asarray(sorted(only_shards), dtype=np.int64)
+        examples = examples.filter(np.isin(examples["shard"].to_numpy(), keep))
+        paths = {s: p for s, p in paths.items() if s in set(keep.tolist())}
+    if extra is not None:
+        examples = pa.concat_tables([examples, read_table(extra[0], EXAMPLES)])
+        paths.update(extra[1])
+    return ExampleStore(examples, paths, manifest["dtype"]), manifest
 
 
 @lru_cache(maxsize=4)
