@@ -335,3 +335,27 @@ def test_empty_shard(tmp_path):
 def test_modules_are_the_ones_under_test():
     # guard against the tests silently importing an installed copy instead of src/
     assert Path(tables.__file__).resolve().parent == Path(shards.__file__).resolve().parent == SRC / "winnow" / "io"
+
+
+@pytest.mark.parametrize("n,spb", [(1, 1), (3, 2), (10, 3), (10_000, 157), (64, 64)])
+def test_blocks_tile_the_shards_once(n, spb):
+    from winnow.io.shards import block_shards, num_blocks
+
+    blocks = [block_shards(b, spb, n) for b in range(num_blocks(n, spb))]
+    assert [s for r in blocks for s in r] == list(range(n))
+    assert all(0 < len(r) <= spb for r in blocks)
+    with pytest.raises(ValueError, match="does not exist"):
+        block_shards(num_blocks(n, spb), spb, n)
+
+
+def test_shard_paths_follow_the_manifest_layout(tmp_path):
+    from winnow.io.shards import BLOCK_LAYOUT, layout_entry, shard_paths
+
+    m = {"shards": {"0": 5, "7": 2}, "layout": layout_entry(BLOCK_LAYOUT, 4, 8)}
+    root = tmp_path / "tokens"
+    assert shard_paths(m, root / "manifest.json") == {
+        0: str(root / "block-0/tokens-0.bin"),
+        7: str(root / "block-1/tokens-7.bin"),
+    }
+    # A manifest without a layout (a store written as flat files next to it)
+    assert shard_paths({"shards": {"3": 1}}, root / "manifest.json") == {3: str(root / "tokens-3.bin")}

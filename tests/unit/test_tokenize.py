@@ -321,3 +321,40 @@ def test_vectorised_path_equals_the_loop_on_the_corpus(tok):
         _assert_same(tokenize_shard(corpus, tok, shard, 2, 128), _loop_tokenize_shard(corpus, tok, shard, 2, 128))
     # an empty shard
     _assert_same(tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128), _loop_tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128))
+
+
+def test_blocks_of_shards_through_the_cli_equal_tokenize_shard(docs, tok, tok_dir, shards, tmp_path):
+    """`data tokenize` writes a block's shards exactly as tokenize_shard makes them from all docs;
+    `data merge-examples` gathers every block, and the manifest's layout leads readers to the files."""
+    from winnow.cli import main as cli
+    from winnow.io.shards import open_shard
+    from winnow.io.tables import write_table
+    from winnow.train.batches import open_store
+
+    docs_path = tmp_path / "docs.parquet"
+    write_table(docs_path, docs, DOCS)
+    common = ["--shards-per-block", "2", "--num-shards", str(NUM_SHARDS), "--seq-len", str(SEQ_LEN)]
+    blocks = [tmp_path / "tokens" / f"block-{b}" for b in (0, 1)]  # shards {0, 1} and {2}
+    for b, out in enumerate(blocks):
+        cli(["data", "tokenize", "--docs", str(docs_path), "--tokenizer", str(tok_dir / "tokenizer.json"),
+             "--block", str(b), *common, "--out", str(out)])  # fmt: skip
+    assert sorted(p.name for p in blocks[1].iterdir() if not p.name.endswith(".prov.json")) == [
+        "examples-2.parquet",
+        "tokens-2.bin",
+    ]
+    examples, manifest = tmp_path / "tokens/examples.parquet", tmp_path / "tokens/manifest.json"
+    merge = ["data", "merge-examples", "--tokenizer", str(tok_dir / "tokenizer.json"), *common]
+    cli([*merge, "--blocks", *map(str, blocks), "--out", str(examples), "--manifest", str(manifest)])
+    store, man = open_store(examples, manifest)
+    assert man["layout"] == {"tokens": "block-{block}/tokens-{shard}.bin", "shards_per_block": 2, "num_shards": 3}
+    for s, (tokens, table, _) in shards.items():
+        block = blocks[s // 2]
+        assert np.array_equal(open_shard(block / f"tokens-{s}.bin", man["dtype"]), tokens)
+        assert pq.read_table(block / f"examples-{s}.parquet").equals(table)
+        for eid, off, n in zip(*(table[c].to_pylist() for c in ("example_id", "offset", "length")), strict=True):
+            assert np.array_equal(store.get(eid)[0], tokens[off : off + n])
+    # A block store keeps only its shards' examples (a scoring job of one block).
+    part, _ = open_store(examples, manifest, only_shards=range(2, 3))
+    assert set(part.shards) == {2} and set(part.cols["shard"].tolist()) == {2}
+    with pytest.raises(ValueError, match="must name blocks 0..1"):
+        cli([*merge, "--blocks", str(blocks[0]), "--out", str(examples), "--manifest", str(manifest)])

@@ -75,3 +75,19 @@ def test_unequal_budgets_fail_at_parse_time_naming_the_keys(tmp_path):
     proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
     assert proc.returncode != 0
     assert "select.{random,pds,mates_pool,less_pool}.ratio must be equal" in proc.stdout + proc.stderr
+
+
+def test_less_arm_features_are_stored_one_file_per_block(tiny_all_finished):
+    """tiny: 3 shards, 2 a block → pool-0.npy holds the proxy ids of shards 0-1, pool-1.npy of shard 2."""
+    from winnow.methods.less import read_features
+
+    work, _ = tiny_all_finished
+    proxy = _ids(work / R / "subsets/pds_proxy/ids.parquet")
+    for epoch in (1, 2):
+        seen = []
+        for block in (0, 1):
+            _, ids = read_features(work / R / f"bakeoff/less_pool/features/epoch-{epoch}/pool-{block}.npy", {})
+            assert all((int(i) >> 32) // 2 == block for i in ids), (epoch, block)
+            seen += ids.tolist()
+        assert sorted(seen) == sorted(proxy) and len(seen) == len(proxy)
+        assert not (work / R / f"bakeoff/less_pool/features/epoch-{epoch}/pool-2.npy").exists()
