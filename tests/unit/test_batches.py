@@ -96,6 +96,23 @@ def test_store_get(store):
         store.get(99)
 
 
+def test_store_lookup_is_by_id_in_any_row_order(tmp_path, store):
+    """The id lookup (sorted ids + searchsorted) equals a dict over the rows, whatever their order;
+    ids between, below and above the stored ones are missing; a repeated id is refused."""
+    table = pa.table({k: store.cols[k].tolist() for k in store.cols})
+    perm = np.random.default_rng(0).permutation(table.num_rows)
+    shuffled = ExampleStore(table.take(perm), {0: tmp_path / "tokens-0.bin", 1: tmp_path / "tokens-1.bin"}, "<u2")
+    for eid in store.cols["example_id"].tolist():
+        assert [a.tolist() if hasattr(a, "tolist") else a for a in shuffled.get(eid)] == [
+            a.tolist() if hasattr(a, "tolist") else a for a in store.get(eid)
+        ]
+    for missing in (-1, 2**32 - 1, 2**32 + 10**6, 2**40):
+        with pytest.raises(KeyError):
+            shuffled.get(missing)
+    with pytest.raises(ValueError, match="more than once"):
+        ExampleStore(pa.concat_tables([table, table.slice(0, 1)]), {}, "<u2")
+
+
 def test_store_missing_shard(tmp_path, store):
     partial = ExampleStore(
         pa.table({k: store.cols[k].tolist() for k in store.cols}), {0: tmp_path / "tokens-0.bin"}, "<u2"
