@@ -37,6 +37,13 @@ NUM_SHARDS = config["tokenize"]["num_shards"]
 # Jobs work on blocks of shards (tokenize, score_pool), so the DAG grows with blocks, not shards.
 SHARDS_PER_BLOCK = config["tokenize"].get("shards_per_block") or -(-NUM_SHARDS // 64)
 BLOCKS = list(range(num_blocks(NUM_SHARDS, SHARDS_PER_BLOCK)))
+# Jobs that gather every block (merge_examples, merge_scores) name each one on their command line;
+# past ~1,000 blocks that line nears the kernel's 128 KiB limit on one argument.
+if len(BLOCKS) > 1000:
+    raise ValueError(
+        f"config key tokenize.shards_per_block: {SHARDS_PER_BLOCK} makes {len(BLOCKS)} blocks of"
+        f" {NUM_SHARDS} shards; at most 1000 are allowed (set it to ≥ {-(-NUM_SHARDS // 1000)})"
+    )
 # CPU threads of each training / evaluation job (Slurm: cpus_per_task). Training is compute-bound
 # (2 threads ≈ 1.8× one on the default model); evaluations are short and mostly start-up, so one
 # thread each lets two of them run side by side.

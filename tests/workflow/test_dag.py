@@ -236,3 +236,13 @@ def test_a_local_target_file_is_an_input_with_split_target(tmp_path: Path):
     proc = smk(work, write_config(tmp_path / "t.yaml", cfg), "-n", "-p")
     assert planned_jobs(proc) == ALL_JOBS
     assert '--input-options \'{"' in proc.stdout and '"split":"target"' in proc.stdout
+
+
+def test_too_many_blocks_fail_at_parse_time_naming_the_key(tmp_path: Path):
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["tokenize"] = {"seq_len": 64, "num_shards": 5000, "shards_per_block": 1}
+    proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "tokenize.shards_per_block" in proc.stdout + proc.stderr and "set it to ≥ 5" in proc.stdout + proc.stderr
