@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from _rows import H100_BF16_PEAK, fmt, print_table, row, write_rows  # noqa: F401 (re-exported)
 
 
 def sync(device: torch.device) -> None:
@@ -117,70 +118,3 @@ def write_result(name: str, result: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def print_table(rows: list[dict]) -> None:
-    """figure | ours | reference | ratio | limit — the one table every benchmark prints."""
-    cols = ["figure", "ours", "reference", "ratio", "limit"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
-
-
-def fmt(v) -> str:
-    """Numbers to 4 significant digits, None as an empty cell."""
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-# ---------------------------------------------------------------------------------------------
-# the rows convention shared by every benchmark (benchmarks/run.py prints them as one table)
-
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet (the H200's is the same)
-
-
-def row(
-    figure: str,
-    ours: float,
-    reference: float | None = None,
-    limit: float | str | None = None,
-    unit: str = "",
-    target: str = "",
-    met: bool | None = None,
-    ratio: float | None = None,
-) -> dict:
-    """One table row; ``ratio`` defaults to ours / reference when both are numbers."""
-    if ratio is None and isinstance(reference, (int, float)) and reference:
-        ratio = float(ours) / float(reference)
-    return {
-        "figure": figure,
-        "ours": float(ours),
-        "reference": None if reference is None else float(reference),
-        "ratio": None if ratio is None else float(ratio),
-        "limit": limit,
-        "unit": unit,
-        "target": target,
-        "met": met,
-    }
-
-
-def write_rows(
-    path: str | os.PathLike | None, bench: str, env: dict, rows: list[dict], extra: dict | None = None
-) -> None:
-    """``{"bench", "env", "command", "rows"}`` (+ ``extra`` under "details") to ``path`` (None: nothing)."""
-    if not path:
-        return
-    import sys
-
-    doc = {"bench": bench, "env": env, "command": " ".join(["python"] + sys.argv), "rows": rows}
-    if extra is not None:
-        doc["details"] = extra
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")

@@ -23,9 +23,7 @@ the dry run, which must say "Nothing to be done".
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -37,6 +35,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _rows import package_env, row, write_rows  # noqa: E402
+
 TEN_K = 10_000
 SCORERS = 7  # pds, mates_s{0,1}_k{1,2}, mates_pool, less_pool in the default config
 CORPUS_READERS = 200  # jobs that read the corpus through its manifest (train_lm, eval_ppl, ...)
@@ -198,33 +199,6 @@ def parse_only(tmp: Path, cfg: dict, repeat: int) -> tuple[float, list[float]]:
     return t, times
 
 
-def environment() -> dict:
-    import importlib.metadata as md
-
-    env = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
-    for name in ("snakemake", "tokenizers", "pyyaml"):
-        try:
-            env[name] = md.version(name)
-        except md.PackageNotFoundError:
-            env[name] = None
-    env["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return env
-
-
-def row(figure, ours, reference, limit, unit, target, met) -> dict:
-    ratio = ours / reference if reference else None
-    return {
-        "figure": figure,
-        "ours": round(ours, 3),
-        "reference": round(reference, 3) if reference is not None else None,
-        "ratio": round(ratio, 3) if ratio is not None else None,
-        "limit": limit,
-        "unit": unit,
-        "target": target,
-        "met": met,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the result here")
@@ -263,18 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(
             row(f"dry run of a finished workflow ({name}, {n_files} outputs)", t, None, 5, "s", "< 5 s", bool(t < 5))
         )
-    result = {
-        "bench": "dag",
-        "env": environment(),
-        "command": " ".join(["python", "benchmarks/bench_dag.py", *(argv if argv is not None else sys.argv[1:])]),
-        "rows": rows,
-        "detail": detail,
-    }
+    result = write_rows(args.json, "dag", package_env("snakemake", "tokenizers", "pyyaml"), rows, detail)
     for r in rows:
-        print(f"{r['figure']}: ours {r['ours']} {r['unit']}, reference {r['reference']}, ratio {r['ratio']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{r['figure']}: ours {r['ours']:.3g} {r['unit']}, reference {r['reference']}, ratio {r['ratio']}")
     return result
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _rows import package_env, row, write_rows  # noqa: E402
+
 CORPUS = ROOT / "data" / "default_corpus" / "corpus.parquet"
 SEQ_LEN = 128  # config/config.yaml tokenize.seq_len
 
@@ -91,19 +93,6 @@ def run_child(threads: int, tok_dir: Path, max_mb: float | None, repeat: int) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def environment() -> dict:
-    import importlib.metadata as md
-
-    env = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
-    for name in ("tokenizers", "transformers", "snakemake", "pyarrow", "numpy"):
-        try:
-            env[name] = md.version(name)
-        except md.PackageNotFoundError:
-            env[name] = None
-    env["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return env
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the result here")
@@ -157,29 +146,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     for r in results:
         ours, ref = r["mb"] / r["ours_s"], r["mb"] / r["ref_s"]
         rows.append(
-            {
-                "figure": f"tokenize {r['mb']:.1f} MB ({r['docs']} docs), {r['threads']} thread(s), MB/s",
-                "ours": round(ours, 3),
-                "reference": round(ref, 3),
-                "ratio": round(ours / ref, 3),
-                "limit": round(ref, 3),
-                "unit": "MB/s",
-                "target": "ours close to tokenizers' encode_batch (the ceiling)",
-                "met": bool(ours / ref >= 0.8),
-            }
+            row(
+                f"tokenize {r['mb']:.1f} MB ({r['docs']} docs), {r['threads']} thread(s), MB/s",
+                ours,
+                ref,
+                limit=round(ref, 3),
+                unit="MB/s",
+                target="ours close to tokenizers' encode_batch (the ceiling)",
+                met=bool(ours / ref >= 0.8),
+            )
         )
-    result = {
-        "bench": "tokenize",
-        "env": environment(),
-        "command": " ".join(["python", "benchmarks/bench_tokenize.py", *(argv if argv is not None else sys.argv[1:])]),
-        "rows": rows,
-        "detail": {"tokenizer_train_s": train_s, "vocab_size": vocab, "seq_len": SEQ_LEN, "runs": results},
-    }
-    for row in rows:
-        print(f"{row['figure']}: ours {row['ours']} reference {row['reference']} ratio {row['ratio']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    detail = {"tokenizer_train_s": train_s, "vocab_size": vocab, "seq_len": SEQ_LEN, "runs": results}
+    env = package_env("tokenizers", "transformers", "snakemake", "pyarrow", "numpy")
+    result = write_rows(args.json, "tokenize", env, rows, detail)
+    for r in rows:
+        print(f"{r['figure']}: ours {r['ours']:.3g} reference {r['reference']:.3g} ratio {r['ratio']:.3f}")
     return result
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import fmt  # noqa: E402
+from _rows import fmt  # noqa: E402
 
 # name, needs a GPU for its full-size run, its smoke-mode flag (None: the script has none)
 BENCHES = [

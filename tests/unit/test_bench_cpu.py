@@ -51,5 +51,5 @@ def test_bench_tokenize_quick(tmp_path):
     result = _run("tokenize", tmp_path)
     _check(result, "tokenize")
     assert all(r["reference"] and r["ratio"] for r in result["rows"])
-    run = result["detail"]["runs"][0]
+    run = result["details"]["runs"][0]
     assert run["tokens_ours"] > 0 and run["tokens_ref"] > 0
