@@ -90,8 +90,9 @@ def write_table(path: str | os.PathLike, table: pa.Table, schema: pa.Schema) -> 
         pq.write_table(table, tmp, compression="zstd")
 
 
-def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
-    table = pq.read_table(path)
+def read_table(path: str | os.PathLike, schema: pa.Schema | None = None, filters=None) -> pa.Table:
+    """``filters`` (pyarrow's DNF list) skips row groups whose statistics rule them out."""
+    table = pq.read_table(path, filters=filters)
     if schema is not None:
         check_schema(table, schema, str(path))
     return table

@@ -93,11 +93,14 @@ def open_store(
     from winnow.io.tables import EXAMPLES, read_table
 
     manifest = read_json(manifest_path)
-    examples, paths = read_table(examples_path, EXAMPLES), shard_paths(manifest, manifest_path)
-    if only_shards is not None:
-        keep = np.asarray(sorted(only_shards), dtype=np.int64)
-        examples = examples.filter(np.isin(examples["shard"].to_numpy(), keep))
-        paths = {s: p for s, p in paths.items() if s in set(keep.tolist())}
+    paths = shard_paths(manifest, manifest_path)
+    if only_shards is None:
+        examples = read_table(examples_path, EXAMPLES)
+    else:
+        # The table is sorted by example_id, so by shard: a block's rows sit in few row groups.
+        keep = sorted(int(s) for s in only_shards)
+        examples = read_table(examples_path, EXAMPLES, filters=[("shard", "in", keep)])
+        paths = {s: p for s, p in paths.items() if s in set(keep)}
     if extra is not None:
         examples = pa.concat_tables([examples, read_table(extra[0], EXAMPLES)])
         paths.update(extra[1])
