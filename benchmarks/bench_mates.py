@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (a shared 2-core box: 1)")
     ap.add_argument("--no-tf32", action="store_true", help="full fp32 matmuls (for the fp32 agreement run)")
     ap.add_argument("--ref-mode", default="loop", choices=["vmap", "loop"], help="(b)'s reference_mode")
+    ap.add_argument("--compile", action="store_true", help="(b) with OracleConfig.compile (CUDA)")
+    ap.add_argument("--grad-mode", default="vmap", choices=["vmap", "loop"], help="(b)'s grad_mode")
     ap.add_argument("--profile", action="store_true", help="time one chunk of (b) per K and reference mode, exit")
     ap.add_argument("--profile-table", action="store_true", help="with --profile: also the top kernels (first)")
     ap.add_argument("--quick", action="store_true", help="= --tiny --cpu (the smoke run benchmarks/run.py uses)")
@@ -209,7 +211,12 @@ def main() -> None:
     state = load_state(ckpt, model)
     assert state.config.lr == 1e-3 and all(s == 2.0 for s in state.step.values())
     cfg = replace(
-        state.config, reference_batch_size=args.ref_batch, amp="bf16" if amp else None, reference_mode=args.ref_mode
+        state.config,
+        reference_batch_size=args.ref_batch,
+        amp="bf16" if amp else None,
+        reference_mode=args.ref_mode,
+        compile=args.compile,
+        grad_mode=args.grad_mode,
     )
 
     cands = sequences(max(n_b, n_a, n_c), seq, vocab, seed=1)
@@ -379,13 +386,17 @@ def main() -> None:
         if key.startswith("b_batched") and not v.get("oom")
     )
     full = results["b_full_head"]
+    phases = {a: round(b * 1000 / n_b, 2) for a, b in res_b.timings.items() if a.endswith("_s")}
+    print(f"best K={k_best} (compile={args.compile}, grads {args.grad_mode}): ms/candidate {phases}")
     print(f"batched per K: {per_k}; full head: " + ("out of memory" if full.get("oom") else f"{full['rate']:.2f}/s"))
     print(f"wrote {path}; {result['environment']['device']}, {n_params / 1e6:.1f}M params, {dtype_name}")
     on_gpu = device.type == "cuda"
     diff = agree["b_vs_a_max_abs_diff_delta"]
     rows = [
         row(
-            f"MATES exact oracle candidates/s, batched K={k_best} vs reload-per-candidate loop",
+            f"MATES exact oracle candidates/s, batched K={k_best}"
+            + (f" (compiled, grads {args.grad_mode})" if args.compile else "")
+            + " vs reload-per-candidate loop",
             rate_b,
             rate_a,
             limit=None,

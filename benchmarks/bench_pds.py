@@ -74,6 +74,79 @@ def loop_contributions(model, b: dict, lam_flat: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def workflow_contributions(args, model, params, lam, lam_flat, cfg, seq, device, reps) -> dict:
+    """Time ``winnow.methods.pds._contributions`` as ``solve`` runs it, for each precision."""
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+
+    from winnow.io.shards import token_dtype, write_shard
+    from winnow.io.tables import EXAMPLES
+    from winnow.methods.pds import PMPConfig, _contributions, _CudaJVP, _Data
+    from winnow.train.batches import ExampleStore
+
+    n = args.workflow_n
+    tmp = tempfile.TemporaryDirectory(prefix="bench_pds_")
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(2, cfg["vocab_size"], size=n * seq)
+    dtype = token_dtype(cfg["vocab_size"])
+    write_shard(Path(tmp.name) / "tokens-0.bin", tokens, dtype)
+    ids = np.arange(n, dtype=np.int64)
+    table = pa.table(
+        {
+            "example_id": ids,
+            "doc_id": [f"d{i}" for i in range(n)],
+            "shard": np.zeros(n, dtype=np.int32),
+            "offset": np.arange(n, dtype=np.int64) * seq,
+            "length": np.full(n, seq, dtype=np.int32),
+            "loss_start": np.zeros(n, dtype=np.int32),
+            "loss_end": np.full(n, seq, dtype=np.int32),
+            "domain": ["x"] * n,
+            "split": ["train"] * n,
+        },
+        schema=EXAMPLES,
+    )
+    data = _Data(ExampleStore(table, {0: Path(tmp.name) / "tokens-0.bin"}, dtype.str), seq, 0)
+    out = {}
+    with torch.autocast(device.type, enabled=False):
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # the workflow never turns TF32 on
+        looped = [b for _, b in data.chunks(ids[: args.loop], args.loop)][0]
+        looped = {k: v.to(device) for k, v in looped.items()}
+        for prec in args.workflow_precision.split(","):
+            pcfg = PMPConfig(lr=1.0, proxy_batch_size=args.workflow_micro, contribution_precision=prec)
+            on_gpu = device.type == "cuda"
+            try:
+                jvp = _CudaJVP(pcfg) if on_gpu else None
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+                    ref = loop_contributions(model, looped, lam_flat).double()
+
+                def run(jvp=jvp, pcfg=pcfg):
+                    return _contributions(model, params, lam, ids, pcfg, data, jvp)
+
+                t_first = time_fn(run, device, warmup=0, repeat=1)["median_s"]  # includes compiling
+                vals = torch.from_numpy(run()[: args.loop]).to(ref.device)
+                err = float((vals - ref).norm() / ref.norm())
+                t = time_fn(run, device, warmup=0, repeat=min(reps, 3))
+                out[prec] = {
+                    "s": t["median_s"],
+                    "s_per_1024": t["median_s"] * 1024 / n,
+                    "first_call_s": t_first,
+                    "rel_err": err,
+                    "micro": args.workflow_micro,
+                    "n": n,
+                    "timing": t,
+                    "compiled": on_gpu and jvp.fn is not loss_jvp,  # False: fell back to eager
+                }
+            except Exception as exc:
+                out[prec] = {"error": repr(exc)[:500]}
+            print("workflow", prec, {k: v for k, v in out[prec].items() if k != "timing"}, flush=True)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    tmp.cleanup()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="small model (CPU smoke run)")
@@ -87,11 +160,16 @@ def main() -> None:
     ap.add_argument("--loop", type=int, default=16, help="examples timed with the per-example loop")
     ap.add_argument("--batch", type=int, default=16, help="trajectory / training batch")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--workflow", action="store_true", help="also time winnow.methods.pds._contributions")
+    ap.add_argument("--workflow-n", type=int, default=1024, help="proxy examples of the workflow pass")
+    ap.add_argument("--workflow-micro", type=int, default=64, help="proxy_batch_size of the workflow pass")
+    ap.add_argument("--workflow-precision", default="bf16,model", help="contribution_precision values")
     args = ap.parse_args()
     if args.quick:
         args.tiny, args.cpu = True, True
         args.seq, args.proxy, args.loop, args.batch = 64, 8, 4, 4
         args.micro, args.dtype = "4", "fp32"
+        args.workflow, args.workflow_n, args.workflow_micro = True, 8, 4
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     # bf16 = fp32 parameters under bf16 autocast (mixed precision, as training runs): pure-bf16
     # parameters break forward-mode AD through CUDA layer norm (its primal comes back fp32).
@@ -145,6 +223,13 @@ def main() -> None:
     best_key = max(ok, key=lambda k: ok[k]["rate"])
     jvp_rate, rel_err, t_jvp = ok[best_key]["rate"], ok[best_key]["rel_err"], ok[best_key]["timing"]
 
+    # 1b. the workflow's own contribution pass (winnow.methods.pds._contributions: collate from an
+    # ExampleStore, micro-batches of proxy_batch_size, the CUDA JVP wrapper), outside the global
+    # autocast, per contribution_precision; checked against the per-example loop in that precision.
+    workflow: dict = {}
+    if args.workflow:
+        workflow = workflow_contributions(args, model, params, lam, lam_flat, cfg, seq, device, reps)
+
     # 2. one solver backward step vs one AdamW training step on the same batch.
     traj = batch(args.batch, seq, cfg["vocab_size"], device, seed=3)
     target = batch(args.batch, seq, cfg["vocab_size"], device, seed=4)
@@ -181,6 +266,7 @@ def main() -> None:
             "variants": variants,
             "looped": args.loop,
         },
+        "workflow_contributions": workflow,
         "solver_vs_train_step": {
             "solver_step": t_solver,
             "train_step": t_train,
@@ -233,6 +319,21 @@ def main() -> None:
             target="(information; floor ≈ 4-5 training steps)",
         ),
     ]
+    for key, w in workflow.items():
+        if "s_per_1024" not in w:
+            continue
+        rows.append(
+            row(
+                f"PDS workflow _contributions ({key}), s for 1024 × {seq} tokens",
+                w["s_per_1024"],
+                1024 / loop_rate,
+                ratio=1024 / loop_rate / w["s_per_1024"],
+                limit="0.4 (H100 FLOP floor)" if on_gpu else None,
+                unit="s",
+                target=f"≤ 1.5 s on an H100; rel. err vs loop {w['rel_err']:.1e}",
+                met=(w["s_per_1024"] <= 1.5) if on_gpu else None,
+            )
+        )
     write_rows(args.json, "pds", result["environment"], rows, result)
 
 

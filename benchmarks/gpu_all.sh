@@ -9,7 +9,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 benches=${*:-train scorer pds less mates}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 for b in $benches; do
+  script=$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//")
   case $b in
+    # session 4 (H200): the workflow paths
+    matesC) script=mates; args="--k 16,32 --compile --grad-mode loop" ;;
+    matesCv) script=mates; args="--k 16 --compile --grad-mode vmap" ;;
+    pdsW) script=pds; args="--proxy 64 --micro 64 --loop 8 --workflow --workflow-precision bf16,model" ;;
+    lessB128) script=less; args="--batch 128 --project-batch 512 --n 512 --repeat 1" ;;
     train) args="" ;;
     scorer) args="--batches 8" ;;
     train16) args="--skip-eager --micro-fast 16" ;;
@@ -25,7 +31,7 @@ for b in $benches; do
   echo "== $b $args"
   start=$(date +%s)
   # the scripts' own full JSON (write_result) goes to /tmp: the rows document holds it under "details"
-  OUT=/tmp/bench_raw python3 benchmarks/bench_$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//").py $args --json "$OUT/$b.json" 2>&1 | grep -v "^W[0-9]" | tail -40
+  OUT=/tmp/bench_raw python3 benchmarks/bench_$script.py $args --json "$OUT/$b.json" 2>&1 | grep -v "^W[0-9]" | tail -40
   echo "== $b done in $(( $(date +%s) - start )) s"
 done
 python3 benchmarks/run.py --help >/dev/null && python3 - "$OUT" <<'PY'

@@ -232,9 +232,17 @@ class ScorerModel(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(hidden_size, 1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``input_ids``/``attention_mask`` ``(b, t)`` (right-padded) → scores ``(b,)`` float32."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, backbone_mask: bool = True
+    ) -> torch.Tensor:
+        """``input_ids``/``attention_mask`` ``(b, t)`` (right-padded) → scores ``(b,)`` float32.
+
+        ``backbone_mask=False``: the backbone runs without the padding mask, which is redundant
+        for a causal backbone with right padding (:data:`CAUSAL_BACKBONES`); pooling still uses it.
+        """
+        out = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask if backbone_mask else None, use_cache=False
+        )
         h = out.last_hidden_state.float()  # (b, t, d)
         mask = attention_mask.to(h.dtype)
         if self.pooling == "mean":
@@ -548,6 +556,82 @@ def _predict_batch(
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         out = model(input_ids.to(device), attention.to(device))
     return out.float().cpu().numpy().astype(np.float32)
+
+
+# Backbones whose position ids are 0..t−1 whatever the mask and whose attention is causal: with
+# right padding a real token never attends a pad, so their outputs at real positions do not depend
+# on the padding mask, and without it SDPA runs its fused causal kernels.
+CAUSAL_BACKBONES = ("gpt_neox", "llama", "mistral", "qwen2", "qwen3")
+
+
+class _CudaScorer:
+    """``score_ids``' CUDA path: the same scores as :func:`_predict_batch` up to bf16 rounding.
+
+    bf16 backbone weights (the head and pooling stay fp32), no padding mask for causal backbones,
+    ``torch.compile`` (dynamic=False) on shapes bucketed to (batch_size, a power of two ≥ 64 capped
+    at max_len) so that a pool compiles a handful of graphs, inputs through pinned memory, and the
+    scores copied back asynchronously: the host pads batch i+1 while the device runs batch i.
+    Extra rows (the last batch) are one attended pad token; their scores are dropped.
+    """
+
+    def __init__(self, model: ScorerModel, batch_size: int, max_len: int, compile: bool = True):
+        self.model = model
+        model.backbone.to(torch.bfloat16)
+        self.batch_size, self.max_len, self.compile = batch_size, max_len, compile
+        self.causal = getattr(model.backbone.config, "model_type", None) in CAUSAL_BACKBONES
+        self.device = next(model.parameters()).device
+        self.fwd = torch.compile(self._forward, dynamic=False) if compile else self._forward
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, backbone_mask=not self.causal)
+
+    def _shape(self, t: int) -> int:
+        if not self.compile:
+            return t
+        return min(max(64, 1 << (t - 1).bit_length()), max(self.max_len, t))
+
+    def launch(self, seqs: list, pad_id: int):
+        n = len(seqs)
+        ids, attn = pad_batch(seqs, pad_id, self.max_len)
+        rows, t = (self.batch_size if self.compile else n), self._shape(ids.shape[1])
+        if (rows, t) != tuple(ids.shape):
+            full_ids = torch.full((max(rows, n), t), pad_id, dtype=ids.dtype)
+            full_attn = torch.zeros((max(rows, n), t), dtype=attn.dtype)
+            full_ids[:n, : ids.shape[1]], full_attn[:n, : attn.shape[1]] = ids, attn
+            full_attn[n:, 0] = 1
+            ids, attn = full_ids, full_attn
+        ids, attn = ids.pin_memory(), attn.pin_memory()
+        with torch.no_grad():
+            out = self.fwd(ids.to(self.device, non_blocking=True), attn.to(self.device, non_blocking=True))
+        host = torch.empty(n, dtype=torch.float32, pin_memory=True)
+        host.copy_(out[:n].float(), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done, (ids, attn)  # the pinned inputs live until the copy has run
+
+    @staticmethod
+    def fetch(handle) -> np.ndarray:
+        host, done, _ = handle
+        done.synchronize()
+        return host.numpy().astype(np.float32)
+
+
+def _scored_batches(model, encoder, ids, start, batch_size, pad_id, max_len, device, use_bf16, fast):
+    """Scores of the consecutive batches ``ids[start:]``, one array each, in order."""
+    if fast is None:
+        for i in range(start, len(ids), batch_size):
+            yield _predict_batch(
+                model, [encoder(e) for e in ids[i : i + batch_size]], pad_id, max_len, device, use_bf16
+            )
+        return
+    inflight = None
+    for i in range(start, len(ids), batch_size):
+        nxt = fast.launch([encoder(e) for e in ids[i : i + batch_size]], pad_id)
+        if inflight is not None:
+            yield fast.fetch(inflight)
+        inflight = nxt
+    if inflight is not None:
+        yield fast.fetch(inflight)
 
 
 def predict(
@@ -872,6 +956,7 @@ def score_ids(
     encoder: Encoder | None = None,
     tag: str = "",
     log_every_s: float = 10.0,
+    compile: bool | None = None,
 ) -> dict:
     """Score ``ids`` with a fitted scorer; write SCORES parquet (example_id int64, score float32).
 
@@ -885,6 +970,9 @@ def score_ids(
     ids, the weights' sha256, batch size, max_len, device type and ``tag`` (name any custom
     ``encoder`` there, e.g. the retokenized table's hash); a state with another fingerprint is
     discarded, never mixed. Parts and state are removed once ``out_path`` is written.
+
+    On CUDA the batches run through :class:`_CudaScorer` (bf16 weights, ``compile``: None = on);
+    the CPU path is :func:`_predict_batch` (fp32).
 
     Returns: ``{"n", "resumed_at", "wall_s", "examples_per_s", "units", "label_norm"}``.
     """
@@ -909,6 +997,8 @@ def score_ids(
     fp.update(ids.tobytes())
     fp.update(_file_sha256(model_dir / "model.safetensors").encode())
     fp.update(f"{batch_size}|{max_len}|{device.type}|{tag}".encode())
+    if device.type == "cuda":  # compiled and eager kernels round differently: never mix their parts
+        fp.update(f"|compile={compile is not False}".encode())
     fingerprint = fp.hexdigest()[:32]
 
     parts: list[np.ndarray] = []
@@ -940,11 +1030,11 @@ def score_ids(
     pending: list[np.ndarray] = []
     pending_from = start
     n_batches = 0
-    for i in range(start, len(ids), batch_size):
-        batch = ids[i : i + batch_size]
-        pending.append(_predict_batch(model, [encoder(e) for e in batch], pad_id, max_len, device, use_bf16))
+    fast = _CudaScorer(model, batch_size, max_len, compile is not False) if device.type == "cuda" else None
+    for scores in _scored_batches(model, encoder, ids, start, batch_size, pad_id, max_len, device, use_bf16, fast):
+        pending.append(scores)
         n_batches += 1
-        prog.update(len(batch))
+        prog.update(len(scores))
         if state_path is not None and n_batches % flush_every == 0:
             _flush(state_path, ids, parts, pending, pending_from, fingerprint)
             pending_from += sum(len(p) for p in pending)

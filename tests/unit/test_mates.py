@@ -321,3 +321,28 @@ def test_load_state_reads_a_trainer_checkpoint(tmp_path):
     disk = sequential_oracle(fresh, state, x, refs, cfg, reload_dir=ckpt)
     np.testing.assert_array_equal(mem.ref_loss_after, disk.ref_loss_after)
     np.testing.assert_allclose(mem.ref_loss_after, seq.ref_loss_after[:3], rtol=1e-12)
+
+
+def test_cuda_fast_paths_compute_the_same_function(setup, monkeypatch):
+    """The compiled CUDA paths (``cfg.compile``), run here uncompiled on the CPU: the per-candidate
+    reverse-mode loop equals vmap's gradients and the fused update equals :func:`adamw_update`
+    (the compiled kernels on the GPU are checked against the sequential probe by bench_mates)."""
+    from winnow.methods import mates
+
+    monkeypatch.setattr(mates, "_single_loss_compiled", mates._single_loss)
+    monkeypatch.setattr(mates, "_adamw_one_compiled", mates._adamw_one)
+    model, state, cands = setup["model"], setup["state"], setup["cands"]
+    cfg = replace(setup["cfg"], grad_mode="loop", compile=True)
+    tol = 1e-5 if setup["dtype"] == torch.float32 else 1e-12
+    functional_model(model)
+    try:
+        want = candidate_grads(model, state.params, cands, replace(cfg, compile=False, grad_mode="vmap"))
+        got = mates._loop_grads_compiled(model, state.params, cands, cfg)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=tol, atol=tol), name
+    fused = mates._adamw_update_fused(state, {k: v.clone() for k, v in want.items()}, cfg, clip=True)
+    plain = adamw_update(state, {k: v.clone() for k, v in want.items()}, replace(cfg, compile=False))
+    for name in plain:
+        assert torch.allclose(fused[name], plain[name], rtol=tol, atol=tol * 1e-2), name

@@ -124,6 +124,9 @@ class OracleConfig:
     # fused causal kernels for right-padded rows); None: the eager attention the gradients use
     reference_attention: str | None = "sdpa"
     amp: str | None = None  # None: the model's dtype; "bf16": bf16 autocast (fp32 master params)
+    # CUDA only (ignored elsewhere): torch.compile the reference forward and fuse the AdamW update
+    # into one kernel per tensor. Same function; results differ from eager by rounding only.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives lists
@@ -551,6 +554,8 @@ def adamw_update(state: ProbeState, grads: Params, cfg: OracleConfig | None = No
     the per-candidate global-norm clip of ``cfg.grad_clip``. θ, m, v in ``state`` are not written.
     """
     cfg = state.config if cfg is None else cfg
+    if cfg.compile and grads and next(iter(grads.values())).is_cuda:
+        return _adamw_update_fused(state, grads, cfg, clip)
     if clip:
         clip_gradients_(grads, cfg.grad_clip)
     out: Params = {}
@@ -565,6 +570,52 @@ def adamw_update(state: ProbeState, grads: Params, cfg: OracleConfig | None = No
         # torch: param.addcdiv_(exp_avg, denom, value=-step_size) on the decayed param
         out[name] = torch.addcdiv(base, m_new, denom, value=-step_size)
         del m_new, denom
+    return out
+
+
+def _adamw_one(theta, exp_avg, exp_avg_sq, g, coef, beta1, beta2, bias2_sqrt, eps, step_size, decay):
+    # the ops of clip_gradients_ + adamw_displacement_parts + addcdiv, in the same order, so that
+    # inductor emits one elementwise kernel: the K×|θ| intermediates (m', v', denom) never reach
+    # memory, which is most of the eager update's time
+    if coef is not None:
+        g = g * coef.view(-1, *([1] * (g.ndim - 1))).to(g.dtype)
+    m_new = torch.lerp(exp_avg.expand_as(g), g, 1 - beta1)
+    v_new = torch.addcmul(exp_avg_sq * beta2, g, g, value=1 - beta2)
+    denom = v_new.sqrt().div(bias2_sqrt).add(eps)
+    base = theta * decay if decay != 1 else theta
+    return torch.addcdiv(base, m_new, denom, value=-step_size)
+
+
+_adamw_one_compiled = None
+
+
+def _adamw_update_fused(state: ProbeState, grads: Params, cfg: OracleConfig, clip: bool) -> Params:
+    """:func:`adamw_update` with the per-tensor update compiled into one kernel (CUDA)."""
+    global _adamw_one_compiled
+    if _adamw_one_compiled is None:
+        _adamw_one_compiled = torch.compile(_adamw_one, dynamic=True)
+    coef = clip_coefficients(grads, cfg.grad_clip) if clip else None
+    beta1, beta2 = cfg.betas
+    out: Params = {}
+    for name in list(grads):
+        g = grads.pop(name)
+        theta = state.params[name]
+        s = state.step[name] + 1.0
+        wd = cfg.weight_decay if theta.ndim >= 2 else 0.0
+        out[name] = _adamw_one_compiled(
+            theta,
+            state.exp_avg[name],
+            state.exp_avg_sq[name],
+            g,
+            coef,
+            beta1,
+            beta2,
+            (1 - beta2**s) ** 0.5,
+            cfg.eps,
+            cfg.lr / (1 - beta1**s),
+            1 - cfg.lr * wd,
+        )
+        del g
     return out
 
 
@@ -595,6 +646,8 @@ def candidate_grads(model: torch.nn.Module, params: Params, batch: Batch, cfg: O
     oracles switch the model themselves).
     """
     device = next(iter(params.values())).device
+    if cfg.compile and cfg.grad_mode == "loop" and device.type == "cuda":
+        return _loop_grads_compiled(model, params, batch, cfg)
     with _amp(cfg, device):
         if cfg.grad_mode == "vmap":
             return per_example_grads(model, params, batch)
@@ -603,6 +656,35 @@ def candidate_grads(model: torch.nn.Module, params: Params, batch: Batch, cfg: O
             x = _slice(batch, i, i + 1)
             gs.append(grad(lambda p, x=x: per_example_loss(model, p, x)[0])(params))
     return {k: torch.stack([g[k] for g in gs]) for k in params}
+
+
+def _single_loss(model: torch.nn.Module, params: Params, batch: Batch) -> torch.Tensor:
+    return per_example_loss(model, params, batch)[0]
+
+
+_single_loss_compiled = None
+
+
+def _loop_grads_compiled(model: torch.nn.Module, params: Params, batch: Batch, cfg: OracleConfig) -> Params:
+    """``grad_mode="loop"`` with ``cfg.compile`` on CUDA: one ordinary reverse pass per candidate.
+
+    The vmapped gradient needs eager attention and runs its matmuls as batched per-candidate
+    products; a plain backward of one sequence through the compiled forward, with the fused SDPA
+    causal kernels, does the same arithmetic several times faster. Same function (token-mean CE).
+    """
+    global _single_loss_compiled
+    if _single_loss_compiled is None:
+        _single_loss_compiled = torch.compile(_single_loss, dynamic=False)
+    k = _n(batch)
+    names = list(params)
+    out = {n: torch.empty((k, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
+    with torch.enable_grad(), _attention(model, cfg.reference_attention), _amp(cfg, next(iter(params.values())).device):
+        for i in range(k):
+            leaf = {n: params[n].detach().requires_grad_() for n in names}
+            loss = _single_loss_compiled(model, leaf, _causal_only(_slice(batch, i, i + 1)))
+            for n, g in zip(names, torch.autograd.grad(loss, [leaf[n] for n in names])):
+                out[n][i].copy_(g)
+    return out
 
 
 class _Reference:
@@ -615,6 +697,9 @@ class _Reference:
     def __init__(self, model: torch.nn.Module, ref_batches: list[Batch], cfg: OracleConfig):
         self.model, self.batches, self.cfg = model, ref_batches, cfg
         self.n = sum(_n(b) for b in ref_batches)
+        # one graph per micro-batch shape; dynamic shapes would lose the fused SDPA causal kernels
+        on_cuda = bool(ref_batches) and ref_batches[0]["input_ids"].device.type == "cuda"
+        self._loss = torch.compile(self._loss_eager, dynamic=False) if cfg.compile and on_cuda else self._loss_eager
         self.parts = _head_parts(model) if cfg.head_at_targets else None
         self.prepared = []
         for b in ref_batches:
@@ -632,6 +717,15 @@ class _Reference:
 
     def loss(self, params: Params, i: int) -> torch.Tensor:
         """Σ over micro-batch i of w_j CE_j (0-d; a function of ``params``, vmap/grad friendly)."""
+        return self._loss_eager(params, i)
+
+    def forward_loss(self, params: Params, i: int) -> torch.Tensor:
+        """:meth:`loss` for the no-grad reference passes (compiled when ``cfg.compile`` on CUDA)."""
+        if self.parts is None:  # the full-head fallback keeps the eager path
+            return self._loss_eager(params, i)
+        return self._loss(params, i)
+
+    def _loss_eager(self, params: Params, i: int) -> torch.Tensor:
         prep = self.prepared[i]
         b = prep["batch"]
         device = next(iter(params.values())).device
@@ -657,7 +751,7 @@ class _Reference:
 
     def total(self, params: Params) -> float:
         with torch.no_grad(), _attention(self.model, self.cfg.reference_attention):
-            return float(sum(self.loss(params, i).double() for i in range(len(self.batches))))
+            return float(sum(self.forward_loss(params, i).double() for i in range(len(self.batches))))
 
     def stacked(self, stacked: Params) -> np.ndarray:
         """ℒ_ref of K models at once: ``{name: (K, *shape)}`` → ``(K,)`` float64."""
@@ -670,7 +764,9 @@ class _Reference:
                 if self.cfg.reference_mode == "vmap":
                     out += vmap(lambda p, i=i: self.loss(p, i))(stacked).double()
                 else:
-                    out += torch.stack([self.loss({n: v[j] for n, v in stacked.items()}, i) for j in range(k)]).double()
+                    out += torch.stack(
+                        [self.forward_loss({n: v[j] for n, v in stacked.items()}, i) for j in range(k)]
+                    ).double()
         return out.cpu().numpy()
 
     def grad(self, params: Params) -> Params:

@@ -99,6 +99,11 @@ class PMPConfig:
     target_batch_size: int = 16  # micro-batch for J and ∇J
     micro_batch_size: int = 0  # micro-batch for the trajectory step's gradient/HVP; 0 = whole step
     seed: int = 0  # seeds torch's RNG (the solver itself draws no random numbers)
+    # The contribution pass on CUDA (both ignored on CPU): "model" = the model's dtype, "bf16" =
+    # bf16 autocast over the model's parameters; compile = torch.compile of the batched JVP
+    # (dynamic=False: one graph per micro-batch shape), None = on for CUDA.
+    contribution_precision: str = "model"
+    compile: bool | None = None
 
     def resolved_ckpt_every(self) -> int:
         return self.ckpt_every if self.ckpt_every > 0 else max(1, math.isqrt(self.steps))
@@ -109,6 +114,8 @@ class PMPConfig:
         for name in ("steps", "batch_size", "interval", "outer_epochs", "proxy_batch_size", "target_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.contribution_precision not in ("model", "bf16"):
+            raise ValueError(f"contribution_precision must be 'model' or 'bf16', got {self.contribution_precision!r}")
         if self.ckpt_every < 0 or self.micro_batch_size < 0:
             raise ValueError("ckpt_every and micro_batch_size must be ≥ 0")
         if self.variant == "released" and self.outer_epochs != 1:
@@ -341,13 +348,45 @@ def _target_value_and_grad(model, params: Params, targets: list[Batch]) -> tuple
     return float(value), g
 
 
+class _CudaJVP:
+    """The contribution pass's JVP on CUDA: optional bf16 autocast and torch.compile.
+
+    Compiled with dynamic=False: dynamic shapes lose the fused kernels, and a second micro-batch
+    size failed in dynamo (fake-tensor layer_norm under the functorch JVP, torch 2.11). A compiler
+    failure falls back to the eager JVP (same function) with a warning rather than stopping a run.
+    """
+
+    def __init__(self, cfg: PMPConfig):
+        self.bf16 = cfg.contribution_precision == "bf16"
+        self.fn = torch.compile(loss_jvp, dynamic=False) if cfg.compile is not False else loss_jvp
+
+    def __call__(self, model, params: Params, batch: Batch, lam: Params) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            if self.fn is loss_jvp:
+                return loss_jvp(model, params, batch, lam)
+            try:
+                return self.fn(model, params, batch, lam)
+            except Exception as exc:  # noqa: BLE001 (any compiler error: the eager JVP is the same function)
+                log.warning("pmp: compiled JVP failed (%s); using the eager JVP", repr(exc)[:300])
+                self.fn = loss_jvp
+                return loss_jvp(model, params, batch, lam)
+
+
 def _contributions(
-    model, params: Params, lam: Params, proxy_ids: np.ndarray, cfg: PMPConfig, data: _Data
+    model, params: Params, lam: Params, proxy_ids: np.ndarray, cfg: PMPConfig, data: _Data, jvp=None
 ) -> np.ndarray:
-    """η ⟨∇ℓ(x_n, θ), λ⟩ for every proxy example: (N,) float64."""
+    """η ⟨∇ℓ(x_n, θ), λ⟩ for every proxy example: (N,) float64.
+
+    ``jvp``: a :class:`_CudaJVP` on CUDA. Its results stay on the device until the pass ends, so
+    that the host collates the next micro-batch while the device runs this one.
+    """
     out = np.empty(len(proxy_ids), dtype=np.float64)
-    for sl, batch in data.chunks(proxy_ids, cfg.proxy_batch_size):
-        out[sl] = loss_jvp(model, params, batch, lam).to("cpu", torch.float64).numpy()
+    if jvp is None:
+        for sl, batch in data.chunks(proxy_ids, cfg.proxy_batch_size):
+            out[sl] = loss_jvp(model, params, batch, lam).to("cpu", torch.float64).numpy()
+        return cfg.lr * out
+    parts = [jvp(model, params, batch, lam).double() for _, batch in data.chunks(proxy_ids, cfg.proxy_batch_size)]
+    out[:] = torch.cat(parts).cpu().numpy()
     return cfg.lr * out
 
 
@@ -368,6 +407,7 @@ def _backward(
     J: list[float] = [math.nan] * (T + 1)
     lam_norm: list[float | None] = [None] * (T + 1)
     grad_gamma = np.zeros(len(proxy_ids), dtype=np.float64)
+    jvp = _CudaJVP(cfg) if next(iter(params0.values())).device.type == "cuda" else None
 
     with timer.phase("io"):
         theta_T = _load_theta(tdir, T, params0)
@@ -390,7 +430,7 @@ def _backward(
             theta = thetas.pop(t)  # λ currently holds λ_{t+1}
             if t % cfg.interval == 0:
                 with timer.phase("contributions"):
-                    grad_gamma += _contributions(model, theta, lam, proxy_ids, cfg, data)
+                    grad_gamma += _contributions(model, theta, lam, proxy_ids, cfg, data, jvp)
             if t >= 1:
                 with timer.phase("grad_J"):
                     J[t], gJ = _target_value_and_grad(model, theta, targets)
