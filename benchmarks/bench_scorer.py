@@ -71,6 +71,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=None, help="batches a timed run (default 8; quick 2)")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs (default 5; quick 2)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode of (d) and (e), e.g. max-autotune-no-cudagraphs"
+    )
+    ap.add_argument("--skip-eager", action="store_true", help="skip (e)'s uncompiled variant")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -132,7 +136,7 @@ def main() -> None:
     if on_gpu:
         model_d = build(bb, seq, "sdpa", device)
         model_d.backbone.to(torch.bfloat16)  # the head stays fp32 (the pooled state is fp32)
-        fwd = model_d if args.no_compile else torch.compile(model_d)
+        fwd = model_d if args.no_compile else torch.compile(model_d, mode=args.compile_mode)
         ways["d_bf16_compiled"] = time_fn(device_loop(fwd, False), device, warmup=2, repeat=repeat)
         with torch.no_grad():
             d_scores = fwd(*dev_batches[0]).float()
@@ -141,9 +145,12 @@ def main() -> None:
     # host padding, pinned async copies, bf16 weights, no backbone mask, compile), full scores out
     e_scores = None
     if on_gpu:
-        for key, comp in (("e_score_ids_cuda", not args.no_compile), ("e_score_ids_cuda_eager", False)):
+        e_ways = [("e_score_ids_cuda", not args.no_compile)] + (
+            [] if args.skip_eager else [("e_score_ids_cuda_eager", False)]
+        )
+        for key, comp in e_ways:
             model_e = build(bb, seq, None, device)
-            fast = S._CudaScorer(model_e, bsz, seq, compile=comp)
+            fast = S._CudaScorer(model_e, bsz, seq, compile=comp, mode=args.compile_mode)
 
             # the encoder is the identity on the example's position: ``list`` of seqs[i] below
             def enc_path(fast=fast, model_e=model_e):

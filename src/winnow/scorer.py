@@ -574,13 +574,15 @@ class _CudaScorer:
     Extra rows (the last batch) are one attended pad token; their scores are dropped.
     """
 
-    def __init__(self, model: ScorerModel, batch_size: int, max_len: int, compile: bool = True):
+    def __init__(
+        self, model: ScorerModel, batch_size: int, max_len: int, compile: bool = True, mode: str | None = None
+    ):
         self.model = model
         model.backbone.to(torch.bfloat16)
         self.batch_size, self.max_len, self.compile = batch_size, max_len, compile
         self.causal = getattr(model.backbone.config, "model_type", None) in CAUSAL_BACKBONES
         self.device = next(model.parameters()).device
-        self.fwd = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        self.fwd = torch.compile(self._forward, dynamic=False, mode=mode) if compile else self._forward
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, attention_mask, backbone_mask=not self.causal)
