@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument(
         "--compile-mode", default=None, help="torch.compile mode of (d) and (e), e.g. max-autotune-no-cudagraphs"
     )
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of (d)'s compiled forward")
     ap.add_argument("--skip-eager", action="store_true", help="skip (e)'s uncompiled variant")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -140,6 +141,13 @@ def main() -> None:
         ways["d_bf16_compiled"] = time_fn(device_loop(fwd, False), device, warmup=2, repeat=repeat)
         with torch.no_grad():
             d_scores = fwd(*dev_batches[0]).float()
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                device_loop(fwd, False)()
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=90))
 
     # (e) score_ids' CUDA path as it now runs (winnow.scorer._CudaScorer through _scored_batches:
     # host padding, pinned async copies, bf16 weights, no backbone mask, compile), full scores out

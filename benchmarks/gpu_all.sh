@@ -15,6 +15,8 @@ for b in $benches; do
     matesC) script=mates; args="--k 16,32 --compile --grad-mode loop" ;;
     matesCv) script=mates; args="--k 16,24 --compile --grad-mode vmap" ;;
     lessB96) script=less; args="--batch 96 --project-batch 480 --n 480 --repeat 1" ;;
+    lessB96w) script=less; args="--batch 96 --project-batch 480 --n 480 --repeat 1 --warmup-full" ;;
+    scorerP) script=scorer; args="--batches 4 --skip-eager --profile" ;;
     pdsW) script=pds; args="--proxy 64 --micro 64 --loop 8 --workflow --workflow-precision bf16,model" ;;
     scorerB256) script=scorer; args="--batch 256 --batches 4 --skip-eager" ;;
     scorerMA) script=scorer; args="--batches 4 --skip-eager --compile-mode max-autotune-no-cudagraphs" ;;
