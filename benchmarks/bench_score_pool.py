@@ -1,11 +1,12 @@
 """A large pool scored by ``winnow.scorer.score_ids`` in resumable parts: killed, resumed, compared.
 
-    python benchmarks/bench_score_pool.py --n 100000 --kill-after 45     # GPU, Pythia-160M-shaped scorer
+    python benchmarks/bench_score_pool.py --n 100000 --kill-at 0.5       # GPU, Pythia-160M-shaped scorer
     python benchmarks/bench_score_pool.py --quick                        # CPU smoke run (tiny model)
 
 Three processes over the same pool (a token shard + EXAMPLES table written once, a fitted-format
 scorer folder with random weights): (1) an uninterrupted run; (2) the same command with a state
-file, killed by a timeout (SIGKILL, nothing flushed on the way out); (3) the same command again,
+file, killed (SIGKILL, nothing flushed on the way out) once its saved parts pass ``--kill-at`` of
+the pool; (3) the same command again,
 which resumes from the parts the killed run left. The report: whether (3)'s parquet equals (1)'s
 byte for byte, where it resumed, the rate, and the time a 10M pool would take at that rate.
 """
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--flush-every", type=int, default=50)
-    ap.add_argument("--kill-after", type=float, default=45.0, help="seconds before the second run is killed")
+    ap.add_argument("--kill-at", type=float, default=0.5, help="kill the second run once this share is saved")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
@@ -116,7 +117,7 @@ def main() -> None:
         score(Path(root), out, None if state == "-" else state, args.batch, dev, args.flush_every)
         return
     if args.quick:
-        args.n, args.seq, args.batch, args.flush_every, args.kill_after = 2000, 64, 16, 5, 8.0
+        args.n, args.seq, args.batch, args.flush_every = 2000, 64, 16, 5
     vocab = 512 if args.quick else 50304
     tmp = tempfile.TemporaryDirectory(prefix="bench_pool_")
     root = Path(tmp.name)
@@ -124,21 +125,33 @@ def main() -> None:
     make_pool(root, args.n, args.seq, vocab)
     t_make = time.perf_counter() - t0
 
-    def child(out: str, state: str, timeout: float | None = None) -> tuple[dict | None, float, bool]:
+    def child(out: str, state: str, kill_at: int | None = None) -> tuple[dict | None, float, bool]:
+        """Run one scoring process; ``kill_at``: SIGKILL it once its state has passed that index."""
         cmd = [sys.executable, __file__, "--batch", str(args.batch), "--flush-every", str(args.flush_every)]
         cmd += ["--child", str(root), out, state, device]
         t = time.perf_counter()
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:  # SIGKILL: the run gets no chance to flush anything
-            return None, time.perf_counter() - t, True
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if kill_at is not None:
+            # a time-based kill missed once (the second process compiled from the cache and had
+            # finished): kill on the run's own progress instead
+            path = root / state
+            while p.poll() is None:
+                try:
+                    if json.loads(path.read_text())["next_index"] >= kill_at:
+                        p.kill()  # SIGKILL: the run gets no chance to flush anything
+                        p.wait()
+                        return None, time.perf_counter() - t, True
+                except (OSError, ValueError, KeyError):
+                    pass  # not written yet, or caught mid-replace
+                time.sleep(0.05)
+        stdout, stderr = p.communicate()
         if p.returncode != 0:
-            raise SystemExit(p.stderr[-3000:])
-        res = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+            raise SystemExit(stderr[-3000:])
+        res = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
         return res[-1], time.perf_counter() - t, False
 
     clean, t_clean, _ = child("clean.parquet", "-")
-    _, t_killed, killed = child("resumed.parquet", "state/state.json", timeout=args.kill_after)
+    _, t_killed, killed = child("resumed.parquet", "state/state.json", kill_at=int(args.kill_at * args.n))
     saved = json.load(open(root / "state/state.json")) if (root / "state/state.json").exists() else None
     resumed, t_resumed, _ = child("resumed.parquet", "state/state.json")
     same = (root / "clean.parquet").read_bytes() == (root / "resumed.parquet").read_bytes()
@@ -174,7 +187,7 @@ def main() -> None:
             None,
             unit="1 = identical bytes",
             target="restart where it stopped",
-            met=same,
+            met=same and killed and bool(resumed["resumed_at"]),
         ),
         row(
             "pool scoring rate, score_ids end to end (store reads, parquet parts)",
@@ -188,6 +201,8 @@ def main() -> None:
     tmp.cleanup()
     if not same:
         raise SystemExit("resumed scores differ from the uninterrupted run")
+    if not killed or not resumed["resumed_at"]:
+        raise SystemExit("the second run was not killed mid-way: the resume was not exercised")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ for b in $benches; do
     pdsW) script=pds; args="--proxy 64 --micro 64 --loop 8 --workflow --workflow-precision bf16,model" ;;
     scorerB256) script=scorer; args="--batch 256 --batches 4 --skip-eager" ;;
     scorerMA) script=scorer; args="--batches 4 --skip-eager --compile-mode max-autotune-no-cudagraphs" ;;
-    score_pool) args="--n 100000 --kill-after 50" ;;
+    score_pool) args="--n 100000 --kill-at 0.5" ;;
     lessB128) script=less; args="--batch 128 --project-batch 512 --n 512 --repeat 1" ;;
     train) args="" ;;
     scorer) args="--batches 8" ;;

@@ -358,3 +358,42 @@ def test_pretrained_local_backbone_with_last_pooling(data, tmp_path):
         S.fit_scorer(
             store, ids, labels, _cfg(backbone=None, pretrained=str(tmp_path / "nope")), tmp_path / "x", tokenizer=tok
         )
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_causal_backbone_needs_no_padding_mask(pooling):
+    """score_ids' CUDA path runs the backbone without the padding mask (fused causal kernels): for a
+    causal backbone and right padding that is the same function, whatever the pooling."""
+    bb = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}
+    model = S.build_scorer(S.ScorerConfig(backbone=bb, max_len=16, pooling=pooling), 60, 0, 0).eval()
+    assert model.backbone.config.model_type in S.CAUSAL_BACKBONES
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(2, 60, size=n).tolist() for n in (16, 1, 7, 0, 12)]
+    ids, attn = S.pad_batch(seqs, 0, 16)
+    with torch.no_grad():
+        masked = model(ids, attn)
+        unmasked = model(ids, attn, backbone_mask=False)
+    assert torch.allclose(masked, unmasked, rtol=1e-5, atol=1e-6)
+
+
+def test_scored_batches_pipelined_in_order():
+    """The CUDA path fetches batch i after launching batch i+1: the scores still come out in order,
+    one array per batch (what the resumable parts are cut from)."""
+
+    class Lagged:
+        def __init__(self):
+            self.launched = []
+
+        def launch(self, seqs, pad_id):
+            self.launched.append(len(seqs))
+            return np.asarray([s[0] for s in seqs], dtype=np.float32)
+
+        @staticmethod
+        def fetch(handle):
+            return handle
+
+    ids = np.arange(23)
+    fast = Lagged()
+    got = list(S._scored_batches(None, lambda e: [int(e) * 2], ids, 5, 4, 0, 8, None, False, fast))
+    assert [len(g) for g in got] == [4, 4, 4, 4, 2] and fast.launched == [4, 4, 4, 4, 2]
+    assert np.array_equal(np.concatenate(got), 2 * ids[5:].astype(np.float32))
