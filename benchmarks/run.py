@@ -37,6 +37,7 @@ BENCHES = [
     ("less", True, "--quick"),
     ("mates", True, "--quick"),
     ("pds", True, "--quick"),
+    ("score_pool", True, "--quick"),
     ("tokenize", False, "--quick"),
     ("dag", False, "--quick"),
 ]

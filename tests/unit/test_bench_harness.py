@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_BENCHES = ("train", "scorer", "less", "mates", "pds")
+GPU_BENCHES = ("train", "scorer", "less", "mates", "pds", "score_pool")
 
 
 @pytest.mark.slow
