@@ -187,8 +187,12 @@ def build_sidecar(
     inputs: Iterable[str | os.PathLike] = (),
     seed: int | None = None,
     extra: dict | None = None,
+    input_sha256: dict | None = None,
 ) -> dict:
-    """The provenance record of one artifact (written after the artifact itself)."""
+    """The provenance record of one artifact (written after the artifact itself).
+
+    ``input_sha256``: the inputs' hashes when the caller has them (one job's many artifacts share
+    inputs: hashing a large input once per artifact would cost more than the job)."""
     from winnow import __version__
 
     return {
@@ -198,7 +202,7 @@ def build_sidecar(
         "command": command,
         "params": params,
         "seed": seed,
-        "inputs": {os.fspath(p): path_sha256(p) for p in inputs},
+        "inputs": input_sha256 if input_sha256 is not None else {os.fspath(p): path_sha256(p) for p in inputs},
         "code": {"hash": command_hash(command), "modules": command_modules(command)},
         "winnow_version": __version__,
         "git": git_state(),

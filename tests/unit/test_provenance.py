@@ -297,3 +297,26 @@ def test_write_sidecar(tmp_path):
     assert side["code"]["hash"] == command_hash("data ingest")
     assert side["params"] == {"max_chars": 5}
     assert path.read_text().endswith("}\n")
+
+
+def test_sidecars_hash_each_input_once_for_many_outputs(tmp_path, monkeypatch):
+    """A job's artifacts share their inputs: a block of 2 × 157 shards must not hash docs 314 times."""
+    import argparse
+    import json
+
+    import winnow.provenance as prov
+    from winnow.cli._common import sidecars
+
+    inp = tmp_path / "docs.parquet"
+    inp.write_bytes(b"x" * 1000)
+    outs = [tmp_path / f"out-{i}.bin" for i in range(5)]
+    for o in outs:
+        o.write_bytes(b"y")
+    calls = []
+    real = prov.path_sha256
+    monkeypatch.setattr(prov, "path_sha256", lambda p: calls.append(str(p)) or real(p))
+    sidecars(argparse.Namespace(seed=1), "data tokenize", outs, [inp])
+    assert calls.count(str(inp)) == 1
+    for o in outs:
+        side = json.loads(prov.sidecar_path(o).read_text())
+        assert side["inputs"] == {str(inp): real(inp)} and side["sha256"] == real(o)

@@ -28,10 +28,26 @@ def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
 
 
-def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=()) -> None:
+def input_hashes(inputs: list) -> dict[str, str]:
+    from winnow.provenance import path_sha256
+
+    return {str(i): path_sha256(i) for i in inputs}
+
+
+def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=(), hashes=None) -> None:
+    """One sidecar per output; the inputs are hashed once (or ``hashes`` from :func:`input_hashes`)."""
     params = params_of(args, drop)
+    hashes = hashes if hashes is not None else input_hashes(inputs)
     for out in outputs:
-        write_sidecar(out, command=command, params=params, inputs=[str(i) for i in inputs], seed=seed, extra=extra)
+        write_sidecar(
+            out,
+            command=command,
+            params=params,
+            inputs=[str(i) for i in inputs],
+            seed=seed,
+            extra=extra,
+            input_sha256=hashes,
+        )
 
 
 def resolve_device(name: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_threads, input_hashes, json_arg, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ def tokenize(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tok))
+    hashes = input_hashes([args.docs, args.tokenizer])  # once for the block's 2 × shards artifacts
     for shard in shards:
         rows = docs.take(np.flatnonzero(doc_shard == shard))
         tokens, examples, stats = tokenize_shard(rows, tok, shard, args.num_shards, args.seq_len)
@@ -167,7 +168,8 @@ def tokenize(args) -> None:
         write_shard(paths[0], tokens, dtype)
         write_table(paths[1], examples, EXAMPLES)
         log.info("shard %d: %s", shard, stats)
-        sidecars(args, "data tokenize", paths, [args.docs, args.tokenizer], extra={"stats": stats, "dtype": dtype.str})
+        extra = {"stats": stats, "dtype": dtype.str}
+        sidecars(args, "data tokenize", paths, [args.docs, args.tokenizer], extra=extra, hashes=hashes)
 
 
 def merge_examples(args) -> None:
