@@ -118,3 +118,40 @@ def write_result(name: str, result: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path
+
+
+KERNEL_CLASSES = (
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("inductor (fused elementwise/reductions)", ("triton",)),
+    ("copies", ("memcpy", "memset", "copy", "fill")),
+)
+
+
+def kernel_breakdown(prof, top: int = 15) -> dict:
+    """Device time of a ``torch.profiler`` run by kernel class, plus the ``top`` kernels (ms).
+
+    Classes by kernel-name substrings (``KERNEL_CLASSES``, first match wins; the rest is "other").
+    """
+    per_kernel: dict[str, float] = {}
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0.0)
+        if t and getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type):
+            per_kernel[e.key] = per_kernel.get(e.key, 0.0) + t / 1000.0
+    classes: dict[str, float] = {}
+    for name, ms in per_kernel.items():
+        low = name.lower()
+        cls = next((c for c, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
+        classes[cls] = classes.get(cls, 0.0) + ms
+    total = sum(classes.values())
+    ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]
+    print(f"device time {total:.2f} ms by class:")
+    for c, ms in sorted(classes.items(), key=lambda kv: -kv[1]):
+        print(f"  {c:45s} {ms:9.2f} ms  {100 * ms / max(total, 1e-9):5.1f}%")
+    print("top kernels:")
+    for name, ms in ranked:
+        print(f"  {ms:9.2f} ms  {name[:110]}")
+    return {"total_ms": total, "classes_ms": classes, "top_ms": ranked}

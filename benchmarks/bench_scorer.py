@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import H100_BF16_PEAK, environment, print_table, row, time_fn, write_rows  # noqa: E402
+from _common import H100_BF16_PEAK, environment, kernel_breakdown, print_table, row, time_fn, write_rows  # noqa: E402
 
 from winnow import scorer as S  # noqa: E402
 
@@ -74,8 +74,9 @@ def main() -> None:
     ap.add_argument(
         "--compile-mode", default=None, help="torch.compile mode of (d) and (e), e.g. max-autotune-no-cudagraphs"
     )
-    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of (d)'s compiled forward")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one run of (e)")
     ap.add_argument("--skip-eager", action="store_true", help="skip (e)'s uncompiled variant")
+    ap.add_argument("--flash", action="store_true", help="(d) and (e) with SDPA's cuDNN backend off (FlashAttention-2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -135,19 +136,13 @@ def main() -> None:
     # (d) bf16 weights + compile (GPU only: compile on the CPU smoke run costs a minute)
     d_scores = None
     if on_gpu:
+        torch.backends.cuda.enable_cudnn_sdp(not args.flash)
         model_d = build(bb, seq, "sdpa", device)
         model_d.backbone.to(torch.bfloat16)  # the head stays fp32 (the pooled state is fp32)
         fwd = model_d if args.no_compile else torch.compile(model_d, mode=args.compile_mode)
         ways["d_bf16_compiled"] = time_fn(device_loop(fwd, False), device, warmup=2, repeat=repeat)
         with torch.no_grad():
             d_scores = fwd(*dev_batches[0]).float()
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                device_loop(fwd, False)()
-                torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=90))
 
     # (e) score_ids' CUDA path as it now runs (winnow.scorer._CudaScorer through _scored_batches:
     # host padding, pinned async copies, bf16 weights, no backbone mask, compile), full scores out
@@ -170,6 +165,14 @@ def main() -> None:
             ways[key] = time_fn(enc_path, device, warmup=2, repeat=repeat)
             if e_scores is None:
                 e_scores = torch.from_numpy(enc_path()[:bsz]).to(device)
+            if args.profile and key == "e_score_ids_cuda":
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    enc_path()
+                    torch.cuda.synchronize()
+                print(f"== profile of one timed run of (e): {nb} batches of {bsz} × {seq} tokens")
+                kernel_breakdown(prof, top=20)
             del model_e, fast
             torch.cuda.empty_cache()
 

@@ -10,7 +10,8 @@ clipping at 1.0, AdamW with the trainer's two parameter groups, ``zero_grad``. S
 
 (a) plain eager fp32: HF eager attention, no autocast, TF32 off, foreach AdamW (the trainer's
     CUDA default), micro-batch ``--micro-eager`` with gradient accumulation to the same step;
-(b) fast path = ``TrainConfig(compile=True)``: SDPA attention (causal kernel: full rows, no mask),
+(b) fast path = ``TrainConfig(compile=True)``: SDPA attention (causal kernel: full rows, no mask;
+    ``winnow.models.attention.CAUSAL_SDPA`` keeps it so under compile),
     bf16 autocast, ``torch.compile`` of forward + loss, fused AdamW, TF32 on.
 
 MFU = 6·N·tokens/s / 989 TFLOP/s (dense bf16 peak of an H100 SXM; an H200's is the same), N = all
@@ -35,6 +36,7 @@ from _common import (  # noqa: E402
     H100_BF16_PEAK,
     build_neox,
     environment,
+    kernel_breakdown,
     print_table,
     pythia_160m_config,
     row,
@@ -43,7 +45,8 @@ from _common import (  # noqa: E402
     write_rows,
 )
 
-from winnow.train.trainer import forward_ce_sum  # noqa: E402
+from winnow.models.attention import use_causal_sdpa  # noqa: E402
+from winnow.train.trainer import backbone_hidden, forward_ce_sum, fused_forward_ce_sum  # noqa: E402
 
 
 def quick_config() -> dict:
@@ -104,15 +107,44 @@ def make_step(model, opt, batch: dict, micro: int, use_bf16: bool, loss_fn, drop
     return step, losses
 
 
+def loss_fn_for(fast: bool, compile_: bool, mode: str | None, head: str):
+    """The step's forward + loss: ``head`` "full" (logits, then CE) or "fused" (winnow.train.fused_ce)."""
+    if head == "fused":
+        hidden = torch.compile(backbone_hidden, mode=mode) if (fast and compile_) else backbone_hidden
+
+        def fused(model, ids, am, lm, bf16):
+            return fused_forward_ce_sum(model, ids, am, lm, bf16, hidden_fn=hidden)
+
+        return fused
+    return torch.compile(forward_ce_sum, mode=mode) if (fast and compile_) else forward_ce_sum
+
+
 def run_way(
-    name, cfg, device, batch, micro, fast: bool, steps: int, warmup: int, compile_: bool, mode: str | None = None
+    name,
+    cfg,
+    device,
+    batch,
+    micro,
+    fast: bool,
+    steps: int,
+    warmup: int,
+    compile_: bool,
+    mode: str | None = None,
+    head: str = "full",
+    profile: bool = False,
+    plain_sdpa: bool = False,
+    flash: bool = False,
 ) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = fast
     torch.backends.cudnn.allow_tf32 = fast
+    # flash: SDPA's cuDNN backend off, so its FlashAttention-2 kernels run (torch prefers cuDNN on H100/H200)
+    torch.backends.cuda.enable_cudnn_sdp(not flash)
     model = build_neox(cfg, device, attn="sdpa" if fast else "eager")
+    if fast and not plain_sdpa:
+        use_causal_sdpa(model)  # as the trainer's fast path does
     model.train()
     opt = optimizer_for(model, fused=fast and device.type == "cuda", device=device)
-    loss_fn = torch.compile(forward_ce_sum, mode=mode) if (fast and compile_) else forward_ce_sum
+    loss_fn = loss_fn_for(fast, compile_, mode, head)
     use_bf16 = fast and device.type == "cuda"
     step, losses = make_step(model, opt, batch, micro, use_bf16, loss_fn, drop_mask=fast)
     t0 = time.perf_counter()
@@ -124,6 +156,18 @@ def run_way(
         torch.cuda.reset_peak_memory_stats(device)
     t = time_fn(step, device, warmup=0, repeat=steps)
     first = float(losses[0]) / int(batch["loss_mask"][:, 1:].sum())
+    breakdown = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof_ctx
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with prof_ctx(activities=acts) as prof:
+            for _ in range(2):
+                step()
+            sync(device)
+        print(f"== profile of 2 steps of {name}")
+        breakdown = kernel_breakdown(prof)
     out = {
         "name": name,
         "step_s": t,
@@ -133,6 +177,10 @@ def run_way(
         "bf16_autocast": use_bf16,
         "compiled": bool(fast and compile_),
         "compile_mode": mode if (fast and compile_) else None,
+        "head": head,
+        "attn_impl": model.config._attn_implementation,
+        "sdpa_cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+        "profile_2_steps": breakdown,
         "fused_adamw": bool(fast and device.type == "cuda"),
         "tf32": fast,
         "first_step_loss": first,
@@ -141,6 +189,7 @@ def run_way(
     if device.type == "cuda":
         out["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     del model, opt, step, losses
+    torch.backends.cuda.enable_cudnn_sdp(True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -159,6 +208,14 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="(b) without torch.compile")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode for (b) (e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--skip-eager", action="store_true", help="only (b) (no ratio)")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="extra fast-path variants, comma-separated, each a +-joined set of: fused (LM head fused into the "
+        "loss), plain (transformers' sdpa, not winnow.models.attention.CAUSAL_SDPA: the fast path before session 5), "
+        "flash (SDPA's cuDNN backend off), ro (compile mode reduce-overhead: CUDA graphs); e.g. plain,fused,fused+flash",
+    )
+    ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of 2 steps of every fast way")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the rows document here")
     args = ap.parse_args()
@@ -181,12 +238,36 @@ def main() -> None:
     ways = []
     if not args.skip_eager:
         ways.append(run_way("eager_fp32", cfg, device, batch, micro_e, False, steps, warmup, compile_))
-    ways.append(run_way("fast", cfg, device, batch, micro_f, True, steps, warmup, compile_, args.compile_mode))
+    ways.append(
+        run_way(
+            "fast", cfg, device, batch, micro_f, True, steps, warmup, compile_, args.compile_mode, profile=args.profile
+        )
+    )
+    extra = []
+    for v in [v for v in args.variants.split(",") if v]:
+        parts = set(v.split("+"))
+        unknown = parts - {"fused", "ro", "plain", "flash"}
+        if unknown:
+            raise SystemExit(f"--variants: unknown part(s) {sorted(unknown)} in {v!r}")
+        kw = dict(
+            head="fused" if "fused" in parts else "full",
+            mode="reduce-overhead" if "ro" in parts else args.compile_mode,
+            plain_sdpa="plain" in parts,
+            flash="flash" in parts,
+        )
+        try:
+            extra.append(
+                run_way(
+                    f"fast_{v}", cfg, device, batch, micro_f, True, steps, warmup, compile_, profile=args.profile, **kw
+                )
+            )
+        except Exception as e:  # a variant that fails to compile is a result, not a crash of the benchmark
+            print(f"variant {v} failed: {type(e).__name__}: {e}"[:2000])
     n_params = ways[-1]["n_params"]
     emb = cfg["vocab_size"] * cfg["hidden_size"]
     flops_6n = 6 * n_params * tokens
     flops_attn = (6 * (n_params - emb) + 6 * cfg["num_layers"] * seq * cfg["hidden_size"]) * tokens
-    for w in ways:
+    for w in ways + extra:
         s = w["step_s"]["median_s"]
         w["tokens_per_s"] = tokens / s
         w["mfu"] = flops_6n / s / H100_BF16_PEAK
@@ -229,10 +310,18 @@ def main() -> None:
         "batch": batch_n,
         "seq": seq,
         "ways": ways,
+        "variants": extra,
     }
     write_rows(args.json, "train", env, rows, details)
     print_table(rows)
-    print(f"{env['device']}: " + "; ".join(f"{w['name']} {w['step_s']['median_s'] * 1000:.1f} ms/step" for w in ways))
+    print(
+        f"{env['device']}: "
+        + "; ".join(
+            f"{w['name']} {w['step_s']['median_s'] * 1000:.1f} ms/step, MFU {w['mfu']:.3f}, "
+            f"first loss {w['first_step_loss']:.5f}, peak {w.get('peak_gpu_mem_mb', 0) / 1024:.1f} GiB"
+            for w in ways + extra
+        )
+    )
 
 
 if __name__ == "__main__":

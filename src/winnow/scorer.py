@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from winnow.io.atomic import read_json, write_json
 from winnow.io.tables import SCORES, read_table, write_table
+from winnow.models import attention
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, step_ids
 from winnow.train.schedules import lr_at
@@ -239,9 +240,14 @@ class ScorerModel(torch.nn.Module):
 
         ``backbone_mask=False``: the backbone runs without the padding mask, which is redundant
         for a causal backbone with right padding (:data:`CAUSAL_BACKBONES`); pooling still uses it.
+        Then the backbone also runs with a (fresh, empty) cache: without a mask *and* without a
+        cache, transformers looks for packed sequences in the position ids, which under
+        ``torch.compile`` it cannot decide and answers with a materialised mask (slow attention).
         """
         out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask if backbone_mask else None, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask if backbone_mask else None,
+            use_cache=not backbone_mask,
         )
         h = out.last_hidden_state.float()  # (b, t, d)
         mask = attention_mask.to(h.dtype)
@@ -581,6 +587,9 @@ class _CudaScorer:
         model.backbone.to(torch.bfloat16)
         self.batch_size, self.max_len, self.compile = batch_size, max_len, compile
         self.causal = getattr(model.backbone.config, "model_type", None) in CAUSAL_BACKBONES
+        if self.causal:
+            # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask
+            attention.use_causal_sdpa(model.backbone)
         self.device = next(model.parameters()).device
         self.fwd = torch.compile(self._forward, dynamic=False, mode=mode) if compile else self._forward
 

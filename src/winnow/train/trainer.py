@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from winnow.models import attention
 from winnow.models.checkpoint import (
     decode_rng,
     encode_rng,
@@ -34,6 +35,7 @@ from winnow.models.checkpoint import (
 )
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, collate, step_ids
+from winnow.train.fused_ce import linear_ce_sum
 from winnow.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,44 @@ def forward_ce_sum(
 ) -> torch.Tensor:
     """The trainer's forward: logits under bf16 autocast (if asked), then :func:`masked_ce_sum` in fp32."""
     with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # use_cache: without a mask and without a cache transformers looks for packed sequences in
+        # the position ids, which under torch.compile becomes a materialised mask
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True).logits
     return masked_ce_sum(logits, input_ids, loss_mask)
+
+
+def backbone_hidden(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, use_bf16: bool
+) -> torch.Tensor:
+    """The causal LM's final hidden states ``(b, t, d)`` (after its last layer norm), no LM head."""
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True).last_hidden_state
+
+
+def fused_forward_ce_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    loss_mask: torch.Tensor,
+    use_bf16: bool,
+    hidden_fn=backbone_hidden,
+    chunk: int = 8192,
+) -> torch.Tensor:
+    """:func:`forward_ce_sum` with the LM head fused into the loss (:mod:`winnow.train.fused_ce`).
+
+    The same function of the weights (the head's GEMMs in bf16 under ``use_bf16``, the softmax in
+    fp32); the full ``(b, t, V)`` logits never exist. ``hidden_fn`` is :func:`backbone_hidden` or a
+    compiled copy of it.
+    """
+    h = hidden_fn(model, input_ids, attention_mask, use_bf16)
+    b, t, d = h.shape
+    # every position predicts the next token; the last has none (target 0, masked out)
+    pad = torch.zeros((b, 1), dtype=input_ids.dtype, device=input_ids.device)
+    targets = torch.cat([input_ids[:, 1:], pad], dim=1).reshape(-1)
+    mask = torch.cat([loss_mask[:, 1:], torch.zeros_like(pad, dtype=torch.bool)], dim=1).reshape(-1)
+    weight = model.get_output_embeddings().weight
+    dtype = torch.bfloat16 if use_bf16 else h.dtype
+    return linear_ce_sum(h.reshape(b * t, d), weight, targets, mask, chunk=chunk, compute_dtype=dtype)
 
 
 def fast_path(cfg: TrainConfig, device: torch.device) -> bool:
@@ -202,6 +240,9 @@ def train(
 
     loss_fn = forward_ce_sum
     if fast:
+        # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, which
+        # cost 14% of an H200 step (winnow.models.attention); a padded batch still gets its mask
+        attention.use_causal_sdpa(model)
         loss_fn = torch.compile(forward_ce_sum)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -284,7 +325,10 @@ def train(
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if rank == 0:
         write_checkpoint_files(
-            out_dir, model, optimizer, {**_state(cfg.steps, fingerprint, cfg, device, loss_value, history), "summary": summary}
+            out_dir,
+            model,
+            optimizer,
+            {**_state(cfg.steps, fingerprint, cfg, device, loss_value, history), "summary": summary},
         )
     if world > 1:
         torch.distributed.barrier()
