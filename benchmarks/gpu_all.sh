@@ -11,6 +11,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 for b in $benches; do
   script=$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//")
   case $b in
+    # session 5 (H200): causal SDPA under compile; the previous path and the fused head side by side
+    trainV) script=train; args="--variants plain,fused" ;;
+    trainP) script=train; args="--skip-eager --variants fused --profile" ;;
+    scorerE) script=scorer; args="--batches 8 --profile" ;;
+    scorer32) script=scorer; args="--batches 32 --repeat 3 --skip-eager" ;;
     # session 4 (H200): the workflow paths
     matesC) script=mates; args="--k 16,32 --compile --grad-mode loop" ;;
     matesCv) script=mates; args="--k 16,24 --compile --grad-mode vmap" ;;
