@@ -46,7 +46,8 @@ from _common import (  # noqa: E402
 )
 
 from winnow.models.attention import use_causal_sdpa  # noqa: E402
-from winnow.train.trainer import backbone_hidden, forward_ce_sum, fused_forward_ce_sum  # noqa: E402
+from winnow.train.fused_ce import backbone_hidden, fused_forward_ce_sum  # noqa: E402
+from winnow.train.trainer import forward_ce_sum  # noqa: E402
 
 
 def quick_config() -> dict:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from _neox import one_thread, tiny_neox  # noqa: F401 (autouse fixture)
 
 from winnow.models import attention
-from winnow.train.fused_ce import linear_ce_sum
-from winnow.train.trainer import forward_ce_sum, fused_forward_ce_sum
+from winnow.train.fused_ce import fused_forward_ce_sum, linear_ce_sum
+from winnow.train.trainer import forward_ce_sum
 
 
 def _reference(h, w, targets, mask, compute_dtype):

@@ -35,7 +35,6 @@ from winnow.models.checkpoint import (
 )
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, collate, step_ids
-from winnow.train.fused_ce import linear_ce_sum
 from winnow.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -119,40 +118,6 @@ def forward_ce_sum(
         # the position ids, which under torch.compile becomes a materialised mask
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True).logits
     return masked_ce_sum(logits, input_ids, loss_mask)
-
-
-def backbone_hidden(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, use_bf16: bool
-) -> torch.Tensor:
-    """The causal LM's final hidden states ``(b, t, d)`` (after its last layer norm), no LM head."""
-    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True).last_hidden_state
-
-
-def fused_forward_ce_sum(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    loss_mask: torch.Tensor,
-    use_bf16: bool,
-    hidden_fn=backbone_hidden,
-    chunk: int = 8192,
-) -> torch.Tensor:
-    """:func:`forward_ce_sum` with the LM head fused into the loss (:mod:`winnow.train.fused_ce`).
-
-    The same function of the weights (the head's GEMMs in bf16 under ``use_bf16``, the softmax in
-    fp32); the full ``(b, t, V)`` logits never exist. ``hidden_fn`` is :func:`backbone_hidden` or a
-    compiled copy of it.
-    """
-    h = hidden_fn(model, input_ids, attention_mask, use_bf16)
-    b, t, d = h.shape
-    # every position predicts the next token; the last has none (target 0, masked out)
-    pad = torch.zeros((b, 1), dtype=input_ids.dtype, device=input_ids.device)
-    targets = torch.cat([input_ids[:, 1:], pad], dim=1).reshape(-1)
-    mask = torch.cat([loss_mask[:, 1:], torch.zeros_like(pad, dtype=torch.bool)], dim=1).reshape(-1)
-    weight = model.get_output_embeddings().weight
-    dtype = torch.bfloat16 if use_bf16 else h.dtype
-    return linear_ce_sum(h.reshape(b * t, d), weight, targets, mask, chunk=chunk, compute_dtype=dtype)
 
 
 def fast_path(cfg: TrainConfig, device: torch.device) -> bool:
