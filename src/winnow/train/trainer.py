@@ -206,7 +206,7 @@ def train(
     loss_fn = forward_ce_sum
     if fast:
         # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, which
-        # cost 14% of an H200 step (winnow.models.attention); a padded batch still gets its mask
+        # cost 13% of an H200 step (winnow.models.attention); a padded batch still gets its mask
         attention.use_causal_sdpa(model)
         loss_fn = torch.compile(forward_ce_sum)
     n_params = sum(p.numel() for p in model.parameters())
