@@ -180,6 +180,11 @@ def sidecar_path(artifact: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(artifact)}.prov.json")
 
 
+def inputs_sha256(inputs: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """``{path: sha256}`` of a job's inputs, as a sidecar records them."""
+    return {os.fspath(p): path_sha256(p) for p in inputs}
+
+
 def build_sidecar(
     artifact: str | os.PathLike,
     command: str,
@@ -202,7 +207,7 @@ def build_sidecar(
         "command": command,
         "params": params,
         "seed": seed,
-        "inputs": input_sha256 if input_sha256 is not None else {os.fspath(p): path_sha256(p) for p in inputs},
+        "inputs": input_sha256 if input_sha256 is not None else inputs_sha256(inputs),
         "code": {"hash": command_hash(command), "modules": command_modules(command)},
         "winnow_version": __version__,
         "git": git_state(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from winnow.provenance import write_sidecar
+from winnow.provenance import inputs_sha256, write_sidecar
 
 
 def json_arg(text: str) -> dict:
@@ -28,16 +28,10 @@ def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
 
 
-def input_hashes(inputs: list) -> dict[str, str]:
-    from winnow.provenance import path_sha256
-
-    return {str(i): path_sha256(i) for i in inputs}
-
-
 def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=(), hashes=None) -> None:
-    """One sidecar per output; the inputs are hashed once (or ``hashes`` from :func:`input_hashes`)."""
+    """One sidecar per output; the inputs are hashed once (or ``hashes`` from ``provenance.inputs_sha256``)."""
     params = params_of(args, drop)
-    hashes = hashes if hashes is not None else input_hashes(inputs)
+    hashes = hashes if hashes is not None else inputs_sha256(inputs)
     for out in outputs:
         write_sidecar(
             out,

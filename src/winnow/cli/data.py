@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, input_hashes, json_arg, sidecars
+from winnow.cli._common import add_threads, json_arg, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def tokenize(args) -> None:
     from winnow.data.tokenizer import load
     from winnow.io.shards import block_shards, token_dtype, write_shard
     from winnow.io.tables import DOCS, EXAMPLES, read_table, write_table
+    from winnow.provenance import inputs_sha256
 
     shards = block_shards(args.block, args.shards_per_block, args.num_shards)
     tok = load(Path(args.tokenizer).parent)
@@ -160,7 +161,7 @@ def tokenize(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tok))
-    hashes = input_hashes([args.docs, args.tokenizer])  # once for the block's 2 × shards artifacts
+    hashes = inputs_sha256([args.docs, args.tokenizer])  # once for the block's 2 × shards artifacts
     for shard in shards:
         rows = docs.take(np.flatnonzero(doc_shard == shard))
         tokens, examples, stats = tokenize_shard(rows, tok, shard, args.num_shards, args.seq_len)
