@@ -64,7 +64,7 @@ from winnow.methods.mates import (  # noqa: E402
     trainer_param_groups,
 )
 from winnow.models.checkpoint import save_checkpoint  # noqa: E402
-from winnow.scorer import spearman  # noqa: E402
+from winnow.stats import spearman  # noqa: E402
 from winnow.train.trainer import TrainConfig, _state, masked_ce_sum  # noqa: E402
 
 

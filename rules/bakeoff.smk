@@ -165,7 +165,7 @@ rule bakeoff_leaderboard:
     conda:
         ENV
     params:
-        primary=BAKEOFF.get("primary", "target/pds_target"),
+        primary=BAKEOFF.get("primary", "target/pds_target_eval"),
         metrics=" ".join(bakeoff_metrics()),
         code=code("eval leaderboard"),
     shell:

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 # which inherit the environment), so the code that runs is the code that was hashed.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
+from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree  # noqa: E402
@@ -109,6 +110,10 @@ for _target in config["eval"].get("targets", []):
         raise ValueError(
             f"config key eval.targets names {_target!r}, which is not a key of subsets"
         )
+# A set a method optimises is never the set it is judged on.
+_heldout = heldout_problems(config)
+if _heldout:
+    raise ValueError("\n".join(_heldout))
 
 
 def as_json(obj):

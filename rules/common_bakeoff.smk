@@ -50,7 +50,7 @@ def bakeoff_evals(wildcards):
 
 def bakeoff_metrics():
     """The leaderboard page's columns: the primary metric first, then the shared suite."""
-    first = BAKEOFF.get("primary", "target/pds_target")
+    first = BAKEOFF.get("primary", "target/pds_target_eval")
     rest = [f"target/{t}" for t in eval_targets()] + [
         "ppl_token/all",
         "bits_per_byte/all",

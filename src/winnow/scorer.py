@@ -52,6 +52,7 @@ from winnow.io.atomic import read_json, write_json
 from winnow.io.tables import SCORES, read_table, write_table
 from winnow.models import attention
 from winnow.progress import Progress
+from winnow.stats import pearson, spearman  # noqa: F401 (also imported from here by older callers)
 from winnow.train.batches import ExampleStore, step_ids
 from winnow.train.schedules import lr_at
 
@@ -157,45 +158,7 @@ class LabelNorm:
 
 
 # --------------------------------------------------------------------------------------------
-# metrics
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank (scipy's ``method='average'``)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # Run boundaries of equal values; each run gets the mean of the ranks it spans.
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], len(xs)]
-    avg = (starts + ends + 1) / 2.0
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def spearman(a: np.ndarray, b: np.ndarray, use_scipy: bool = True) -> float:
-    """Spearman ρ (average ranks for ties); nan if either side is constant."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
-        return float("nan")
-    if use_scipy:
-        try:
-            from scipy.stats import spearmanr
-        except ImportError:
-            pass
-        else:
-            return float(spearmanr(a, b).statistic)
-    return pearson(rankdata(a), rankdata(b))
+# metrics (pearson / spearman: winnow.stats)
 
 
 def val_metrics(pred: np.ndarray, target: np.ndarray, top_frac: float = 0.3) -> dict:

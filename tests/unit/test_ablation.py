@@ -23,13 +23,10 @@ from winnow.methods.ablation import (
     parse_mixture,
 )
 from winnow.methods.ablation_report import (
-    average_ranks,
     correlation_rows,
     model_of,
-    pearson,
     points,
     ppl_rows,
-    spearman,
 )
 from winnow.methods.merge import average_state_dicts, merge_folders
 
@@ -209,19 +206,7 @@ def test_merge_refuses_other_architectures(tmp_path):
 # ------------------------------------------------------------------------------- correlations
 
 
-def test_pearson_and_spearman_equal_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    for n in (3, 6, 25):
-        x = rng.lognormal(size=n)
-        y = x * rng.lognormal(sigma=0.3, size=n)
-        assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
-        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
-    ties = np.array([1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 7.0])
-    other = np.array([2.0, 1.0, 4.0, 4.0, 3.0, 9.0, 8.0])
-    assert np.array_equal(average_ranks(ties), stats.rankdata(ties))
-    assert spearman(ties, other) == pytest.approx(stats.spearmanr(ties, other)[0], abs=1e-12)
-    assert math.isnan(pearson([1, 2], [2, 1])) and math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+# pearson / spearman: tests/unit/test_stats.py (winnow.stats)
 
 
 def _toy_rows():

@@ -83,6 +83,25 @@ def test_results_shape(setup, result):
     assert "acc_stderr" in result["winnow_choice"]
 
 
+def test_per_item_values_aggregate_to_the_task_metrics(setup, result):
+    """The items a comparison's bootstrap resamples give back lm-eval's own task numbers."""
+    import math as _m
+
+    from winnow.eval.table import _harness_metric
+
+    _, _, _, items, _ = setup
+    for task, metrics in (("winnow_choice", ("acc", "acc_norm")), ("winnow_lastword", ("acc", "perplexity"))):
+        per = result["items"][task]
+        assert len(per["ids"]) == len(set(per["ids"])) == len(items[task.removeprefix("winnow_")])
+        for metric in metrics:
+            value = _harness_metric(metric, per["ids"], per["values"][metric]).value()
+            assert value == pytest.approx(result[task][metric], rel=1e-6), (task, metric)
+    bpb = _harness_metric(
+        "bits_per_byte", result["items"]["winnow_ppl"]["ids"], result["items"]["winnow_ppl"]["values"]["bits_per_byte"]
+    )
+    assert bpb.value() == pytest.approx(result["winnow_ppl"]["bits_per_byte"], rel=1e-6) and _m.isfinite(bpb.value())
+
+
 def _loglik(model, ctx_ids: list[int], cont_ids: list[int]) -> float:
     ids = torch.tensor([ctx_ids + cont_ids])
     with torch.no_grad():

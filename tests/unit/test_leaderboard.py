@@ -32,6 +32,9 @@ def test_means_sds_rank_and_wins_match_a_direct_computation():
     # seed by seed against random: pds wins seed 0 (4.9 < 5.0) and loses seed 1 (5.4 > 5.2)
     assert rows["pds"]["wins vs random"] == 1 and rows["less_pool"]["wins vs random"] == 2
     assert "wins vs random" not in rows["random"]
+    # the difference of the primary metric, mean over seeds; no items → no interval
+    assert rows["pds"]["diff"] == pytest.approx(((4.9 - 5.0) + (5.4 - 5.2)) / 2)
+    assert rows["pds"]["verdict"] == "NA" and rows["pds"]["ci_low"] is None
 
 
 def test_higher_is_better_metrics_rank_descending():

@@ -127,6 +127,20 @@ def test_rolling_equals_per_token_loop(tiny, max_len):
         assert abs(sliding[domain] - value) > 1e-3 * abs(value)
 
 
+def test_per_document_sums_add_up_to_the_domains(tiny):
+    tok, model, pairs = tiny
+    per_doc: list[dict] = []
+    res = domain_perplexity(model, tok, pairs, max_len=8, batch_size=3, device="cpu", per_doc=per_doc)
+    assert [d["domain"] for d in per_doc] == [dom for dom, _ in pairs]
+    for domain in {dom for dom, _ in pairs}:
+        mine = [d for d in per_doc if d["domain"] == domain]
+        assert sum(d["sum_logprob"] for d in mine) == pytest.approx(res[domain]["sum_logprob"], rel=1e-12)
+        assert sum(d["n_tokens"] for d in mine) == res[domain]["n_tokens"]
+    # each document alone gives its own sum: the per-document split is the document's
+    alone = domain_perplexity(model, tok, [pairs[0]], max_len=8, batch_size=3, device="cpu")
+    assert per_doc[0]["sum_logprob"] == pytest.approx(alone[pairs[0][0]]["sum_logprob"], rel=1e-9)
+
+
 def test_matches_lm_eval_hflm_loglikelihood_rolling(tiny):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from winnow.eval.table import compare_rows, model_key, read_tsv, summary_rows, write_tsv
 from winnow.progress import Progress
 
@@ -72,8 +74,50 @@ def test_compare_rows_pair_seeds_and_respect_direction(tmp_path):
     rows = {r["metric"]: r for r in compare_rows(summary, "random")}
     t, acc = rows["target/t"], rows["choice/acc"]
     assert t["direction"] == "lower" and t["n_seeds"] == 2 and t["wins"] == 1
-    assert abs(t["diff_mean"] - 0.0) < 1e-12 and abs(t["method_mean"] - 3.1) < 1e-12
-    assert acc["direction"] == "higher" and acc["wins"] == 1 and abs(acc["diff_mean"] - 0.075) < 1e-12
+    assert abs(t["diff"] - 0.0) < 1e-12 and abs(t["method_mean"] - 3.1) < 1e-12
+    assert acc["direction"] == "higher" and acc["wins"] == 1 and abs(acc["diff"] - 0.075) < 1e-12
+    assert t["per_seed_diff"] == "s0:-0.1;s1:0.1"
+    # without per-item values there is no interval, and the table says so
+    assert (t["ci_low"], t["ci_high"], t["verdict"]) == (None, None, "NA")
     write_tsv(tmp_path / "c.tsv", list(rows.values()))
     back = read_tsv(tmp_path / "c.tsv")
     assert [r["metric"] for r in back] == ["target/t", "choice/acc"]
+
+
+def _target_json(path, ids, losses):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = {"example_id": list(ids), "loss": list(losses)}
+    path.write_text(json.dumps({"loss": sum(losses) / len(losses), "items": items}))
+    return path
+
+
+def test_compare_reads_items_and_puts_an_interval_around_the_seed_mean(tmp_path):
+    """Eval files with per-item losses → a compare row whose interval is the paired bootstrap of
+    those items (recomputed here from the files with winnow.stats), with a verdict."""
+    import numpy as np
+
+    from winnow.eval.table import compare_rows, evals_and_items
+    from winnow.stats import mean_metric, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    ids = list(range(100))
+    paths, raw = [], {}
+    for seed in (0, 1):
+        base = rng.normal(5, 1, 100)
+        raw[("random", seed)] = base
+        raw[("pds", seed)] = base - 0.3 + rng.normal(0, 0.2, 100)  # clearly lower loss
+        raw[("same", seed)] = base + rng.normal(0, 0.2, 100)  # no effect
+        for method in ("random", "pds", "same"):
+            path = tmp_path / "eval" / method / f"s{seed}" / "target-t.json"
+            paths.append(_target_json(path, ids, raw[(method, seed)].tolist()))
+    summary, items = evals_and_items(paths)
+    rows = {r["method"]: r for r in compare_rows(summary, "random", items)}
+    expect = paired_bootstrap(
+        [mean_metric(ids, raw[("pds", s)]) for s in (0, 1)], [mean_metric(ids, raw[("random", s)]) for s in (0, 1)]
+    )
+    pds = rows["pds"]
+    assert pds["metric"] == "target/t" and pds["n_items"] == 100
+    assert pds["diff"] == pytest.approx(expect.diff, abs=1e-12)
+    assert (pds["ci_low"], pds["ci_high"]) == (expect.low, expect.high)
+    assert pds["ci_low"] <= pds["diff"] <= pds["ci_high"] < 0 and pds["verdict"] == "better"
+    assert rows["same"]["verdict"] == "no detectable difference"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, planned_jobs, smk, tiny_config, write_config
 
 SPINE_JOBS = {  # tiny.yaml: 3 shards, methods random + pds, one seed, one eval target
@@ -13,7 +14,7 @@ SPINE_JOBS = {  # tiny.yaml: 3 shards, methods random + pds, one seed, one eval 
     "tokenizer": 1,
     "tokenize": 2,  # blocks of 2 shards: {0, 1} and {2}
     "merge_examples": 1,
-    "sample_subset": 2,  # pool, pds_target
+    "sample_subset": 2,  # pool, pds_target_eval
     "random_scores": 1,
     "select": 1,
     "train_lm": 1,
@@ -49,7 +50,7 @@ ALL_JOBS = {
     **{k: v for k, v in SPINE_JOBS.items() if k != "spine"},
     **PDS_JOBS,
     **ABLATION_JOBS,
-    "sample_subset": 3,  # + pds_proxy
+    "sample_subset": 4,  # + pds_proxy, pds_target (what PDS optimises)
     "select": 2,
     "train_lm": 2,
     "eval_ppl": 2,
@@ -195,6 +196,20 @@ def test_random_selection_needs_a_positive_temperature(tmp_path: Path):
     assert "select.random.temperature" in proc.stdout + proc.stderr
 
 
+def test_paper_variant_with_a_contribution_interval_fails_at_parse_time(tmp_path: Path):
+    """PDS's paper variant sums the proxy contributions over every step (Algorithm 1): interval 10
+    (the schema's default, the released code's) is refused before any job, naming the key."""
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    cfg["pds"]["solver"].update(variant="paper", interval=10)
+    proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "pds.solver.interval" in proc.stdout + proc.stderr
+    cfg["pds"]["solver"]["interval"] = 1
+    assert planned_jobs(smk(work, write_config(tmp_path / "good.yaml", cfg), "-n"))["pds_solve"] == 1
+
+
 def test_misspelled_top_level_key_is_named(tmp_path: Path):
     work = tmp_path / "w"
     work.mkdir()
@@ -246,3 +261,28 @@ def test_too_many_blocks_fail_at_parse_time_naming_the_key(tmp_path: Path):
     proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
     assert proc.returncode != 0
     assert "tokenize.shards_per_block" in proc.stdout + proc.stderr and "set it to ≥ 5" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, keys",
+    [
+        (lambda c: c["eval"].update(targets=["pds_target"]), ["eval.targets (pds_target)", "subsets.pds_target"]),
+        (
+            lambda c: c["subsets"]["pds_target_eval"].update(splits=["val", "test"]),
+            ["eval.targets (pds_target_eval)", "subsets.pds_target"],
+        ),
+        (
+            lambda c: c.update(methods=[*c["methods"], "bakeoff"], bakeoff={"n_probe": 8, "primary": "target/pds_target"}),
+            ["bakeoff.primary", "subsets.pds_target"],
+        ),
+    ],
+)
+def test_an_evaluation_target_overlapping_the_selection_target_fails_at_parse_time(tmp_path: Path, edit, keys):
+    cfg = tiny_config()
+    edit(cfg)
+    proc = smk(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for key in keys:
+        assert key in out, out
+    assert "Job stats" not in out

@@ -36,7 +36,7 @@ def test_outputs_of_every_layer_exist(finished):
         "models/random/s0/model/optimizer.safetensors",
         "eval/random/s0/ppl.json",
         "eval/random/s0/harness.json",
-        "eval/random/s0/target-pds_target.json",
+        "eval/random/s0/target-pds_target_eval.json",
         "eval/summary.tsv",
         "pds/init/model/model.safetensors",
         "pds/gamma.parquet",
@@ -47,7 +47,7 @@ def test_outputs_of_every_layer_exist(finished):
         "scores/pds/scores.parquet",
         "selected/pds/s0/ids.parquet",
         "models/pds/s0/model/model.safetensors",
-        "eval/pds/s0/target-pds_target.json",
+        "eval/pds/s0/target-pds_target_eval.json",
         "eval/compare-pds.tsv",
     ):
         path = work / R / rel
@@ -142,4 +142,27 @@ def test_pds_reports(finished):
     pool = pq.read_table(work / R / "subsets/pool/ids.parquet")
     assert scores.num_rows == pool.num_rows
     compare = (work / R / "eval/compare-pds.tsv").read_text().splitlines()
-    assert compare[0].startswith("method\tbaseline\tmetric") and any("target/pds_target" in line for line in compare)
+    header = compare[0].split("\t")
+    assert header[:3] == ["method", "baseline", "metric"]
+    assert {"diff", "ci_low", "ci_high", "verdict"} <= set(header)
+    rows = {r["metric"]: r for r in (dict(zip(header, line.split("\t"))) for line in compare[1:])}
+    # judged on the held-out twin of the target PDS optimises, never on the target itself
+    assert "target/pds_target_eval" in rows and "target/pds_target" not in rows
+    for r in rows.values():
+        assert float(r["ci_low"]) <= float(r["diff"]) + 1e-9 and float(r["diff"]) <= float(r["ci_high"]) + 1e-9
+        assert r["verdict"] in ("better", "worse", "no detectable difference")
+
+
+def test_the_evaluation_target_is_held_out_from_the_selection_target(finished):
+    """subsets.pds_target (what PDS optimises) and subsets.pds_target_eval (what every model is
+    judged on): no shared example, no shared document, same domain."""
+    work, _ = finished
+    ex = pq.read_table(work / R / "tokens/examples.parquet").to_pandas().set_index("example_id")
+    sel = pq.read_table(work / R / "subsets/pds_target/ids.parquet")["example_id"].to_pylist()
+    held = pq.read_table(work / R / "subsets/pds_target_eval/ids.parquet")["example_id"].to_pylist()
+    assert sel and held and not set(sel) & set(held)
+    assert not set(ex.loc[sel, "doc_id"]) & set(ex.loc[held, "doc_id"])
+    assert set(ex.loc[sel, "domain"]) == set(ex.loc[held, "domain"]) == {"shakespeare"}
+    assert set(ex.loc[sel, "split"]) == {"val"} and set(ex.loc[held, "split"]) == {"test"}
+    ev = json.loads((work / R / "eval/pds/s0/target-pds_target_eval.json").read_text())
+    assert sorted(ev["items"]["example_id"]) == sorted(held)

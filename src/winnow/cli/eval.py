@@ -54,7 +54,7 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=target)
 
-    p = sub.add_parser("compare", help="each method against a baseline, seed by seed")
+    p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95% bootstrap CI")
     p.add_argument("--evals", nargs="+", required=True, help="eval files of the method and the baseline")
     p.add_argument("--baseline", default="random")
     p.add_argument("--out", required=True)
@@ -89,13 +89,20 @@ def ppl(args) -> None:
     per_domain: dict[str, int] = {}
     chosen = []
     # Docs are in table order; the first N per domain keeps the set fixed across models.
-    for domain, text in zip(docs["domain"].to_pylist(), docs["text"].to_pylist()):
+    doc_ids = []
+    for doc_id, domain, text in zip(docs["doc_id"].to_pylist(), docs["domain"].to_pylist(), docs["text"].to_pylist()):
         if per_domain.get(domain, 0) < args.max_docs_per_domain:
             per_domain[domain] = per_domain.get(domain, 0) + 1
             chosen.append((domain, text))
+            doc_ids.append(doc_id)
     max_len = args.max_len or model.config.max_position_embeddings
-    result = domain_perplexity(model, tok, chosen, max_len=max_len, batch_size=args.batch_size, device=device)
-    write_json(args.out, {"split": args.split, "max_len": max_len, "domains": result})
+    per_doc: list[dict] = []
+    result = domain_perplexity(
+        model, tok, chosen, max_len=max_len, batch_size=args.batch_size, device=device, per_doc=per_doc
+    )
+    # Per-document sums: the paired bootstrap of a comparison resamples documents (winnow.stats).
+    items = {"doc_id": doc_ids, **{k: [d[k] for d in per_doc] for k in ("domain", "sum_logprob", "n_tokens", "n_bytes")}}
+    write_json(args.out, {"split": args.split, "max_len": max_len, "domains": result, "items": items})
     sidecars(args, "eval ppl", [args.out], [args.model, args.tokenizer, args.docs])
 
 
@@ -127,17 +134,19 @@ def table(args) -> None:
 
 
 def compare(args) -> None:
-    from winnow.eval.table import compare_rows, summary_rows, write_tsv
+    from winnow.eval.table import compare_rows, evals_and_items, write_tsv
 
-    write_tsv(args.out, compare_rows(summary_rows(args.evals), args.baseline))
+    summary, items = evals_and_items(args.evals)
+    write_tsv(args.out, compare_rows(summary, args.baseline, items))
     sidecars(args, "eval compare", [args.out], args.evals)
 
 
 def leaderboard(args) -> None:
-    from winnow.eval.table import leaderboard_html, leaderboard_rows, summary_rows, write_tsv
+    from winnow.eval.table import evals_and_items, leaderboard_html, leaderboard_rows, write_tsv
     from winnow.io.atomic import write_text
 
-    rows = leaderboard_rows(summary_rows(args.evals), args.primary, args.baseline)
+    summary, items = evals_and_items(args.evals)
+    rows = leaderboard_rows(summary, args.primary, args.baseline, items)
     write_tsv(args.out, rows)
     metrics = [m for m in args.metrics if any(m in r for r in rows)]
     write_text(args.html, leaderboard_html(rows, args.primary, metrics, "Bake-off: one pool, one budget"))
@@ -166,6 +175,8 @@ def target(args) -> None:
         "loss_sem": float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else None,
         "n_examples": int(len(losses)),
         "definition": "mean over examples of the token-mean next-token cross-entropy (nats)",
+        # Per-item losses: the paired bootstrap of a comparison resamples these (winnow.stats).
+        "items": {"example_id": [int(e) for e in ids], "loss": [float(x) for x in losses]},
     }
     write_json(args.out, result)
     sidecars(args, "eval target", [args.out], [args.model, args.examples, args.ids])

@@ -214,7 +214,8 @@ def oracle(args) -> None:
 
 
 def compare(args) -> None:
-    from winnow.eval.table import compare_stages, summary_rows, write_tsv
+    from winnow.eval.table import compare_stages, evals_and_items, write_tsv
 
-    write_tsv(args.out, compare_stages(summary_rows(args.evals)))
+    summary, items = evals_and_items(args.evals)
+    write_tsv(args.out, compare_stages(summary, items=items))
     sidecars(args, "mates compare", [args.out], args.evals)

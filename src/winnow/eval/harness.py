@@ -195,6 +195,28 @@ def _fit_to_context(
     return kept_files, dropped
 
 
+def _items(samples: list[dict]) -> dict[str, Any]:
+    """Per-item metric values of one task, keyed by lm-eval's ``doc_hash`` (the item's content).
+
+    ``{"ids": [hash, ...], "values": {metric: [value, ...]}}``. What a value is follows lm-eval's
+    per-sample output: ``acc``/``acc_norm`` 0/1; ``perplexity`` the item's log-likelihood (the
+    task's value is exp(−mean)); weighted perplexities and ``bits_per_byte`` ``[loglik, count]``.
+    """
+    def num(v: Any) -> float | None:
+        return _plain(float(v)) if isinstance(v, bool) else _plain(v)
+
+    rows = [s for s in samples if s.get("filter", "none") == "none"]
+    metrics = sorted({m for s in rows for m in s.get("metrics", [])})
+    values: dict[str, list] = {}
+    for metric in metrics:
+        col = [s.get(metric) for s in rows]
+        if all(num(v) is not None for v in col):
+            values[metric] = [float(num(v)) for v in col]
+        elif all(isinstance(v, (list, tuple)) and len(v) == 2 and None not in map(num, v) for v in col):
+            values[metric] = [[float(num(a)), float(num(b))] for a, b in col]
+    return {"ids": [s["doc_hash"] for s in rows], "values": values}
+
+
 def run_harness(
     model_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -210,7 +232,8 @@ def run_harness(
     """Evaluate a saved GPTNeoX folder with lm-eval on ``{key: jsonl}`` task files.
 
     Returns ``{"winnow_<key>": {metric: value, metric + "_stderr": value, ...}, "n_samples":
-    {task: evaluated items}, "lm_eval_version": str}``; only finite numbers are kept. ``limit``
+    {task: evaluated items}, "items": {task: per-item values (see ``_items``)}, "lm_eval_version":
+    str}``; only finite numbers are kept. ``limit``
     caps items per task (None: all). ``work_dir`` receives the task YAMLs and the datasets cache.
     Seeds are fixed, so a rerun gives the same numbers. ``bootstrap_iters`` drives lm-eval's
     stderr estimate of non-mean metrics (perplexity); 0 drops all stderrs.
@@ -255,7 +278,7 @@ def _run(
         task_manager=task_manager,
         limit=limit,
         bootstrap_iters=bootstrap_iters,
-        log_samples=False,
+        log_samples=True,  # per-item metrics: the paired bootstrap of a comparison resamples them
         random_seed=0,
         numpy_random_seed=SEED,
         torch_random_seed=SEED,
@@ -276,6 +299,7 @@ def _run(
             if plain is not None:
                 metrics[metric if filt == "none" else f"{metric},{filt}"] = plain
         result[name] = metrics
+    result["items"] = {name: _items(out.get("samples", {}).get(name, [])) for name in names}
     n_samples = out.get("n-samples", {})
     result["n_samples"] = {name: int(n_samples.get(name, {}).get("effective", 0)) for name in names}
     result["dropped_too_long"] = {task_name(k): v for k, v in sorted(dropped.items())}

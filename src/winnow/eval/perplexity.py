@@ -118,6 +118,7 @@ def domain_perplexity(
     *,
     context_len: int = 1,
     prefix_token: int | None = None,
+    per_doc: list[dict] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-domain (and ``"__all__"``) log-likelihood statistics of ``(domain, text)`` documents.
 
@@ -131,7 +132,8 @@ def domain_perplexity(
     windows are those of :func:`rolling_windows`, run ``batch_size`` at a time.
 
     The model is moved to ``device`` and run in eval mode under ``no_grad``; its training mode is
-    restored afterwards.
+    restored afterwards. If ``per_doc`` is a list, one entry per document (in ``docs`` order) is
+    appended to it with that document's counts and ``sum_logprob``.
     """
     if prefix_token is None:
         prefix_token = tokenizer.eos_token_id
@@ -146,14 +148,16 @@ def domain_perplexity(
     model.to(device)
     model.eval()
     stats: dict[str, dict[str, float]] = defaultdict(_empty)
-    pending: list[tuple[str, list[int], list[bool]]] = []  # (domain, window ids, pred mask)
+    docs_seen: list[dict] = []  # one accumulator per document, in order
+    pending: list[tuple[str, int, list[int], list[bool]]] = []  # (domain, doc index, window ids, pred mask)
 
     def flush() -> None:
         if not pending:
             return
-        sums = _score_batch(model, [(s, m) for _, s, m in pending], pad_id, device)
-        for (domain, _, _), value in zip(pending, sums.tolist(), strict=True):
+        sums = _score_batch(model, [(s, m) for _, _, s, m in pending], pad_id, device)
+        for (domain, doc, _, _), value in zip(pending, sums.tolist(), strict=True):
             stats[domain]["sum_logprob"] += value
+            docs_seen[doc]["sum_logprob"] += value
         pending.clear()
 
     total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
@@ -161,14 +165,18 @@ def domain_perplexity(
     try:
         for domain, text in docs:
             ids = tokenizer.encode(text, add_special_tokens=False)
-            st = stats[domain]
-            st["n_docs"] += 1
-            st["n_tokens"] += len(ids)
-            st["n_chars"] += len(text)
-            st["n_words"] += len(text.split())
-            st["n_bytes"] += len(text.encode("utf-8"))
+            counts = {
+                "n_docs": 1,
+                "n_tokens": len(ids),
+                "n_chars": len(text),
+                "n_words": len(text.split()),
+                "n_bytes": len(text.encode("utf-8")),
+            }
+            for key, value in counts.items():
+                stats[domain][key] += value
+            docs_seen.append({"domain": domain, "sum_logprob": 0.0, **counts})
             for seq, mask in rolling_windows(ids, max_len, prefix_token, context_len=context_len):
-                pending.append((domain, seq, mask))
+                pending.append((domain, len(docs_seen) - 1, seq, mask))
                 if len(pending) >= batch_size:
                     flush()
             prog.update(1, tokens=len(ids))
@@ -176,6 +184,8 @@ def domain_perplexity(
     finally:
         model.train(was_training)
     prog.done()
+    if per_doc is not None:
+        per_doc.extend(docs_seen)
 
     total_acc = _empty()
     for st in stats.values():

@@ -1,5 +1,6 @@
 """Tables over evaluated models: one row per ``.../eval/{method}/s{seed}/``, and each method
-against a baseline (random at the same size) seed by seed.
+against a baseline (random at the same size) seed by seed, with a paired bootstrap interval over
+evaluation items (``winnow.stats``).
 
 Metric columns: ``target/{subset}`` (mean loss, lower is better), ``ppl_token/{domain}`` and
 ``bits_per_byte/all`` (lower is better), ``{task}/{metric}`` from lm-eval (acc: higher is better).
@@ -12,7 +13,10 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from winnow.io.atomic import write_text
+from winnow.stats import ItemMetric, mean_metric, paired_bootstrap, verdict
 
 LOWER_IS_BETTER = ("target/", "reference/", "ppl_token/", "bits_per_byte/", "/perplexity")
 
@@ -55,16 +59,155 @@ def summary_rows(eval_paths) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def item_metrics(path: str | os.PathLike) -> dict[str, ItemMetric]:
+    """The per-item form of every metric :func:`summary_rows` reads from one eval file.
+
+    Names match the summary's columns. Files written before per-item output existed give ``{}``
+    (their comparisons carry no interval).
+    """
+    data = json.loads(Path(path).read_text())
+    name = Path(path).name
+    items = data.get("items")
+    if not items:
+        return {}
+    out: dict[str, ItemMetric] = {}
+    if name == "ppl.json":
+        nll = -np.asarray(items["sum_logprob"], dtype=np.float64)
+        tokens = np.asarray(items["n_tokens"], dtype=np.float64)
+        domains = np.asarray(items["domain"], dtype=object)
+        ids = tuple(map(str, items["doc_id"]))
+        for dom in sorted(set(items["domain"])):
+            keep = domains == dom
+            out[f"ppl_token/{dom}"] = ItemMetric(tuple(np.asarray(ids)[keep]), nll[keep], tokens[keep], "exp")
+        out["ppl_token/all"] = ItemMetric(ids, nll, tokens, "exp")
+        nbytes = np.asarray(items["n_bytes"], dtype=np.float64) * math.log(2)
+        out["bits_per_byte/all"] = ItemMetric(ids, nll, nbytes, "identity")
+    elif name == "harness.json":
+        for task, per_task in sorted(items.items()):
+            if not task.startswith("winnow_"):
+                continue
+            label = task.removeprefix("winnow_")
+            for metric, values in per_task["values"].items():
+                out[f"{label}/{metric}"] = _harness_metric(metric, per_task["ids"], values)
+    elif name.startswith("target-") or name == "reference.json":
+        key = "reference/loss" if name == "reference.json" else f"target/{name[len('target-') : -len('.json')]}"
+        out[key] = mean_metric(items["example_id"], items["loss"])
+    return out
+
+
+def _harness_metric(metric: str, ids: list[str], values: list) -> ItemMetric:
+    """lm-eval's per-item values as an :class:`ItemMetric` with lm-eval's own aggregation."""
+    if values and isinstance(values[0], list):  # [loglik, count]: weighted perplexity, bits per byte
+        pairs = np.asarray(values, dtype=np.float64)
+        if metric == "bits_per_byte":
+            return ItemMetric(tuple(ids), -pairs[:, 0], pairs[:, 1] * math.log(2), "identity")
+        return ItemMetric(tuple(ids), -pairs[:, 0], pairs[:, 1], "exp")
+    if metric == "perplexity":  # per item: the log-likelihood; the task: exp(−mean)
+        return mean_metric(ids, -np.asarray(values, dtype=np.float64), "exp")
+    return mean_metric(ids, values)
+
+
+def evals_and_items(eval_paths) -> tuple[list[dict], dict[tuple[str, int], dict[str, ItemMetric]]]:
+    """:func:`summary_rows` and, per (method, seed), the per-item metrics of its eval files."""
+    items: dict[tuple[str, int], dict[str, ItemMetric]] = {}
+    for path in sorted(map(str, eval_paths)):
+        items.setdefault(model_key(path), {}).update(item_metrics(path))
+    return summary_rows(eval_paths), items
+
+
+def interval_columns(
+    items: dict | None, method: str, baseline: str, seeds: list[int], metric: str
+) -> dict[str, object]:
+    """``diff`` (bootstrap point), ``ci_low``, ``ci_high``, ``verdict``, ``n_items`` of one metric.
+
+    NA where some model of these seeds has no per-item values of the metric.
+    """
+    na = {"ci_low": None, "ci_high": None, "verdict": "NA", "n_items": None}
+    if not items:
+        return na
+    try:
+        ms = [items[(method, s)][metric] for s in seeds]
+        bs = [items[(baseline, s)][metric] for s in seeds]
+    except KeyError:
+        return na
+    ci = paired_bootstrap(ms, bs)
+    return {
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "verdict": verdict(ci.low, ci.high, lower_is_better(metric)),
+        "n_items": ci.n_items,
+    }
+
+
+def less_eval_metrics(ev: dict) -> tuple[dict, dict[str, ItemMetric]]:
+    """A LESS arm's ``eval.json`` → (``{metric: value}``, ``{metric: ItemMetric}``).
+
+    Metrics: ``target/loss`` (all test-split target items), ``target/{subtask}`` and lm-eval's
+    ``define_choice/{acc,acc_norm}``. Items are empty for files without per-item output.
+    """
+    values = {"target/loss": ev["target_loss"]}
+    values.update({f"target/{k}": v for k, v in ev["target_loss_by_subtask"].items()})
+    harness = ev.get("harness", {})
+    for metric, value in harness.get("winnow_define_choice", {}).items():
+        if not metric.endswith("_stderr"):
+            values[f"define_choice/{metric}"] = value
+    items: dict[str, ItemMetric] = {}
+    if "items" in ev:
+        it = ev["items"]
+        items["target/loss"] = mean_metric(it["example_id"], it["loss"])
+        sub = np.asarray(it["subtask"], dtype=object)
+        for name in sorted(set(it["subtask"])):
+            keep = sub == name
+            items[f"target/{name}"] = mean_metric(np.asarray(it["example_id"])[keep], np.asarray(it["loss"])[keep])
+    for task, per_task in harness.get("items", {}).items():
+        label = task.removeprefix("winnow_")
+        for metric, vals in per_task["values"].items():
+            items[f"{label}/{metric}"] = _harness_metric(metric, per_task["ids"], vals)
+    return values, items
+
+
+def compare_arms(evals: dict[tuple[str, int], tuple[dict, dict]], baseline: str = "random") -> list[dict]:
+    """LESS's arms over seeds: the baseline's means, then each arm against it with intervals.
+
+    ``evals``: ``{(arm, seed): (values, items)}`` from :func:`less_eval_metrics`. Rows as
+    :func:`compare_rows`, with ``arm`` for ``method``; the baseline's rows carry only its mean.
+    """
+    summary = [{"method": arm, "seed": seed, **values} for (arm, seed), (values, _) in sorted(evals.items())]
+    items = {key: its for key, (_, its) in evals.items()}
+    base = [r for r in summary if r["method"] == baseline]
+    rows = []
+    for metric in [k for k in (base[0] if base else {}) if k not in ("method", "seed")]:
+        vals = [float(r[metric]) for r in base if _num(r.get(metric))]
+        rows.append(
+            {
+                "method": baseline,
+                "baseline": baseline,
+                "metric": metric,
+                "direction": "lower" if lower_is_better(metric) else "higher",
+                "n_seeds": len(vals),
+                "method_mean": sum(vals) / len(vals) if vals else None,
+                "baseline_mean": sum(vals) / len(vals) if vals else None,
+            }
+        )
+    order = sorted({r["method"] for r in summary} - {baseline}, key=lambda a: (a != "less", a))
+    compared = compare_rows(summary, baseline, items)
+    rows += sorted(compared, key=lambda r: order.index(r["method"]))
+    return [{"arm": r.pop("method"), **r} for r in rows]
+
+
 def lower_is_better(metric: str) -> bool:
     return any(tag in metric for tag in LOWER_IS_BETTER)
 
 
-def compare_rows(summary: list[dict], baseline: str = "random") -> list[dict]:
-    """For each method ≠ baseline and metric: per-seed values, the mean difference, and wins.
+def compare_rows(summary: list[dict], baseline: str = "random", items: dict | None = None) -> list[dict]:
+    """For each method ≠ baseline and metric: per-seed values, the mean difference, its interval.
 
-    ``diff = method − baseline`` per seed (same seed = same training seed and steps); ``wins``
-    counts seeds where the method is better in the metric's direction. Rows for seeds that the
-    baseline lacks are skipped, never compared across seeds.
+    ``diff`` = mean over seeds of (method − baseline) (same seed = same training seed and steps);
+    ``ci_low``/``ci_high``: the 95% paired bootstrap interval over evaluation items of that mean
+    (``items`` from :func:`evals_and_items`; NA without them); ``verdict``: better / worse / no
+    detectable difference, from the interval and the metric's direction. ``wins`` counts seeds
+    where the method is better. Rows for seeds that the baseline lacks are skipped, never compared
+    across seeds.
     """
     base = {int(r["seed"]): r for r in summary if r["method"] == baseline}
     out = []
@@ -74,11 +217,8 @@ def compare_rows(summary: list[dict], baseline: str = "random") -> list[dict]:
         seeds = sorted(set(rows) & set(base))
         metrics = [k for k in rows[seeds[0]] if k not in ("method", "seed")] if seeds else []
         for metric in metrics:
-            pairs = [
-                (float(rows[s][metric]), float(base[s][metric]))
-                for s in seeds
-                if _num(rows[s].get(metric)) and _num(base[s].get(metric))
-            ]
+            paired_seeds = [s for s in seeds if _num(rows[s].get(metric)) and _num(base[s].get(metric))]
+            pairs = [(float(rows[s][metric]), float(base[s][metric])) for s in paired_seeds]
             if not pairs:
                 continue
             diffs = [m - b for m, b in pairs]
@@ -94,24 +234,25 @@ def compare_rows(summary: list[dict], baseline: str = "random") -> list[dict]:
                     "n_seeds": len(pairs),
                     "method_mean": sum(m for m, _ in pairs) / len(pairs),
                     "baseline_mean": sum(b for _, b in pairs) / len(pairs),
-                    "diff_mean": mean,
+                    "diff": mean,
+                    **interval_columns(items, method, baseline, paired_seeds, metric),
                     "diff_sd": sd,
                     "wins": sum(better(d) for d in diffs),
-                    "per_seed_diff": ";".join(f"s{s}:{d:.6g}" for s, d in zip(seeds, diffs)),
+                    "per_seed_diff": ";".join(f"s{s}:{d:.6g}" for s, d in zip(paired_seeds, diffs)),
                 }
             )
     return out
 
 
-def compare_stages(summary: list[dict], method: str = "mates", baseline: str = "mrandom") -> list[dict]:
+def compare_stages(
+    summary: list[dict], method: str = "mates", baseline: str = "mrandom", items: dict | None = None
+) -> list[dict]:
     """Staged methods: ``{method}_k{k}`` against ``{baseline}_k{k}`` at every stage k, seed by seed."""
-    stages = sorted(
-        {int(r["method"].rsplit("_k", 1)[1]) for r in summary if r["method"].startswith(f"{method}_k")}
-    )
+    stages = sorted({int(r["method"].rsplit("_k", 1)[1]) for r in summary if r["method"].startswith(f"{method}_k")})
     out = []
     for k in stages:
         rows = [r for r in summary if r["method"] in (f"{method}_k{k}", f"{baseline}_k{k}")]
-        out += [{"stage": k, **row} for row in compare_rows(rows, f"{baseline}_k{k}")]
+        out += [{"stage": k, **row} for row in compare_rows(rows, f"{baseline}_k{k}", items)]
     return out
 
 
@@ -146,11 +287,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def leaderboard_rows(summary: list[dict], primary: str, baseline: str = "random") -> list[dict]:
+def leaderboard_rows(
+    summary: list[dict], primary: str, baseline: str = "random", items: dict | None = None
+) -> list[dict]:
     """One row per method: mean and sample sd over seeds of every metric, ranked by ``primary``.
 
     Every method must have the same seeds (a bake-off compares like with like); ``wins`` counts the
     seeds where the method beats ``baseline`` on ``primary`` (same seed, so same training seed).
+    ``diff``, ``ci_low``, ``ci_high``, ``verdict``: the method − baseline difference of ``primary``
+    (mean over seeds) and its paired bootstrap interval over evaluation items (see
+    :func:`compare_rows`); NA on the baseline's own row.
     """
     by_method: dict[str, dict[int, dict]] = {}
     for r in summary:
@@ -175,16 +321,18 @@ def leaderboard_rows(summary: list[dict], primary: str, baseline: str = "random"
         if baseline in by_method and method != baseline:
             better = (lambda d: d < 0) if lower_is_better(primary) else (lambda d: d > 0)
             base = by_method[baseline]
-            row[f"wins vs {baseline}"] = sum(
-                better(float(rows[s][primary]) - float(base[s][primary]))
-                for s in rows
-                if s in base and _num(rows[s].get(primary)) and _num(base[s].get(primary))
-            )
+            paired = [
+                s for s in sorted(rows) if s in base and _num(rows[s].get(primary)) and _num(base[s].get(primary))
+            ]
+            diffs = [float(rows[s][primary]) - float(base[s][primary]) for s in paired]
+            row[f"wins vs {baseline}"] = sum(better(d) for d in diffs)
+            row["diff"] = sum(diffs) / len(diffs) if diffs else None
+            row.update(interval_columns(items, method, baseline, paired, primary))
         out.append(row)
     sign = 1.0 if lower_is_better(primary) else -1.0
     out.sort(key=lambda r: (sign * r[primary] if _num(r[primary]) else math.inf, r["method"]))
     wins = f"wins vs {baseline}"
-    first = ["method", "n_seeds", primary, f"{primary} sd", wins]
+    first = ["method", "n_seeds", primary, f"{primary} sd", "diff", "ci_low", "ci_high", "verdict", wins]
     return [
         {"rank": rank, **{k: r[k] for k in first if k in r}, **{k: v for k, v in r.items() if k not in first}}
         for rank, r in enumerate(out, start=1)
@@ -201,11 +349,19 @@ def leaderboard_html(rows: list[dict], primary: str, metrics: list[str], title: 
         sd = row.get(f"{m} sd")
         return f"{float(row[m]):.4g} ± {float(sd):.2g}" if _num(sd) else f"{float(row[m]):.4g}"
 
+    def interval(row):
+        if not (_num(row.get("diff")) and _num(row.get("ci_low")) and _num(row.get("ci_high"))):
+            return "—"
+        return f"{float(row['diff']):+.3g} [{float(row['ci_low']):+.3g}, {float(row['ci_high']):+.3g}]"
+
     extra = sorted({c for r in rows for c in r if c.startswith("wins vs ")})
-    head = ["rank", "method", "seeds", *[f"{m} ({'↓' if lower_is_better(m) else '↑'})" for m in metrics], *extra]
+    base = extra[0].removeprefix("wins vs ") if extra else "baseline"
+    head = ["rank", "method", "seeds", *[f"{m} ({'↓' if lower_is_better(m) else '↑'})" for m in metrics]]
+    head += [f"{primary} − {base} [95% CI]", "verdict", *extra]
     body = []
     for r in rows:
         cells = [str(r["rank"]), r["method"], str(r["n_seeds"])] + [cell(r, m) for m in metrics]
+        cells += [interval(r), str(r.get("verdict") or "—")]
         cells += [str(r.get(c, "—")) for c in extra]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return (
@@ -213,7 +369,8 @@ def leaderboard_html(rows: list[dict], primary: str, metrics: list[str], title: 
         "body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}"
         "td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}td:nth-child(2){{text-align:left}}"
         "</style></head><body><h2>{t}</h2><p>Ranked by <b>{p}</b> (mean ± sample sd over seeds; ↓ lower is"
-        " better, ↑ higher is better).</p><table id='leaderboard'><thead><tr>{h}</tr></thead><tbody>{b}"
+        " better, ↑ higher is better). The interval is the 95% paired bootstrap interval over evaluation"
+        " items of the mean difference from the baseline; the verdict says whether it excludes 0.</p><table id='leaderboard'><thead><tr>{h}</tr></thead><tbody>{b}"
         "</tbody></table></body></html>\n"
     ).format(
         t=html.escape(title),

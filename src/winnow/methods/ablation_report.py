@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.methods.ablation import mixture_name
+from winnow.stats import pearson, spearman
 
 KINDS = ("seed", "components", "mixtures", "merges", "macros")
 METRICS = ("ppl_token", "ppl_word", "ppl_char", "bits_per_byte")
@@ -62,31 +63,6 @@ def ppl_rows(eval_paths: Iterable[str | os.PathLike]) -> list[dict]:
                 }
             )
     return rows
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson's r; nan for fewer than 3 points or a constant input."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size != y.size:
-        raise ValueError("x and y differ in length")
-    if x.size < 3:
-        return float("nan")
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy) / den if den > 0 else float("nan")
-
-
-def average_ranks(x: Sequence[float]) -> np.ndarray:
-    """1-based ranks, ties get the mean of the ranks they span (scipy's ``rankdata`` default)."""
-    x = np.asarray(x, dtype=np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson's r of the average ranks."""
-    return pearson(average_ranks(x), average_ranks(y))
 
 
 def points(

@@ -327,7 +327,7 @@ class OracleResult:
 
 def first_order_agreement(exact: OracleResult, approx: OracleResult) -> dict:
     """Spearman / Pearson of the approximate deltas against the exact ones (and their scales)."""
-    from winnow.scorer import pearson, spearman
+    from winnow.stats import pearson, spearman
 
     a, b = exact.delta, approx.delta
     return {
