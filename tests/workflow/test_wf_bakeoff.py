@@ -51,17 +51,25 @@ def test_leaderboard_is_the_mean_and_sd_of_the_model_evaluations(tiny_all_finish
     work, _ = tiny_all_finished
     lines = (work / R / "bakeoff/leaderboard.tsv").read_text().splitlines()
     header, rows = lines[0].split("\t"), [dict(zip(lines[0].split("\t"), ln.split("\t"))) for ln in lines[1:]]
-    assert header[:5] == ["rank", "method", "n_seeds", "target/pds_target", "target/pds_target sd"]
+    # ranked by the held-out twin of the target every arm aims at, never by that target itself
+    m = "target/pds_target_eval"
+    assert header[:9] == ["rank", "method", "n_seeds", m, f"{m} sd", "diff", "ci_low", "ci_high", "verdict"]
+    assert "target/pds_target" not in header
     assert sorted(r["method"] for r in rows) == sorted(ARMS)
     means = {}
     for r in rows:
         losses = [
-            json.loads((work / R / f"eval/{r['method']}/s{s}/target-pds_target.json").read_text())["loss"]
+            json.loads((work / R / f"eval/{r['method']}/s{s}/target-pds_target_eval.json").read_text())["loss"]
             for s in (0, 1)
         ]
-        assert float(r["target/pds_target"]) == pytest.approx(statistics.mean(losses), rel=1e-5)
-        assert float(r["target/pds_target sd"]) == pytest.approx(statistics.stdev(losses), rel=1e-4, abs=1e-9)
+        assert float(r[m]) == pytest.approx(statistics.mean(losses), rel=1e-5)
+        assert float(r[f"{m} sd"]) == pytest.approx(statistics.stdev(losses), rel=1e-4, abs=1e-9)
         means[r["method"]] = statistics.mean(losses)
+        if r["method"] == "random":
+            assert r["verdict"] == "NA"
+        else:
+            assert float(r["ci_low"]) <= float(r["diff"]) <= float(r["ci_high"])
+            assert r["verdict"] in ("better", "worse", "no detectable difference")
     assert [r["method"] for r in rows] == sorted(means, key=lambda m: (means[m], m))  # ranked by loss
     html = (work / R / "bakeoff/leaderboard.html").read_text()
     assert all(f"<td>{arm}</td>" in html for arm in ARMS)

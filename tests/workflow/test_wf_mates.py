@@ -53,6 +53,9 @@ def test_per_stage_comparison_and_idempotence(mates_run):
     rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
     ref = [r for r in rows if r["metric"] == "reference/loss"]
     assert [r["stage"] for r in ref] == ["1"] and ref[0]["method"] == "mates_k1"
+    # the reference loss is judged on test-split items (the oracle's are val), with an interval
+    assert int(ref[0]["n_items"]) > 1 and ref[0]["verdict"] in ("better", "worse", "no detectable difference")
+    assert float(ref[0]["ci_low"]) <= float(ref[0]["ci_high"])
     assert planned_jobs(smk(work, cfg, "-n", "mates")) == {}
 
 
