@@ -33,6 +33,13 @@ def test_stages_pools_and_oracle(mates_run):
     assert fit["label_column"] == "delta" and -1 <= fit["val_spearman"] <= 1
     selected = set(pq.read_table(work / R / "mates/mates/s0/stage-1/ids.parquet")["example_id"].to_pylist())
     assert selected <= pools[1] and len(selected) == 30  # ratio 0.5 of the 60-example stage pool
+    # the oracle's reference items (val) and the reference the stages are judged on (test) are
+    # cut from different documents
+    sources = {
+        sp: set(json.loads((work / R / f"mates/reference/{sp}/manifest.json").read_text())["source_docs"])
+        for sp in ("val", "test")
+    }
+    assert sources["val"] and sources["test"] and not sources["val"] & sources["test"]
 
 
 def test_a_stage_resumes_the_previous_stage_optimizer(mates_run):

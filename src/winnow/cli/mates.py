@@ -138,6 +138,9 @@ def reference(args) -> None:
         "shards": {REFERENCE_SHARD: examples.num_rows},
         "layout": layout_entry(FLAT_LAYOUT, 1, 1),
         "split": args.split,
+        # The corpus documents the items were cut from: the val (oracle) and test (evaluation)
+        # references must share none (tests/workflow/test_wf_mates.py checks).
+        "source_docs": sorted({it.get("doc_id", "") for it in items}),
         "stats": stats,
         "definition": "LAMBADA-style last word: loss on the target word's tokens given the passage",
     }
