@@ -85,7 +85,8 @@ rule ablation_seed:
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
 
-# A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps.
+# A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps,
+# at constant ablation.lr (null: the seed's final lr, read from the seed folder's trainer_state.json).
 rule ablation_component:
     input:
         examples="results/{run}/tokens/examples.parquet",
@@ -124,7 +125,8 @@ rule ablation_component:
         " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
 
 
-# A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps.
+# A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps
+# (at the components' lr).
 rule ablation_mixture:
     input:
         examples="results/{run}/tokens/examples.parquet",

@@ -78,6 +78,15 @@ if "pds" in config["methods"]:
             raise ValueError("config key pds is required when methods include pds")
     if "pds" not in config["select"]:
         raise ValueError("config key select.pds is required when methods include pds")
+# PDS's paper variant (Algorithm 1) ascends g = −dJ_total/dγ, the sum of the proxy contributions
+# over every step; interval > 1 (the released code's approximation) would be another gradient.
+_solver = (config.get("pds") or {}).get("solver") or {}
+if _solver.get("variant") == "paper" and _solver.get("interval", 1) != 1:
+    raise ValueError(
+        f"config key pds.solver.interval must be 1 for pds.solver.variant paper, got"
+        f" {_solver['interval']}: Algorithm 1 sums the proxy contributions over every step"
+        " (interval > 1 is the released variant's approximation; the schema's default, 10, is its)"
+    )
 
 
 if "mates" in config["methods"] and "mates" not in config:
@@ -156,7 +165,12 @@ def subset_args(wildcards):
     args += (
         ["--n", str(spec["n"])]
         if "n" in spec
-        else ["--fraction", str(spec["fraction"])]
+        else [
+            "--fraction",
+            str(spec["fraction"]),
+            "--key",
+            f"subsets.{wildcards.subset}.fraction",
+        ]
     )
     args += ["--seed", str(spec["seed"])]
     return " ".join(args)
@@ -165,7 +179,11 @@ def subset_args(wildcards):
 def select_args(wildcards):
     spec = config["select"][wildcards.method]
     size = f"--ratio {spec['ratio']}" if "ratio" in spec else f"--k {spec['k']}"
-    return f"--direction {spec['direction']} {size} --temperature {spec.get('temperature', 0.0)}"
+    key = f"select.{wildcards.method}.{'ratio' if 'ratio' in spec else 'k'}"
+    return (
+        f"--direction {spec['direction']} {size} --temperature {spec.get('temperature', 0.0)}"
+        f" --key {key}"
+    )
 
 
 def tokenizer_args(wildcards):
@@ -402,7 +420,10 @@ def report_plot_inputs(wildcards):
                     )
     if "less" in config["methods"]:
         for seed in config["seeds"]:
-            scores[f"less_s{seed}"] = f"results/{run}/less/s{seed}/scores.parquet"
+            # the table the `less` arm selected from (the prefilter's in mode prefilter)
+            scores[f"less_s{seed}"] = f"results/{run}/less/s{seed}/" + (
+                "prefilter/scores.parquet" if LESS_PREFILTER else "scores.parquet"
+            )
     curves = {
         f"{method}_s{seed}": f"results/{run}/models/{method}/s{seed}/model/trainer_state.json"
         for method in SELECTION_METHODS

@@ -91,13 +91,17 @@ def ablation_seed_config():
 
 
 def ablation_cpt_config(n_parts):
-    """Continued pretraining of the seed: n_parts × ablation.budget_steps at constant ablation.lr."""
+    """Continued pretraining of the seed: n_parts × ablation.budget_steps at constant ablation.lr.
+
+    ablation.lr null (the default) stays null here: `train lm` then takes the lr of the seed's last
+    optimizer step from the --resume-from folder (the seed model, an input of the rule).
+    """
     if not ABLATION:
         return ""
     cfg = json.loads(train_config())
     cfg.update(
         steps=n_parts * ABLATION["budget_steps"],
-        lr=ABLATION["lr"],
+        lr=ABLATION.get("lr"),
         schedule="constant",
         warmup_steps=0,
         seed=ABLATION.get("seed", 0),

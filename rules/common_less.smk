@@ -15,6 +15,27 @@ if LESS:
         raise ValueError(
             "config key select.less_random.temperature must be > 0 (a uniform draw per seed)"
         )
+# The predictor and its prefilter (less.predictor.mode): `full` selects from exact scores of the
+# whole pool and runs the prefilter beside it as a measurement; `prefilter` selects from the
+# prefilter's scores, so the whole pool's features are built only with compare_full.
+LESS_PREDICTOR = {
+    "fit_fraction": 0.5,
+    "seed": 0,
+    "mode": "full",
+    "featurize_fraction": 0.15,
+    "compare_full": False,
+    **(LESS.get("predictor") or {}),
+}
+LESS_PREFILTER = LESS_PREDICTOR["mode"] == "prefilter"
+LESS_FULL_FEATURES = not LESS_PREFILTER or bool(LESS_PREDICTOR["compare_full"])
+if LESS and LESS_PREFILTER:
+    _covered = LESS_PREDICTOR["fit_fraction"] + LESS_PREDICTOR["featurize_fraction"]
+    if _covered < config["select"]["less"]["ratio"]:
+        raise ValueError(
+            "config keys less.predictor.fit_fraction + featurize_fraction"
+            f" ({_covered:g}) must be at least select.less.ratio in mode prefilter:"
+            " the selection would take examples without exact scores"
+        )
 LESS_EPOCHS = list(range(1, LESS.get("warmup", {}).get("epochs", 0) + 1))
 LESS_SHARDS = list(range(LESS.get("data", {}).get("num_shards", 2)))
 LESS_ARMS = LESS.get("arms", ["less", "random", "full"])
@@ -69,6 +90,59 @@ def less_features(wildcards):
     }
 
 
+def less_prefilter_part_features(wildcards):
+    """Features of a prefilter part (fit: S, top: T) at every epoch, with the target's."""
+    root = f"results/{wildcards.run}/less/s{wildcards.seed}/prefilter/features/{wildcards.part}"
+    return {
+        "pool": [f"{root}/epoch-{e}/pool-0.npy" for e in LESS_EPOCHS],
+        "target": [f"{root}/epoch-{e}/target.npy" for e in LESS_EPOCHS],
+    }
+
+
+def less_prefilter_inputs(wildcards):
+    """The prefilter's parts, and the whole pool's exact scores when the run builds them."""
+    root = f"results/{wildcards.run}/less/s{wildcards.seed}"
+    files = {
+        "pool": f"results/{wildcards.run}/less/data/pool.parquet",
+        "fit_ids": f"{root}/prefilter/fit-ids.parquet",
+        "fit_scores": f"{root}/prefilter/fit-scores.parquet",
+        "fit_match": f"{root}/prefilter/fit-match.json",
+        "top_ids": f"{root}/prefilter/top-ids.parquet",
+        "top_scores": f"{root}/prefilter/top-scores.parquet",
+        "predicted": f"{root}/prefilter/predicted.parquet",
+    }
+    if LESS_FULL_FEATURES:
+        files["full_scores"] = f"{root}/scores.parquet"
+    return files
+
+
+def less_prefilter_full_arg(wildcards, input):
+    return f"--full-scores {input.full_scores}" if "full_scores" in input.keys() else ""
+
+
+def less_prefilter_config(*keys):
+    """The less.predictor keys (and select.less.ratio, device) a prefilter command reads, as JSON."""
+    extra = {
+        "ratio": config["select"].get("less", {}).get("ratio"),
+        "device": eval_device(),
+    }
+    return as_json({k: {**LESS_PREDICTOR, **extra}[k] for k in keys})
+
+
+def less_features_config(**extra):
+    """less.features (and eval.device) for `less features --features-config`, as JSON."""
+    feats = LESS.get("features", {})
+    cfg = {
+        "dim": feats.get("dim"),
+        "seed": feats.get("seed", 0),
+        "dtype": feats.get("dtype", "float16"),
+        "batch_size": feats.get("batch_size", 16),
+        "method": feats.get("method", "hooks"),
+        "device": eval_device(),
+    }
+    return as_json({**cfg, **extra})
+
+
 def less_arm_ids(wildcards):
     """The examples an arm fine-tunes on: the whole pool (`full`) or its selection."""
     if wildcards.arm == "full":
@@ -78,18 +152,22 @@ def less_arm_ids(wildcards):
 
 def less_arm_scores(wildcards):
     run, seed = wildcards.run, wildcards.seed
+    scores = "prefilter/scores.parquet" if LESS_PREFILTER else "scores.parquet"
+    predicted = "prefilter/predicted.parquet" if LESS_PREFILTER else "predicted.parquet"
     return {
-        "less": f"results/{run}/less/s{seed}/scores.parquet",
-        "predicted": f"results/{run}/less/s{seed}/predicted.parquet",
+        "less": f"results/{run}/less/s{seed}/{scores}",
+        "predicted": f"results/{run}/less/s{seed}/{predicted}",
         "random": f"results/{run}/less/random-scores.parquet",
     }[wildcards.arm]
 
 
 def less_select_args(wildcards):
-    spec = config["select"]["less_random" if wildcards.arm == "random" else "less"]
+    name = "less_random" if wildcards.arm == "random" else "less"
+    spec = config["select"][name]
     return (
         f"--direction {spec['direction']} --ratio {spec['ratio']}"
         f" --temperature {spec.get('temperature', 0.0)} --seed {wildcards.seed}"
+        f" --key select.{name}.ratio"
     )
 
 
@@ -112,6 +190,8 @@ def less_targets():
         f"results/{RUN}/less/composition.tsv",
     ]
     for seed in config["seeds"]:
-        files.append(f"results/{RUN}/less/s{seed}/predictor.json")
-        files.append(f"results/{RUN}/less/s{seed}/match.json")
+        files.append(f"results/{RUN}/less/s{seed}/prefilter.json")
+        if LESS_FULL_FEATURES:
+            files.append(f"results/{RUN}/less/s{seed}/predictor.json")
+            files.append(f"results/{RUN}/less/s{seed}/match.json")
     return files

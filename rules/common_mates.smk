@@ -27,11 +27,14 @@ def mates_select_args(wildcards):
     seed = int(wildcards.seed) * 1000 + int(
         wildcards.k
     )  # a different draw at every stage
+    key = "--key select.mates.ratio"  # named when ratio × stage_size keeps 0
     if wildcards.arm == "mrandom":
         ratio = config["select"]["mates"]["ratio"]
-        return f"--direction higher --ratio {ratio} --temperature 1.0 --seed {seed}"
+        return (
+            f"--direction higher --ratio {ratio} --temperature 1.0 --seed {seed} {key}"
+        )
     spec = config["select"]["mates"]
-    return f"--direction {spec['direction']} --ratio {spec['ratio']} --temperature {spec['temperature']} --seed {seed}"
+    return f"--direction {spec['direction']} --ratio {spec['ratio']} --temperature {spec['temperature']} --seed {seed} {key}"
 
 
 def _corpus_inputs(wildcards):

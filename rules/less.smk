@@ -2,7 +2,9 @@
 # random 5% of an instruction pool, projected Adam-preconditioned per-example LoRA gradients at
 # every warm-up epoch, cosine matching against the target task's reference points, the top 5%
 # fine-tuned next to a random 5% and the whole pool; plus a predictor that learns the score from
-# cheap inputs. Example ids under less/ refer to the instruction store less/data/examples.parquet.
+# cheap inputs, and a prefilter that uses it to featurise only a sample and the predicted top
+# (less.predictor.mode). Example ids under less/ refer to the instruction store
+# less/data/examples.parquet.
 
 
 # Instruction items from the corpus (own token store), pool/target/eval ids, subtask labels and
@@ -176,6 +178,152 @@ rule less_predict:
         " --fit-fraction {params.fit_fraction} --ratio {params.ratio} --seed {params.seed}"
         " --device {params.device} --out {output.scores} --report {output.report}"
         " --threads {threads} > {log} 2>&1"
+
+
+# ---- The prefilter (less.predictor): exact features for a seeded sample S and for the predicted top
+# T of the rest only. Mode `full` runs it beside the whole pool's features (prefilter.json then holds
+# the recall of the exact top-k); mode `prefilter` selects the `less` (and `predicted`) arm from it.
+
+
+# S: a seeded fraction of the pool (less.predictor.fit_fraction, seed): the predictor's fit sample.
+rule less_prefilter_sample:
+    input:
+        pool=f"{LESS_DATA}/pool.parquet",
+    output:
+        "results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
+    log:
+        "results/{run}/logs/less_prefilter_sample/s{seed}.log",
+    conda:
+        ENV
+    params:
+        predictor=less_prefilter_config("fit_fraction", "seed"),
+        code=code("less prefilter-sample"),
+    shell:
+        "python -m winnow less prefilter-sample --pool {input.pool}"
+        " --predictor-config '{params.predictor}' --out {output} > {log} 2>&1"
+
+
+# The same feature command as less_features, over a part's id list (fit: S, top: T) at one warm-up
+# epoch: one pool-0.npy for the part (every token shard in one block) and the target's features.
+rule less_prefilter_features:
+    input:
+        unpack(less_store),
+        base=less_base,
+        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
+        ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
+        target=f"{LESS_DATA}/target.parquet",
+    output:
+        pool="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy",
+        target="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy",
+    log:
+        "results/{run}/logs/less_prefilter_features/s{seed}-{part}-epoch{epoch}.log",
+    benchmark:
+        "results/{run}/benchmarks/less_prefilter_features/s{seed}-{part}-epoch{epoch}.tsv"
+    wildcard_constraints:
+        part="fit|top",
+        epoch=r"\d+",
+    conda:
+        ENV
+    threads: THREADS["train"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        lora=less_lora() if LESS else "",
+        features=less_features_config(shards_per_block=len(LESS_SHARDS)),
+        code=code("less features"),
+    shell:
+        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        " --base {input.base} --checkpoint {input.checkpoint}"
+        " --lora-config '{params.lora}' --pool {input.ids} --target {input.target}"
+        " --features-config '{params.features}'"
+        " --pool-out {output.pool} --target-out {output.target} --threads {threads} > {log} 2>&1"
+
+
+# Exact LESS scores of a part (the same matching command as less_match).
+rule less_prefilter_match:
+    input:
+        unpack(less_prefilter_part_features),
+        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
+        subtasks=f"{LESS_DATA}/subtasks.parquet",
+    output:
+        scores="results/{run}/less/s{seed}/prefilter/{part}-scores.parquet",
+        report="results/{run}/less/s{seed}/prefilter/{part}-match.json",
+    log:
+        "results/{run}/logs/less_prefilter_match/s{seed}-{part}.log",
+    wildcard_constraints:
+        part="fit|top",
+    conda:
+        ENV
+    params:
+        match=as_json({"aggregate": LESS.get("aggregate", "subtask_max")}),
+        code=code("less match"),
+    shell:
+        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
+        " --warmup {input.warmup} --subtasks {input.subtasks} --match-config '{params.match}'"
+        " --out {output.scores} --report {output.report} > {log} 2>&1"
+
+
+# The ridge on the frozen base's mean hidden states fitted on S's exact scores: predictions of the
+# rest (predicted.parquet: exact on S, predicted elsewhere) and T, the best-predicted
+# featurize_fraction of the pool outside S (top-ids.parquet, best first).
+rule less_prefilter_predict:
+    input:
+        unpack(less_store),
+        base=less_base,
+        pool=f"{LESS_DATA}/pool.parquet",
+        fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
+        fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
+    output:
+        predicted="results/{run}/less/s{seed}/prefilter/predicted.parquet",
+        top_ids="results/{run}/less/s{seed}/prefilter/top-ids.parquet",
+        report="results/{run}/less/s{seed}/prefilter/predict.json",
+    log:
+        "results/{run}/logs/less_prefilter_predict/s{seed}.log",
+    benchmark:
+        "results/{run}/benchmarks/less_prefilter_predict/s{seed}.tsv"
+    conda:
+        ENV
+    threads: THREADS["eval"]
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
+        code=code("less prefilter-predict"),
+    shell:
+        "python -m winnow less prefilter-predict --examples {input.examples} --manifest {input.manifest}"
+        " --base {input.base} --pool {input.pool} --fit-ids {input.fit_ids} --fit-scores {input.fit_scores}"
+        " --predictor-config '{params.predictor}' --predicted {output.predicted}"
+        " --top-ids {output.top_ids} --report {output.report} --threads {threads} > {log} 2>&1"
+
+
+# The prefilter's scores (exact on S ∪ T, the rest ranked below by prediction) and prefilter.json:
+# examples featurised, cost saved and, with the whole pool's scores, the recall of the exact top-k
+# next to the predict-only path's.
+rule less_prefilter:
+    input:
+        unpack(less_prefilter_inputs),
+    output:
+        scores="results/{run}/less/s{seed}/prefilter/scores.parquet",
+        report="results/{run}/less/s{seed}/prefilter.json",
+    log:
+        "results/{run}/logs/less_prefilter/s{seed}.log",
+    conda:
+        ENV
+    params:
+        full=less_prefilter_full_arg,
+        predictor=less_prefilter_config(
+            "mode", "fit_fraction", "featurize_fraction", "ratio"
+        ),
+        code=code("less prefilter"),
+    shell:
+        "python -m winnow less prefilter --pool {input.pool} --fit-ids {input.fit_ids}"
+        " --fit-scores {input.fit_scores} --top-ids {input.top_ids} --top-scores {input.top_scores}"
+        " --predicted {input.predicted} --fit-match {input.fit_match} {params.full}"
+        " --predictor-config '{params.predictor}' --out {output.scores} --report {output.report}"
+        " > {log} 2>&1"
 
 
 # Equal scores over the pool: `random`'s Gumbel-top-k draws a uniform 5% per seed.

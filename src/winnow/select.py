@@ -48,17 +48,27 @@ class SelectParams:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def count(self, n: int) -> int:
+    def count(self, n: int, key: str | None = None) -> int:
+        """k of a pool of n: ``k`` (at most n) or ⌊ratio · n⌋. A count of 0 (ratio · n < 1, or an
+        empty pool) is an error naming ``key``, the config key of the ratio or k (e.g.
+        ``select.pds.ratio``): it would select nothing and train on nothing, silently."""
         k = self.k if self.k is not None else int(math.floor(self.ratio * n))
-        return max(0, min(k, n))
+        k = max(0, min(k, n))
+        if k == 0:
+            size = self.k if self.k is not None else self.ratio
+            raise ValueError(f"{key or ('k' if self.k is not None else 'ratio')}: {size} of {n} pool examples keeps 0")
+        return k
 
 
-def select(example_ids: np.ndarray, scores: np.ndarray, params: SelectParams) -> tuple[np.ndarray, np.ndarray]:
+def select(
+    example_ids: np.ndarray, scores: np.ndarray, params: SelectParams, key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``params.count(n)`` ids.
 
     Args:
         example_ids: ``(n,)`` int64, unique.
         scores: ``(n,)`` float; NaN scores are never selected.
+        key: the config key of the ratio or k, named in the error when the count is 0.
     Returns:
         ``(ids, keys)``: ``(k,)`` int64 ids ordered best first, and their ``(k,)`` float64 keys.
     """
@@ -80,7 +90,7 @@ def select(example_ids: np.ndarray, scores: np.ndarray, params: SelectParams) ->
         keys[valid] = goodness[valid] / params.temperature + gumbel[valid]
     else:
         keys[valid] = goodness[valid]
-    k = min(params.count(ids.size), int(valid.sum()))
+    k = min(params.count(ids.size, key), int(valid.sum()))
     # lexsort: last key is primary. Sort by key descending, then example_id ascending.
     ranked = np.lexsort((ids, -keys))[:k]
     return ids[ranked], keys[ranked]

@@ -45,6 +45,35 @@ def test_seed_changes_order_and_no_shuffle_is_sequential():
     assert seq.tolist() == np.resize(IDS, 15).tolist()
 
 
+def test_epoch_batches_are_one_permutation_per_epoch_with_a_partial_last_batch():
+    """Epoch-aligned batches (a DataLoader without drop_last): epoch e is one permutation of the n
+    ids cut into ⌈n/B⌉ batches, the last one partial; epoch e ends after exactly e·n samples."""
+    from winnow.train.batches import epoch_step_ids, steps_per_epoch
+
+    n, batch, seed = IDS.size, 3, 5  # 7 ids: batches of 3, 3, 1
+    spe = steps_per_epoch(n, batch)
+    assert spe == 3 and steps_per_epoch(6, 3) == 2 and steps_per_epoch(2, 5) == 1
+    run = {}
+    for e in range(4):
+        want = IDS[np.random.default_rng([seed, e]).permutation(n)]  # independent of the module
+        got = [epoch_step_ids(IDS, e * spe + k, batch, seed) for k in range(spe)]
+        assert [g.size for g in got] == [3, 3, 1] and all(g.dtype == np.int64 for g in got)
+        np.testing.assert_array_equal(np.concatenate(got), want)
+        run.update({e * spe + k: g for k, g in enumerate(got)})
+    batches._epoch_perm.cache_clear()  # pure in the step: a resumed run asks out of order, cold
+    for s in (10, 4, 0, 7):
+        np.testing.assert_array_equal(epoch_step_ids(IDS, s, batch, seed), run[s])
+    # n a multiple of the batch: the continuous stream's batches exactly
+    for s in range(8):
+        np.testing.assert_array_equal(epoch_step_ids(IDS[:6], s, 3, seed), step_ids(IDS[:6], s, 3, seed))
+    # no shuffle: the ids in order each epoch; a batch larger than the ids: one batch an epoch
+    seq = [epoch_step_ids(IDS, s, 3, seed, shuffle=False).tolist() for s in range(4)]
+    assert seq == [IDS[:3].tolist(), IDS[3:6].tolist(), IDS[6:].tolist(), IDS[:3].tolist()]
+    np.testing.assert_array_equal(
+        epoch_step_ids(IDS[:2], 1, 5, seed), IDS[:2][np.random.default_rng([seed, 1]).permutation(2)]
+    )
+
+
 def test_batch_larger_than_ids():
     out = step_ids(IDS[:2], 0, 5, seed=3)
     assert out.shape == (5,)

@@ -117,3 +117,14 @@ def test_select_with_both_ratio_and_k(config):
 def test_missing_required_subset_pool(config):
     config["subsets"] = {"warmup": {"fraction": 0.1, "seed": 0}}
     assert any("'pool' is a required property" in e for e in errors(config))
+
+
+def test_ablation_lr_defaults_to_the_seeds_final_lr(config):
+    """ablation.lr: null (the default) = the seed's final lr; a positive number overrides it."""
+    assert config["ablation"]["lr"] is None
+    del config["ablation"]["lr"]
+    assert errors(config) == []
+    config["ablation"]["lr"] = 1e-3
+    assert errors(config) == []
+    config["ablation"]["lr"] = 0
+    assert any(e.endswith("@ $.ablation.lr") for e in errors(config)), errors(config)

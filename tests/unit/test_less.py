@@ -529,3 +529,81 @@ def test_projector_compile_falls_back_to_eager(monkeypatch):
             got = p.matrix()
         assert torch.equal(got, want) and p.compiled == {"hash@cpu": False, "unpack@cpu": False}
         assert torch.equal(p.matrix(), want)  # later calls: eager, no new warning needed
+
+
+# ----------------------------------------------------------------------------------------------
+# the warm-up's epochs (the recipe of `winnow less train` on the shared trainer)
+
+
+def _less_recipe_run(tmp_path, monkeypatch, n: int, batch: int, epochs: int):
+    """Train LESS's recipe (``less_train_config``) on n examples with a spy on the trainer's batches:
+    (ids, config, steps per epoch, the ids of each optimizer step, the trainer's history)."""
+    import json
+
+    from winnow.cli.less import less_train_config
+    from winnow.train import trainer
+
+    store, ids = make_store(tmp_path, n=n)
+    recipe = {"lr": 1e-2, "batch_size": batch, "epochs": epochs, "warmup_ratio": 0.2, "precision": "fp32"}
+    tc, spe = less_train_config(recipe, ids.size, SEQ, seed=3)
+    tc.log_every_s = 1e9
+    steps: list[np.ndarray] = []
+    real = trainer.collate
+
+    def spy(st, chunk, *args, **kwargs):  # micro_batch_size = batch_size: one call per step
+        steps.append(np.asarray(chunk, dtype=np.int64).copy())
+        return real(st, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collate", spy)
+    model = add_lora(base_model(torch.float32, seed=3), **LORA)
+    trainer.train(model, store, ids, tc, tmp_path / "final", tmp_path / "ckpts", PAD)
+    history = json.loads((tmp_path / "final" / "trainer_state.json").read_text())["history"]
+    assert len(steps) == tc.steps == len(history)
+    return ids, tc, spe, steps, history
+
+
+def test_warmup_checkpoints_fall_on_data_epoch_boundaries(tmp_path, monkeypatch):
+    """LESS's warm-up checkpoints once per epoch; with n % B ≠ 0 (10 examples, batches of 4) the
+    ids trained on up to the e-th checkpoint are each id exactly once per epoch, epoch by epoch
+    (one permutation each, the last batch of an epoch partial, as HF's Trainer does)."""
+    n, batch, epochs = 10, 4, 3
+    ids, tc, spe, steps, _ = _less_recipe_run(tmp_path, monkeypatch, n, batch, epochs)
+    assert spe == 3 and tc.steps == epochs * spe and tc.ckpt_every == spe
+    for e in range(1, epochs):  # the trainer's checkpoint after epoch e (the last one is `final`)
+        assert (tmp_path / "ckpts" / f"step-{e * spe:08d}").is_dir()
+    for e in range(epochs):
+        seen = np.concatenate(steps[e * spe : (e + 1) * spe])
+        assert seen.size == n, f"epoch {e} trained on {seen.size} samples, not the {n} examples"
+        assert sorted(seen.tolist()) == sorted(ids.tolist())
+        np.testing.assert_array_equal(seen, ids[np.random.default_rng([3, e]).permutation(n)])
+        assert [s.size for s in steps[e * spe : (e + 1) * spe]] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("n", [10, 8])  # n % B ≠ 0 (where epochs and checkpoints used to drift) and = 0
+def test_epoch_mean_lrs_is_the_mean_lr_over_each_data_epoch(tmp_path, monkeypatch, n):
+    """η̄_e (LESS's checkpoint weights) = the mean lr of the optimizer steps that trained on data
+    epoch e, found from the ids each step actually trained on and the lr it actually used."""
+    from winnow.cli.less import epoch_mean_lrs
+
+    batch, epochs = 4, 3
+    ids, tc, spe, steps, history = _less_recipe_run(tmp_path, monkeypatch, n, batch, epochs)
+    epoch_of_step, position = [], 0
+    for s in steps:  # the data epoch of every sample: its position in the stream // n
+        owners = {(position + j) // n for j in range(s.size)}
+        assert len(owners) == 1, f"a step trains on samples of data epochs {sorted(owners)}"
+        epoch_of_step.append(owners.pop())
+        position += s.size
+    lrs = np.array([row[2] for row in history])
+    want = [float(lrs[np.array(epoch_of_step) == e].mean()) for e in range(epochs)]
+    np.testing.assert_allclose(epoch_mean_lrs(tc, spe), want, rtol=1e-12, atol=0)
+    assert len(set(np.round(want, 12))) == epochs  # a linear decay: the epochs' weights differ
+
+
+def test_warmup_fraction_that_keeps_nothing_is_an_error_naming_the_key():
+    from winnow.cli.less import warmup_ids
+
+    pool = np.arange(100, 140, dtype=np.int64)
+    got = warmup_ids(pool, 0.1, seed=0)
+    assert got.size == 4 and set(got.tolist()) <= set(pool.tolist())
+    with pytest.raises(ValueError, match=r"less\.warmup\.fraction: 0\.01 of 40 pool examples keeps 0"):
+        warmup_ids(pool, 0.01, seed=0)

@@ -282,6 +282,17 @@ def test_argument_checks(setup, tmp_path):
         solve(model, store, traj, proxy, target, cfg(outer_epochs=2), tmp_path, seq_len=SEQ, pad_id=PAD)
 
 
+def test_paper_variant_refuses_a_contribution_interval():
+    """Algorithm 1's g = −dJ_total/dγ sums the proxy contributions over every step; with
+    ``interval`` > 1 the paper variant would ascend along a sparser sum that is not that gradient,
+    so it is refused, naming the config key."""
+    for interval in (2, 10):
+        with pytest.raises(ValueError, match=r"pds\.solver\.interval.*paper"):
+            PMPConfig(variant="paper", interval=interval).validate()
+    PMPConfig(variant="paper", interval=1).validate()
+    PMPConfig(variant="released", interval=10).validate()  # the released code's interval stays
+
+
 # ----------------------------------------------------------------------------------------------
 # simplex projection
 

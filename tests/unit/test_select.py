@@ -49,8 +49,35 @@ def test_ratio_uses_floor_of_pool_size_and_k_is_capped():
     assert select(ids, scores, SelectParams(k=3))[0].tolist() == [9, 8, 7]
     assert select(ids, scores, SelectParams(k=50))[0].size == 10
     assert SelectParams(ratio=0.35).count(10) == 3
-    assert SelectParams(ratio=0.05).count(10) == 0
     assert SelectParams(k=4).count(3) == 3
+
+
+def test_a_ratio_that_keeps_nothing_is_an_error_naming_the_key():
+    """ratio · n < 1 would select 0 examples (and train on nothing) without a word: refused, naming
+    the config key the workflow passes (``--key``)."""
+    ids, scores = np.arange(500), np.zeros(500)
+    with pytest.raises(ValueError, match=r"select\.pds\.ratio: 0\.001 of 500 pool examples keeps 0"):
+        select(ids, scores, SelectParams(ratio=0.001), key="select.pds.ratio")
+    with pytest.raises(ValueError, match=r"^ratio: 0\.05 of 10 pool examples keeps 0"):
+        SelectParams(ratio=0.05).count(10)
+    assert select(ids, scores, SelectParams(ratio=0.002), key="select.pds.ratio")[0].size == 1
+
+
+def test_select_cli_names_the_key(tmp_path):
+    import pyarrow as pa
+
+    from winnow.cli import main as cli
+    from winnow.io.tables import SCORES, write_table
+
+    scores = tmp_path / "scores.parquet"
+    write_table(scores, pa.table({"example_id": np.arange(500), "score": np.zeros(500, dtype=np.float32)}), SCORES)
+    args = ["select", "select", "--scores", str(scores), "--direction", "higher", "--temperature", "1.0"]
+    args += ["--out", str(tmp_path / "ids.parquet"), "--manifest", str(tmp_path / "m.json")]
+    with pytest.raises(ValueError, match=r"select\.mates\.ratio: 0\.001 of 500 pool examples keeps 0"):
+        cli([*args, "--ratio", "0.001", "--key", "select.mates.ratio"])
+    assert not (tmp_path / "ids.parquet").exists()
+    cli([*args, "--ratio", "0.01", "--key", "select.mates.ratio"])
+    assert (tmp_path / "ids.parquet").exists()
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.5])

@@ -94,6 +94,16 @@ def test_fraction_uses_floor_and_bounds():
     assert sample_ids(ids, 0, n=0).size == 0
 
 
+def test_a_fraction_that_keeps_nothing_is_an_error_naming_the_key():
+    ids = np.arange(50, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"subsets\.pool\.fraction: 0\.01 of 50 matching examples keeps 0"):
+        sample_ids(ids, 0, fraction=0.01, key="subsets.pool.fraction")
+    with pytest.raises(ValueError, match=r"^fraction: 0\.01 of 50 matching examples keeps 0"):
+        sample_ids(ids, 0, fraction=0.01)
+    assert sample_ids(ids, 0, fraction=0.02, key="subsets.pool.fraction").size == 1
+    assert sample_ids(ids, 0, n=0).size == 0  # an explicit count of 0 is what was asked for
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -303,3 +303,151 @@ def test_resume_from_loads_the_exact_optimizer_state(data, tmp_path, monkeypatch
         assert torch.equal(captured[k], saved[k]), k
     after = _tensors(tmp_path / "next/model/optimizer.safetensors")
     assert float(after["gpt_neox.embed_in.weight.step"]) == 6.0  # the step count carries on
+
+
+def test_lr_null_continues_at_the_final_lr_of_the_resume_from_checkpoint(data, tmp_path):
+    """Modular data ablations continue the seed at the seed's final learning rate: a train config
+    with ``lr: null`` and ``--resume-from`` trains at the lr of that checkpoint's last optimizer
+    step (what ``ablation.lr: null`` gives every component and mixture) and records it."""
+    import math
+
+    seed = tmp_path / "seed"
+    seed_cfg = _train_cfg(steps=6, warmup_steps=2, ckpt_every=100)  # cosine 3e-3 → 3e-4 at step 6
+    subprocess.run(_train_cmd(data, seed, seed_cfg), check=True, env=_env(tmp_path), capture_output=True)
+    # independently: the cosine schedule at the seed's last step (step 5 of 6, 2 warm-up steps)
+    progress = (5 - 2) / (6 - 2)
+    want = 3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    seed_state = json.loads((seed / "model/trainer_state.json").read_text())
+    assert seed_state["history"][-1][2] == pytest.approx(want, rel=1e-12)
+
+    comp = tmp_path / "component"
+    comp_cfg = _train_cfg(steps=3, lr=None, schedule="constant", warmup_steps=0, ckpt_every=100)
+    cmd = [*_train_cmd(data, comp, comp_cfg), "--resume-from", str(seed / "model")]
+    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((comp / "model/trainer_state.json").read_text())
+    assert state["config"]["lr"] == pytest.approx(want, rel=1e-12)
+    assert state["config"]["lr"] == seed_state["history"][-1][2]
+    assert [r[2] for r in state["history"]] == [state["config"]["lr"]] * 3  # every step at that lr
+    side = json.loads((comp / "model/model.safetensors.prov.json").read_text())
+    assert side["lr"] == state["config"]["lr"] and "resume-from" in side["lr_from"]
+
+    # without a checkpoint to continue there is no final lr: an error that says so
+    proc = subprocess.run(
+        _train_cmd(data, tmp_path / "x", comp_cfg), env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "--resume-from" in proc.stderr
+
+
+# ---------------------------------------------------------------- epoch-aligned batches (LESS)
+def _epoch_run(tmp_path, name: str, n: int = 10, model_seed: int = 0, **kw):
+    """In process: a float64 2-layer NeoX on n random examples, epoch-aligned batches of 4."""
+    from _neox import random_store, tiny_neox
+
+    from winnow.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(1)
+    store, ids = random_store(tmp_path, n, 10, 50, seed=0)
+    model = tiny_neox(50, 10, 0, seed=model_seed)
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = {
+        "steps": 3,
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "seq_len": 10,
+        "lr": 1e-2,
+        "schedule": "cosine",
+        "precision": "fp32",
+        "log_every_s": 1e9,
+        "epoch_batches": True,
+        **kw,
+    }
+    summary = train(model, store, ids, TrainConfig(**cfg), tmp_path / name / "model", tmp_path / name / "ckpt", 0)
+    return store, ids, init, model, summary
+
+
+def test_epoch_batches_partial_batch_is_a_token_mean_and_micro_batching_agrees(tmp_path):
+    """The partial last batch of an epoch is one optimizer step whose loss is the token mean over
+    its own examples, however it is cut into micro-batches."""
+    from _neox import tiny_neox
+
+    # 2 examples, batches of 4: every step is one partial batch (the epoch's permutation)
+    store, ids, init, _, _ = _epoch_run(tmp_path, "two", n=2, steps=1)
+    first = json.loads((tmp_path / "two/model/trainer_state.json").read_text())["history"][0]
+    ref = tiny_neox(50, 10, 0, seed=0)
+    ref.load_state_dict(init)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for eid in ids:  # one unpadded example at a time: Σ CE over its target tokens
+            tokens, ls, le = store.get(int(eid))
+            x = torch.from_numpy(tokens)[None]
+            logp = torch.log_softmax(ref(input_ids=x).logits[0, :-1].double(), -1)
+            pos = torch.arange(max(ls, 1), le)
+            total += float(-logp[pos - 1, x[0, pos]].sum())
+            count += len(pos)
+    assert first[1] == pytest.approx(total / count, rel=1e-6)  # the trainer's CE is in fp32
+    # 10 examples, batches 4, 4, 2 for 2 epochs: micro-batches of 1, 2 or 4 give the same weights
+    weights = []
+    for micro in (4, 2, 1):
+        _, _, _, model, _ = _epoch_run(tmp_path, f"m{micro}", steps=6, micro_batch_size=micro)
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for other in weights[1:]:
+        for k in weights[0]:
+            torch.testing.assert_close(other[k], weights[0][k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_epoch_batches_resume_from_an_epoch_checkpoint_exactly(tmp_path):
+    import shutil
+
+    _, _, _, whole, summary = _epoch_run(tmp_path, "whole", steps=9, ckpt_every=3, keep_checkpoints=3)
+    assert summary["resumed_at"] == 0
+    state = json.loads((tmp_path / "whole/ckpt/step-00000006/trainer_state.json").read_text())
+    assert state["samples_seen"] == 20  # two epochs of 10: the data position of the checkpoint
+    shutil.copytree(tmp_path / "whole/ckpt", tmp_path / "again/ckpt")
+    shutil.rmtree(tmp_path / "again/ckpt/step-00000006")  # resume from the end of epoch 1
+    _, _, _, again, summary = _epoch_run(tmp_path, "again", steps=9, ckpt_every=3, keep_checkpoints=3, model_seed=5)
+    assert summary["resumed_at"] == 3
+    for (k, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    a, b = (json.loads((tmp_path / r / "model/trainer_state.json").read_text()) for r in ("whole", "again"))
+    assert a["history"] == b["history"]
+
+
+def test_default_batches_keep_their_fingerprint():
+    """epoch_batches is off by default, and then the resume fingerprint (so every checkpoint of the
+    spine, MATES, PDS and the ablation) is what it was before the option existed."""
+    import numpy as np
+
+    from winnow.train.trainer import TrainConfig
+
+    cfg = TrainConfig(steps=9, batch_size=4, micro_batch_size=2, seq_len=10)
+    assert cfg.epoch_batches is False
+    assert cfg.fingerprint(np.arange(10), "scratch") == "2887cd6f25934c9a"
+    on = TrainConfig(steps=9, batch_size=4, micro_batch_size=2, seq_len=10, epoch_batches=True)
+    assert on.fingerprint(np.arange(10), "scratch") != "2887cd6f25934c9a"
+
+
+def test_two_process_ddp_with_a_partial_epoch_batch_matches_one_process(data, tmp_path):
+    """12 ids in batches of 8 (micro-batches of 4): each epoch's last batch is one micro-batch, so
+    one rank has none; it joins the gradient all-reduce with a zero-weight backward."""
+    import numpy as np
+
+    from winnow.io.tables import IDS, read_table, write_table
+
+    ids = read_table(data["ids"], IDS).slice(0, 12)
+    few = {**data, "ids": tmp_path / "ids12.parquet"}
+    write_table(few["ids"], ids.set_column(1, "rank", [np.arange(12, dtype=np.int64)]), IDS)
+    cfg = _train_cfg(steps=4, ckpt_every=100, epoch_batches=True)
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_train_cmd(few, one, cfg), check=True, env=_env(tmp_path), capture_output=True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+    proc = subprocess.run(
+        _train_cmd(few, two, cfg, launcher=launcher), env=_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a_state, b_state = (json.loads((d / "model/trainer_state.json").read_text()) for d in (one, two))
+    assert b_state["summary"]["world_size"] == 2
+    np.testing.assert_allclose([r[1] for r in b_state["history"]], [r[1] for r in a_state["history"]], rtol=1e-5)
+    a, b = _tensors(one / "model/model.safetensors"), _tensors(two / "model/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

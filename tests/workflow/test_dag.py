@@ -210,6 +210,20 @@ def test_paper_variant_with_a_contribution_interval_fails_at_parse_time(tmp_path
     assert planned_jobs(smk(work, write_config(tmp_path / "good.yaml", cfg), "-n"))["pds_solve"] == 1
 
 
+def test_zero_count_keys_and_the_ablation_lr_reach_the_commands(tmp_path: Path):
+    """Selections and fractional subsets name their config key (an error when they would keep 0
+    examples names it); without ablation.lr the components continue at the seed's final lr (null)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tiny_config()
+    del cfg["ablation"]["lr"]
+    out = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", "-p").stdout
+    for key in ("select.random.ratio", "select.pds.ratio", "subsets.pool.fraction"):
+        assert f"--key {key}" in out, key
+    component = next(line for line in out.splitlines() if "ablation/components/" in line and "train lm" in line)
+    assert '"lr":null' in component and "--resume-from results/tiny/ablation/seed/model" in component
+
+
 def test_misspelled_top_level_key_is_named(tmp_path: Path):
     work = tmp_path / "w"
     work.mkdir()

@@ -73,6 +73,7 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--n", type=int)
     g.add_argument("--fraction", type=float)
+    p.add_argument("--key", default="fraction", help="config key of the fraction, named when it keeps 0")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     add_threads(p)
@@ -227,7 +228,7 @@ def sample_subset(args) -> None:
         np.concatenate([read_table(p, IDS)["example_id"].to_numpy() for p in args.exclude]) if args.exclude else None
     )
     pool = filter_examples(examples, args.splits, args.domains, exclude)
-    ids = sample_ids(pool, args.seed, n=args.n, fraction=args.fraction)
+    ids = sample_ids(pool, args.seed, n=args.n, fraction=args.fraction, key=args.key)
     write_table(args.out, ids_table(ids), IDS)
     log.info("sampled %d of %d matching examples", ids.size, pool.size)
     sidecars(

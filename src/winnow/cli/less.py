@@ -9,6 +9,11 @@
     match     features of every checkpoint → LESS scores of the pool
     predict   a ridge model on the frozen base's hidden states, fitted to the exact scores of a
               featurised sample → predicted scores of the rest, R²/Spearman, selection overlap
+    prefilter-sample   the prefilter's fit sample S (ids), before any pool features exist
+    prefilter-predict  the ridge fitted on S's exact scores → predictions of the rest and the
+              predicted top T of the rest (the only other examples that get exact features)
+    prefilter exact scores of S ∪ T, the rest ranked below them by prediction → one scores
+              table; the counts featurised and, with full features, the recall of the exact top-k
     eval      a fine-tuned model → target loss (overall, per subtask) + lm-eval define choice
     compare   the arms' evals over seeds → one table
 
@@ -74,8 +79,8 @@ def register(sub) -> None:
     p.add_argument("--lora-config", type=json_arg, required=True)
     p.add_argument("--pool", required=True)
     p.add_argument("--target", required=True)
-    p.add_argument("--dim", type=int, required=True)
-    p.add_argument("--proj-seed", type=int, required=True)
+    p.add_argument("--dim", type=int, default=None, help="required here or in --features-config")
+    p.add_argument("--proj-seed", type=int, default=None, help="required here or in --features-config")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--method", default="hooks", choices=["hooks", "vmap"], help="per-example gradients")
@@ -83,6 +88,12 @@ def register(sub) -> None:
     p.add_argument("--pool-out", nargs="+", required=True, help="pool-{block}.npy, one per block of token shards")
     p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers")
     p.add_argument("--target-out", required=True)
+    p.add_argument(
+        "--features-config",
+        type=json_arg,
+        default=None,
+        help=f"JSON object that replaces the flags of these keys: {sorted(_FEATURES_KEYS)}",
+    )
     add_threads(p)
     p.set_defaults(func=features)
 
@@ -92,6 +103,7 @@ def register(sub) -> None:
     p.add_argument("--warmup", required=True, help="warm-up report (each epoch's mean lr)")
     p.add_argument("--subtasks", default=None, help="SUBTASKS parquet; without it the target is one subtask")
     p.add_argument("--aggregate", default="subtask_max", choices=["subtask_max", "mean", "max", "min"])
+    p.add_argument("--match-config", type=json_arg, default=None, help='JSON {"aggregate": ...}, replaces the flag')
     p.add_argument("--out", required=True)
     p.add_argument("--report", required=True)
     add_threads(p)
@@ -111,6 +123,49 @@ def register(sub) -> None:
     p.add_argument("--report", required=True)
     add_threads(p)
     p.set_defaults(func=predict)
+
+    p = sub.add_parser("prefilter-sample", help="the prefilter's fit sample S of the pool")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--predictor-config", type=json_arg, required=True, help='JSON {"fit_fraction", "seed"}')
+    p.add_argument("--out", required=True, help="IDS parquet of S, sorted by example id")
+    p.set_defaults(func=prefilter_sample)
+
+    p = sub.add_parser("prefilter-predict", help="ridge fitted on S's exact scores → predictions, the top T")
+    _store_args(p)
+    p.add_argument("--base", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--fit-ids", required=True, help="S (prefilter-sample)")
+    p.add_argument("--fit-scores", required=True, help="exact LESS scores of S (match over S's features)")
+    p.add_argument(
+        "--predictor-config",
+        type=json_arg,
+        required=True,
+        help='JSON {"featurize_fraction", "seed", "device", "batch_size" (default 32)}',
+    )
+    p.add_argument("--predicted", required=True, help="scores table: exact on S, predicted elsewhere")
+    p.add_argument("--top-ids", required=True, help="IDS parquet of T, best predicted first")
+    p.add_argument("--report", required=True)
+    add_threads(p)
+    p.set_defaults(func=prefilter_predict)
+
+    p = sub.add_parser("prefilter", help="the prefilter's scores and its report (vs full featurisation)")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--fit-ids", required=True)
+    p.add_argument("--fit-scores", required=True)
+    p.add_argument("--top-ids", required=True)
+    p.add_argument("--top-scores", required=True)
+    p.add_argument("--predicted", required=True, help="prefilter-predict's table (exact on S, predicted elsewhere)")
+    p.add_argument("--fit-match", required=True, help="match report of S (its epoch count)")
+    p.add_argument("--full-scores", default=None, help="exact scores of the whole pool, when the run has them")
+    p.add_argument(
+        "--predictor-config",
+        type=json_arg,
+        required=True,
+        help='JSON {"mode", "fit_fraction", "featurize_fraction", "ratio"}',
+    )
+    p.add_argument("--out", required=True, help="scores table: exact on S ∪ T, the rest ranked below")
+    p.add_argument("--report", required=True)
+    p.set_defaults(func=prefilter)
 
     p = sub.add_parser("eval", help="target loss (overall, per subtask) and the lm-eval define choice")
     _store_args(p)
@@ -132,6 +187,27 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--composition", required=True)
     p.set_defaults(func=compare)
+
+
+# `less features` JSON keys → argument names (the rules pass config values as one JSON object).
+_FEATURES_KEYS = {
+    "dim": "dim",
+    "seed": "proj_seed",
+    "dtype": "dtype",
+    "batch_size": "batch_size",
+    "method": "method",
+    "device": "device",
+    "shards_per_block": "shards_per_block",
+}
+
+
+def _apply_config(args, cfg: dict | None, keys: dict[str, str], flag: str) -> None:
+    """Set the arguments named by ``keys`` from the JSON object ``cfg`` (unknown keys fail)."""
+    unknown = sorted(set(cfg or {}) - set(keys))
+    if unknown:
+        raise ValueError(f"{flag}: unknown keys {unknown} (known: {sorted(keys)})")
+    for key, value in (cfg or {}).items():
+        setattr(args, keys[key], value)
 
 
 def _store_args(p) -> None:
@@ -263,10 +339,14 @@ def _rows_of(examples, ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- train
 def less_train_config(cfg: dict, n_ids: int, seq_len: int, seed: int):
     """The shared trainer's config for LESS's recipe: ``epochs`` over ``n_ids`` examples, a linear
-    decay after ``warmup_ratio`` of the steps (HF's linear schedule), one checkpoint per epoch."""
+    decay after ``warmup_ratio`` of the steps (HF's linear schedule), one checkpoint per epoch.
+
+    Batches are epoch-aligned (HF's Trainer: each epoch one permutation in ⌈n/B⌉ steps, the last
+    batch partial), so the checkpoint at step e·⌈n/B⌉ is exactly the end of data epoch e."""
+    from winnow.train.batches import steps_per_epoch as epoch_steps
     from winnow.train.trainer import TrainConfig
 
-    steps_per_epoch = max(1, math.ceil(n_ids / cfg["batch_size"]))
+    steps_per_epoch = epoch_steps(n_ids, cfg["batch_size"])
     steps = cfg["epochs"] * steps_per_epoch
     return TrainConfig(
         steps=steps,
@@ -284,11 +364,13 @@ def less_train_config(cfg: dict, n_ids: int, seq_len: int, seed: int):
         ckpt_every=steps_per_epoch,
         keep_checkpoints=cfg["epochs"],
         precision=cfg.get("precision", "auto"),
+        epoch_batches=True,
     ), steps_per_epoch
 
 
 def epoch_mean_lrs(tc, steps_per_epoch: int) -> list[float]:
-    """η̄_e: the mean learning rate over the optimizer steps of each epoch (LESS's checkpoint weights)."""
+    """η̄_e: the mean learning rate over the optimizer steps of each epoch (LESS's checkpoint weights);
+    with epoch-aligned batches (:func:`less_train_config`) epoch e is steps [e·spe, (e+1)·spe)."""
     from winnow.train.schedules import lr_at
 
     lrs = [
@@ -300,10 +382,17 @@ def epoch_mean_lrs(tc, steps_per_epoch: int) -> list[float]:
     ]
 
 
+def warmup_ids(pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """LESS's warm-up set: a seeded ⌊fraction · n⌋ of the pool; a fraction that keeps none is an
+    error naming the config key (not silently one example)."""
+    from winnow.data.subsets import sample_ids
+
+    return sample_ids(pool, seed, fraction=fraction, key="less.warmup.fraction", what="pool")
+
+
 def train(args) -> None:
     import torch
 
-    from winnow.data.subsets import sample_ids
     from winnow.methods.less import add_lora
     from winnow.models.build import load_pretrained
     from winnow.models.checkpoint import write_checkpoint_files
@@ -315,7 +404,7 @@ def train(args) -> None:
     store, manifest = _store(args)
     ids = _ids(args.ids)
     if args.fraction is not None:  # LESS's warm-up: a seeded random fraction of the pool
-        ids = sample_ids(ids, args.seed, n=max(1, int(math.floor(args.fraction * ids.size))))
+        ids = warmup_ids(ids, args.fraction, args.seed)
     tc, spe = less_train_config(args.train_config, ids.size, manifest["seq_len"], args.seed)
     base = load_pretrained(Path(args.base).parent)
     model = add_lora(base, seed=args.seed, **args.lora_config)
@@ -367,6 +456,12 @@ def features(args) -> None:
     from winnow.methods.less import RademacherProjector, featurize, load_lora_checkpoint, write_features
     from winnow.models.build import load_pretrained
 
+    _apply_config(args, args.features_config, _FEATURES_KEYS, "--features-config")
+    for name in ("dim", "proj_seed"):
+        if getattr(args, name) is None:
+            raise ValueError(f"less features: {name} is required (flag or --features-config)")
+    if args.dtype not in ("float16", "float32") or args.method not in ("hooks", "vmap"):
+        raise ValueError(f"less features: dtype {args.dtype!r} / method {args.method!r} not supported")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store, manifest = _store(args)
@@ -434,6 +529,7 @@ def match(args) -> None:
     from winnow.io.tables import SCORES, SUBTASKS, read_table, write_table
     from winnow.methods.less import checkpoint_weights, less_scores, read_features
 
+    _apply_config(args, args.match_config, {"aggregate": "aggregate"}, "--match-config")
     torch.set_num_threads(args.threads)
     pool = _pool_features_by_epoch(args.pool_features, args.target_features)
     ids = pool[0][1]
@@ -478,7 +574,10 @@ def match(args) -> None:
             "subtasks": _counts(subtasks),
             "epoch_weights": [float(w) for w in weights],
             "aggregate": args.aggregate,
-            "score": {q: float(np.quantile(scores, v)) for q, v in (("min", 0), ("median", 0.5), ("max", 1))},
+            "score": {
+                q: float(np.quantile(scores, v)) if scores.size else None
+                for q, v in (("min", 0), ("median", 0.5), ("max", 1))
+            },
         },
     )
     inputs = [*args.pool_features, *args.target_features, args.warmup, *([args.subtasks] if args.subtasks else [])]
@@ -491,9 +590,9 @@ def predict(args) -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from winnow.data.subsets import sample_ids
     from winnow.io.tables import SCORES, read_table, write_table
     from winnow.methods.less import fit_ridge, mean_hidden_states, predict_ridge, regression_report
+    from winnow.methods.less_prefilter import prefilter_fit_ids
     from winnow.models.build import load_pretrained
     from winnow.select import SelectParams, select
 
@@ -504,8 +603,7 @@ def predict(args) -> None:
     exact = read_table(args.scores, SCORES)
     exact_of = dict(zip(exact["example_id"].to_pylist(), exact["score"].to_pylist(), strict=True))
     y = np.asarray([exact_of[int(e)] for e in pool], dtype=np.float64)
-    n_fit = max(2, int(round(args.fit_fraction * pool.size)))
-    fit_ids = np.sort(sample_ids(pool, args.seed, n=n_fit))
+    fit_ids = prefilter_fit_ids(pool, args.fit_fraction, args.seed)  # the prefilter's S too
     fit_mask = np.isin(pool, fit_ids)
     base = load_pretrained(Path(args.base).parent).to(device)
     x = mean_hidden_states(base, store, pool, args.batch_size, manifest["seq_len"], manifest["pad_token_id"], device)
@@ -545,6 +643,170 @@ def predict(args) -> None:
         [args.examples, args.base, args.pool, args.scores],
         seed=args.seed,
     )
+
+
+# ----------------------------------------------------------------------------------------- prefilter
+def _scores_of(path, ids: np.ndarray, what: str) -> np.ndarray:
+    """The scores of ``ids`` (in that order) from a SCORES table that holds exactly those ids."""
+    from winnow.io.tables import SCORES, read_table
+
+    table = read_table(path, SCORES)
+    got = table["example_id"].to_numpy()
+    if got.size != ids.size or not np.array_equal(np.sort(got), np.sort(ids)):
+        raise ValueError(f"{path}: {what} scores hold {got.size} ids, not the {ids.size} expected")
+    score_of = dict(zip(got.tolist(), table["score"].to_numpy().astype(np.float64).tolist(), strict=True))
+    return np.asarray([score_of[int(e)] for e in ids], dtype=np.float64)
+
+
+def prefilter_sample(args) -> None:
+    from winnow.data.subsets import ids_table
+    from winnow.io.tables import IDS, write_table
+    from winnow.methods.less_prefilter import prefilter_fit_ids
+
+    cfg = args.predictor_config
+    fit = prefilter_fit_ids(_ids(args.pool), cfg["fit_fraction"], cfg["seed"])
+    write_table(args.out, ids_table(fit), IDS)
+    log.info("prefilter: fit sample S of %d examples", fit.size)
+    sidecars(args, "less prefilter-sample", [args.out], [args.pool], seed=cfg["seed"])
+
+
+def prefilter_predict(args) -> None:
+    import pyarrow as pa
+    import torch
+
+    from winnow.data.subsets import ids_table
+    from winnow.io.tables import IDS, SCORES, write_table
+    from winnow.methods.less import fit_ridge, mean_hidden_states, predict_ridge, regression_report
+    from winnow.methods.less_prefilter import prefilter_top_ids
+    from winnow.models.build import load_pretrained
+
+    cfg = args.predictor_config
+    torch.set_num_threads(args.threads)
+    device = resolve_device(cfg.get("device", "auto"))
+    store, manifest = _store(args)
+    pool = np.sort(_ids(args.pool))
+    fit_ids = np.sort(_ids(args.fit_ids))
+    if not np.isin(fit_ids, pool).all():
+        raise ValueError(f"{args.fit_ids}: ids outside the pool")
+    y_fit = _scores_of(args.fit_scores, fit_ids, "fit-sample")
+    fit_mask = np.isin(pool, fit_ids)  # pool is sorted, so pool[fit_mask] == fit_ids
+    base = load_pretrained(Path(args.base).parent).to(device)
+    x = mean_hidden_states(
+        base, store, pool, cfg.get("batch_size", 32), manifest["seq_len"], manifest["pad_token_id"], device
+    )
+    x = np.asarray(x, dtype=np.float64)
+    model = fit_ridge(x[fit_mask], y_fit, seed=cfg["seed"])
+    pred = np.asarray(predict_ridge(model, x), dtype=np.float64)
+    hybrid = pred.copy()
+    hybrid[fit_mask] = y_fit
+    top = prefilter_top_ids(pool, pred, fit_ids, cfg["featurize_fraction"])
+    write_table(
+        args.predicted, pa.table({"example_id": pool, "score": hybrid.astype(np.float32)}, schema=SCORES), SCORES
+    )
+    write_table(args.top_ids, ids_table(top), IDS)
+    write_json(
+        args.report,
+        {
+            "inputs": "mean last-layer hidden state of the frozen base model",
+            "n_pool": int(pool.size),
+            "n_fit": int(fit_ids.size),
+            "n_top": int(top.size),
+            "featurize_fraction": cfg["featurize_fraction"],
+            "ridge_lambda": float(model["lambda"]),
+            "cv_mse_best": float(np.min(model["cv_mse"])),
+            "fit": regression_report(y_fit, pred[fit_mask]),
+            "top_predicted_min": float(pred[np.isin(pool, top)].min()) if top.size else None,
+        },
+    )
+    log.info("prefilter: ridge fitted on %d, predicted top T of %d", fit_ids.size, top.size)
+    sidecars(
+        args,
+        "less prefilter-predict",
+        [args.predicted, args.top_ids, args.report],
+        [args.examples, args.base, args.pool, args.fit_ids, args.fit_scores],
+        seed=cfg["seed"],
+    )
+
+
+def prefilter(args) -> None:
+    import pyarrow as pa
+
+    from winnow.io.tables import SCORES, write_table
+    from winnow.methods.less_prefilter import prefilter_comparison, prefilter_scores
+
+    cfg = args.predictor_config
+    pool = np.sort(_ids(args.pool))
+    fit_ids, top_ids = np.sort(_ids(args.fit_ids)), _ids(args.top_ids)
+    if np.intersect1d(fit_ids, top_ids).size or not np.isin(np.concatenate([fit_ids, top_ids]), pool).all():
+        raise ValueError("the fit sample and the predicted top must be disjoint subsets of the pool")
+    exact_ids = np.concatenate([fit_ids, top_ids])
+    exact = np.concatenate(
+        [_scores_of(args.fit_scores, fit_ids, "fit-sample"), _scores_of(args.top_scores, top_ids, "top")]
+    )
+    hybrid = _scores_of(args.predicted, pool, "predicted")
+    final = prefilter_scores(pool, exact_ids, exact, hybrid)
+    write_table(args.out, pa.table({"example_id": pool, "score": final.astype(np.float32)}, schema=SCORES), SCORES)
+
+    n, n_fit, n_top = int(pool.size), int(fit_ids.size), int(top_ids.size)
+    n_feat = n_fit + n_top
+    epochs = len(read_json(args.fit_match)["epoch_weights"])
+    k = int(math.floor(cfg["ratio"] * n))
+    featurised = np.isin(pool, exact_ids)
+    fit = np.isin(pool, fit_ids)
+    comparison = None
+    if args.full_scores:
+        full = _scores_of(args.full_scores, pool, "full-pool")
+        comparison = prefilter_comparison(pool, full, final.astype(np.float32), hybrid, featurised, fit, cfg["ratio"])
+    recall = (lambda key: comparison[key]["recall_at_k"]) if comparison else (lambda key: None)
+    report = {
+        "mode": cfg["mode"],
+        "fit_fraction": cfg["fit_fraction"],
+        "featurize_fraction": cfg["featurize_fraction"],
+        "ratio": cfg["ratio"],
+        "k": k,
+        "n_pool": n,
+        "n_fit": n_fit,
+        "n_top": n_top,
+        "n_featurised": n_feat,
+        "featurised_fraction": n_feat / n,
+        "n_not_featurised": n - n_feat,
+        "saved_fraction": 1.0 - n_feat / n,
+        "k_within_featurised": k <= n_feat,
+        "epochs": epochs,
+        "pool_gradient_examples": {"prefilter": epochs * n_feat, "full": epochs * n, "saved": epochs * (n - n_feat)},
+        # One row per way of scoring the pool: how many pool examples got exact gradient features
+        # (every warm-up epoch) and how much of the exact top-k its own top-k recovers.
+        "side_by_side": {
+            "full": {"n_featurised": n, "featurised_fraction": 1.0, "recall_at_k": 1.0 if comparison else None},
+            "prefilter": {
+                "n_featurised": n_feat,
+                "featurised_fraction": n_feat / n,
+                "recall_at_k": recall("prefilter"),
+            },
+            "predict_only": {
+                "n_featurised": n_fit,
+                "featurised_fraction": n_fit / n,
+                "recall_at_k": recall("predict_only"),
+            },
+        },
+        "comparison": comparison,
+        "scores": (
+            "exact LESS score on S ∪ T; the rest ranked below every exact score by prediction"
+            " (lo − 1 − rank/R, not LESS scores); ties go to the smaller example id"
+        ),
+    }
+    write_json(args.report, report)
+    log.info(
+        "prefilter: %d of %d featurised (%.1f%%); recall of the exact top-%d %s (predict-only %s)",
+        n_feat,
+        n,
+        100 * n_feat / n,
+        k,
+        recall("prefilter"),
+        recall("predict_only"),
+    )
+    inputs = [args.pool, args.fit_ids, args.fit_scores, args.top_ids, args.top_scores, args.predicted, args.fit_match]
+    sidecars(args, "less prefilter", [args.out, args.report], inputs + ([args.full_scores] if args.full_scores else []))
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -591,6 +853,12 @@ def evaluate(args) -> None:
         "define_choice_acc_norm": harness.get("winnow_define_choice", {}).get("acc_norm"),
         "harness": harness,
         "definition": "target_loss: mean over test-split target-task items of the token-mean response CE (nats)",
+        # Per-item losses (the harness has its own items): what a comparison's bootstrap resamples.
+        "items": {
+            "example_id": [int(e) for e in ids],
+            "subtask": [sub_of[int(e)] for e in ids],
+            "loss": [float(x) for x in losses],
+        },
     }
     write_json(out, result)
     sidecars(args, "less eval", [out], [args.model, args.examples, args.eval_ids, args.choice])
@@ -600,37 +868,14 @@ def evaluate(args) -> None:
 def compare(args) -> None:
     import pyarrow.compute as pc
 
-    from winnow.eval.table import write_tsv
+    from winnow.eval.table import compare_arms, less_eval_metrics, write_tsv
     from winnow.io.tables import EXAMPLES, read_table
 
-    rows = []
+    evals = {}
     for path in args.evals:
-        arm, seed = Path(path).parent.parent.name, Path(path).parent.name
-        ev = read_json(path)
-        rows.append(
-            {
-                "arm": arm,
-                "seed": seed,
-                "target_loss": ev["target_loss"],
-                "define_choice_acc": ev["define_choice_acc"],
-                **{f"loss_{k}": v for k, v in ev["target_loss_by_subtask"].items()},
-            }
-        )
-    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a != "less", a))
-    summary = []
-    for arm in arms:
-        mine = [r for r in rows if r["arm"] == arm]
-        row = {"arm": arm, "seed": "mean", "n_seeds": len(mine)}
-        for key in ("target_loss", "define_choice_acc"):
-            vals = [r[key] for r in mine if r[key] is not None]
-            row[key] = float(np.mean(vals)) if vals else None
-            row[f"{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        summary.append(row)
-    base = {r["seed"]: r for r in rows if r["arm"] == "random"}
-    for r in rows:
-        b = base.get(r["seed"])
-        r["delta_loss_vs_random"] = r["target_loss"] - b["target_loss"] if b else None
-    write_tsv(args.out, summary + sorted(rows, key=lambda r: (arms.index(r["arm"]), r["seed"])))
+        arm, seed = Path(path).parent.parent.name, int(Path(path).parent.name.removeprefix("s"))
+        evals[(arm, seed)] = less_eval_metrics(read_json(path))
+    write_tsv(args.out, compare_arms(evals, baseline="random"))
     examples = read_table(args.examples, EXAMPLES)
     comp = []
     for path in args.selections:

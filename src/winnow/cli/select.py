@@ -28,6 +28,7 @@ def register(sub) -> None:
     g.add_argument("--k", type=int)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key", default=None, help="config key of the ratio / k, named when it keeps 0 examples")
     p.add_argument("--out", required=True)
     p.add_argument("--manifest", required=True)
     add_threads(p)
@@ -53,7 +54,7 @@ def select(args) -> None:
 
     params = SelectParams(args.direction, args.ratio, args.k, args.temperature, args.seed)
     table = read_table(args.scores, SCORES)
-    ids, keys = run(table["example_id"].to_numpy(), table["score"].to_numpy(), params)
+    ids, keys = run(table["example_id"].to_numpy(), table["score"].to_numpy(), params, key=args.key)
     out = pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)})
     write_table(args.out, out, IDS)
     manifest = {

@@ -138,14 +138,23 @@ def lm(args) -> None:
     from winnow.models.build import build_model
     from winnow.provenance import path_sha256
     from winnow.train.batches import open_store
-    from winnow.train.trainer import TrainConfig, train
+    from winnow.train.trainer import TrainConfig, final_lr, train
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     tok = load(Path(args.tokenizer).parent)
     store, manifest = open_store(args.examples, args.manifest)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
-    cfg = TrainConfig(seq_len=manifest["seq_len"], **args.train_config)
+    train_config, lr_from = dict(args.train_config), "the train config"
+    if "lr" in train_config and train_config["lr"] is None:
+        # lr null: continue at the learning rate the checkpoint ended at (modular data ablations
+        # continue the seed model at its final lr)
+        if not args.resume_from:
+            raise ValueError("train config lr null means the final lr of the --resume-from checkpoint; none was given")
+        train_config["lr"] = final_lr(args.resume_from)
+        lr_from = f"--resume-from {args.resume_from}: the lr of its last optimizer step"
+        log.info("lr %.6g: %s", train_config["lr"], lr_from)
+    cfg = TrainConfig(seq_len=manifest["seq_len"], **train_config)
     model = build_model(args.model_config, len(tok), tok.eos_token_id, tok.pad_token_id, seed=cfg.seed)
     init = (
         f"resume:{path_sha256(Path(args.resume_from) / 'model.safetensors')}"
@@ -166,4 +175,5 @@ def lm(args) -> None:
     outs = [out_dir / n for n in ("model.safetensors", "config.json", "optimizer.safetensors", "trainer_state.json")]
     inputs = [args.examples, args.manifest, args.ids, args.tokenizer] + ([args.resume_from] if args.resume_from else [])
     # The process count is not a parameter of the result: DDP trains on the same global batch.
-    sidecars(args, "train lm", outs, inputs, seed=cfg.seed, extra={"summary": summary}, drop=("gpus",))
+    extra = {"summary": summary, "lr": cfg.lr, "lr_from": lr_from}
+    sidecars(args, "train lm", outs, inputs, seed=cfg.seed, extra=extra, drop=("gpus",))

@@ -28,14 +28,26 @@ def filter_examples(examples: pa.Table, splits=None, domains=None, exclude_ids=N
     return ids
 
 
-def sample_ids(ids: np.ndarray, seed: int, n: int | None = None, fraction: float | None = None) -> np.ndarray:
-    """Uniform sample without replacement; ``(k,)`` int64 in sampled order."""
+def sample_ids(
+    ids: np.ndarray,
+    seed: int,
+    n: int | None = None,
+    fraction: float | None = None,
+    key: str = "fraction",
+    what: str = "matching",
+) -> np.ndarray:
+    """Uniform sample without replacement; ``(k,)`` int64 in sampled order.
+
+    k = ``n``, or ⌊fraction · len(ids)⌋; a fraction that keeps no id is an error that names ``key``
+    (the config key the fraction came from, e.g. ``subsets.pool.fraction``)."""
     ids = np.sort(np.asarray(ids, dtype=np.int64))
     if (n is None) == (fraction is None):
         raise ValueError("give exactly one of n or fraction")
     k = n if n is not None else int(math.floor(fraction * ids.size))
     if k < 0 or (fraction is not None and fraction < 0):  # ids[perm[:-m]] would quietly drop m
         raise ValueError(f"n and fraction must be ≥ 0, got n={n}, fraction={fraction}")
+    if fraction is not None and k == 0:
+        raise ValueError(f"{key}: {fraction} of {ids.size} {what} examples keeps 0")
     if k > ids.size:
         raise ValueError(f"asked for {k} ids but only {ids.size} examples match")
     rng = np.random.default_rng(seed)

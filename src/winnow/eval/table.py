@@ -130,6 +130,9 @@ def interval_columns(
         bs = [items[(baseline, s)][metric] for s in seeds]
     except KeyError:
         return na
+    shared = set(ms[0].ids).intersection(*(m.ids for m in [*ms[1:], *bs]))
+    if len(shared) < 2:  # one item (e.g. a domain with one test document) has no interval
+        return {**na, "n_items": len(shared)}
     ci = paired_bootstrap(ms, bs)
     return {
         "ci_low": ci.low,

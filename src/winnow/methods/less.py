@@ -22,7 +22,8 @@ aggregated over the target examples (LESS: mean within a subtask, max over subta
 
 Predictor: ridge regression (:func:`fit_ridge`) from a cheap per-example input — the frozen base
 model's mean last-layer hidden state (:func:`mean_hidden_states`) — to a score, so the expensive
-gradient features need only be computed on a sample of the pool.
+gradient features need only be computed on a sample of the pool; :mod:`winnow.methods.less_prefilter`
+uses it to featurise a sample and the predicted top of the rest only.
 
 LoRA naming (peft 0.21, checked): ``get_peft_model`` wraps the model, so parameter names read
 ``base_model.model.<original module path>.lora_A.default.weight`` (and ``lora_B``; base weights
@@ -866,3 +867,4 @@ def mean_hidden_states(
     if not out:
         return torch.zeros(0, _backbone(model).config.hidden_size)
     return torch.cat(out)
+

@@ -19,8 +19,9 @@ Variants (``PMPConfig.variant``):
   contributions ⟨∇ℓ_n, λ_{t+1}⟩.
 - "paper" (Algorithm 1): γ starts uniform on the simplex over the proxy set; each outer epoch
   runs T steps of full-batch SGD on L(θ, γ) = Σ_n γ_n ℓ(x_n, θ) (no trajectory ids; examples with
-  γ_n = 0 are skipped), backward with H_t = ∇²L(θ_t, γ), g = grad_gamma as above (= −dJ_total/dγ),
-  then γ ← Proj_simplex(γ + α g). Returns the last epoch's g; the final γ is ``report["gamma"]``
+  γ_n = 0 are skipped), backward with H_t = ∇²L(θ_t, γ), g = grad_gamma as above (= −dJ_total/dγ:
+  ``interval`` must be 1, :meth:`PMPConfig.validate` refuses any other), then
+  γ ← Proj_simplex(γ + α g). Returns the last epoch's g; the final γ is ``report["gamma"]``
   (a list, so that the report stays plain JSON).
 
 Per-example contributions use one forward-mode JVP per proxy micro-batch (no per-example
@@ -90,7 +91,7 @@ class PMPConfig:
     steps: int = 40  # T
     lr: float = 0.008  # η: constant-lr SGD, no weight decay, no clipping
     batch_size: int = 16  # B: trajectory examples per step ("released")
-    interval: int = 1  # proxy contributions at t = 0, interval, 2·interval, … (compute-ct-interval)
+    interval: int = 1  # proxy contributions at t = 0, interval, 2·interval, … (compute-ct-interval); "paper": 1
     ckpt_every: int = 0  # k: θ saved every k steps; 0 = ⌊√T⌋
     variant: str = "released"  # released | paper
     outer_epochs: int = 1  # E ("paper"; "released" is one pass by definition)
@@ -120,6 +121,13 @@ class PMPConfig:
             raise ValueError("ckpt_every and micro_batch_size must be ≥ 0")
         if self.variant == "released" and self.outer_epochs != 1:
             raise ValueError("the released variant is a single pass: outer_epochs must be 1")
+        if self.variant == "paper" and self.interval != 1:
+            # Algorithm 1's g = −dJ_total/dγ sums every step's contribution; a sparser sum is not it.
+            raise ValueError(
+                f"pds.solver.interval must be 1 for the paper variant (got {self.interval}): Algorithm 1"
+                " sums the proxy contributions over every step (g = −dJ_total/dγ); interval > 1 is the"
+                " released code's approximation and applies to variant 'released' only"
+            )
 
 
 # ----------------------------------------------------------------------------------------------

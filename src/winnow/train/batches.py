@@ -1,8 +1,14 @@
 """Batches of examples read from token shards, in an order that is a pure function of the step.
 
 Sample ``g`` of the run (g = step · batch_size + j) is the ``g mod n``-th id of the permutation
-drawn for epoch ``g // n`` with ``default_rng([seed, epoch])``. A resumed run therefore sees
-exactly the samples an uninterrupted run would, without saving a sampler state.
+drawn for epoch ``g // n`` with ``default_rng([seed, epoch])`` (:func:`step_ids`: every step a full
+batch, so a batch may straddle two epochs). A resumed run therefore sees exactly the samples an
+uninterrupted run would, without saving a sampler state.
+
+Epoch-aligned batches (:func:`epoch_step_ids`, what a PyTorch DataLoader without ``drop_last``
+gives, as HF's Trainer uses): epoch e's same permutation cut into ⌈n/B⌉ batches, the last one
+partial (n mod B ids when B does not divide n); step s is batch ``s mod ⌈n/B⌉`` of epoch
+``s // ⌈n/B⌉``. When B divides n both orders are the same.
 """
 
 from __future__ import annotations
@@ -120,3 +126,30 @@ def step_ids(ids: np.ndarray, step: int, batch_size: int, seed: int, shuffle: bo
     if not shuffle:
         return ids[pos]
     return np.array([ids[_epoch_perm(seed, int(e), n)[p]] for e, p in zip(epoch, pos)], dtype=np.int64)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """⌈n / batch_size⌉: the optimizer steps of one epoch of epoch-aligned batches."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n ≥ 1 ids and batch_size ≥ 1, got {n} and {batch_size}")
+    return -(-n // batch_size)
+
+
+def epoch_step_ids(ids: np.ndarray, step: int, batch_size: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The example ids of optimizer step ``step`` of epoch-aligned batches: ``(batch_size,)``, or
+    ``(n mod batch_size,)`` for the last step of an epoch when batch_size does not divide n."""
+    n = len(ids)
+    spe = steps_per_epoch(n, batch_size)
+    epoch, k = divmod(step, spe)
+    pos = np.arange(k * batch_size, min((k + 1) * batch_size, n))
+    if not shuffle:
+        return np.asarray(ids, dtype=np.int64)[pos]
+    return np.asarray(ids, dtype=np.int64)[_epoch_perm(seed, int(epoch), n)[pos]]
+
+
+def samples_before(n: int, step: int, batch_size: int, epoch_batches: bool = False) -> int:
+    """Samples the steps before ``step`` trained on (the data position of a checkpoint at ``step``)."""
+    if not epoch_batches:
+        return step * batch_size
+    epoch, k = divmod(step, steps_per_epoch(n, batch_size))
+    return epoch * n + k * batch_size

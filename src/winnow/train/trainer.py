@@ -7,6 +7,11 @@ same weights as an uninterrupted run (data order and schedule are pure functions
 
 Loss: token-mean cross-entropy over the loss-masked positions of the whole optimizer step
 (sum over micro-batches and ranks / number of target tokens in the step).
+
+Batches (:mod:`winnow.train.batches`): by default every step takes ``batch_size`` ids from a
+continuous stream of per-epoch permutations (a batch may straddle two epochs). With
+``epoch_batches`` each epoch is one permutation cut into ⌈n/B⌉ steps, the last batch partial (HF's
+Trainer / a DataLoader without drop_last): epoch e ends exactly at step e·⌈n/B⌉ (LESS's recipe).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from winnow.models.checkpoint import (
     write_checkpoint_files,
 )
 from winnow.progress import Progress
-from winnow.train.batches import ExampleStore, collate, step_ids
+from winnow.train.batches import ExampleStore, collate, epoch_step_ids, samples_before, step_ids
 from winnow.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,17 @@ class TrainConfig:
     # GPU fast path (off by default; ignored on CPU): torch.compile of forward + loss, fused AdamW,
     # and an all-ones attention mask dropped so SDPA takes its causal (flash) kernel.
     compile: bool = False
+    # Epoch-aligned batches (off: the continuous stream, batches of exactly batch_size): each epoch
+    # one permutation of the ids in ⌈n/batch_size⌉ steps, the last one partial (LESS's recipe).
+    epoch_batches: bool = False
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self, ids: np.ndarray, init: str) -> str:
         """What a checkpoint must match to be resumed (everything but logging/checkpoint cadence)."""
         skip = ("ckpt_every", "keep_checkpoints", "log_every_s", "compile")
         d = {k: v for k, v in asdict(self).items() if k not in skip}
+        if not self.epoch_batches:
+            del d["epoch_batches"]  # off: the fingerprint the checkpoints had before the option
         h = hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode())
         h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
         h.update(init.encode())
@@ -233,10 +243,16 @@ def train(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch_ids = step_ids(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
+        batch_of = epoch_step_ids if cfg.epoch_batches else step_ids
+        batch_ids = batch_of(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
         n_targets = sum(store.n_loss_tokens(e) for e in batch_ids)
         chunks = [batch_ids[i : i + cfg.micro_batch_size] for i in range(0, len(batch_ids), cfg.micro_batch_size)]
         mine = chunks[rank::world]
+        # An epoch's partial last batch can leave a rank without a micro-batch; under DDP it still
+        # joins the gradient all-reduce, with a zero-weight backward of one example.
+        idle = not mine
+        if idle:
+            mine = [batch_ids[:1]]
         loss_sum = torch.zeros((), device=device)
         step_tokens = 0
         for j, chunk in enumerate(mine):
@@ -249,9 +265,10 @@ def train(
                     mask = None  # no padding: SDPA's causal kernel instead of an explicit mask
                 ce = loss_fn(ddp_model, batch["input_ids"], mask, batch["loss_mask"], use_bf16)
                 # DDP averages gradients over ranks; × world turns that back into a sum.
-                (ce * world / max(n_targets, 1)).backward()
-            loss_sum += ce.detach()
-            step_tokens += int(batch["attention_mask"].sum())
+                (ce * (0 if idle else world) / max(n_targets, 1)).backward()
+            if not idle:
+                loss_sum += ce.detach()
+                step_tokens += int(batch["attention_mask"].sum())
         tokens_seen += step_tokens
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -266,7 +283,7 @@ def train(
         done = step + 1
         history.append([done, loss_value, lr])
         if rank == 0 and (done % cfg.ckpt_every == 0) and done < cfg.steps:
-            state = _state(done, fingerprint, cfg, device, loss_value, history)
+            state = _state(done, fingerprint, cfg, device, loss_value, history, len(ids))
             save_checkpoint(ckpt_root / f"step-{done:08d}", model, optimizer, state)
             _prune(ckpt_root, cfg.keep_checkpoints)
         if done % max(1, cfg.steps // 20) == 0 or done == cfg.steps:
@@ -293,7 +310,7 @@ def train(
             out_dir,
             model,
             optimizer,
-            {**_state(cfg.steps, fingerprint, cfg, device, loss_value, history), "summary": summary},
+            {**_state(cfg.steps, fingerprint, cfg, device, loss_value, history, len(ids)), "summary": summary},
         )
     if world > 1:
         torch.distributed.barrier()
@@ -302,14 +319,21 @@ def train(
 
 
 def _state(
-    step: int, fingerprint: str, cfg: TrainConfig, device: torch.device, loss: float, history: list | None = None
+    step: int,
+    fingerprint: str,
+    cfg: TrainConfig,
+    device: torch.device,
+    loss: float,
+    history: list | None = None,
+    n_ids: int = 0,
 ) -> dict:
     rng = {"torch": encode_rng(torch.get_rng_state())}
     if device.type == "cuda":
         rng["cuda"] = encode_rng(torch.cuda.get_rng_state(device))
     return {
         "step": step,
-        "samples_seen": step * cfg.batch_size,  # data position: the order is a function of this
+        # data position: the order is a function of this
+        "samples_seen": samples_before(n_ids, step, cfg.batch_size, cfg.epoch_batches),
         "fingerprint": fingerprint,
         "schedule": {"name": cfg.schedule, "lr": cfg.lr, "total": cfg.steps, "warmup": cfg.warmup_steps},
         "last_loss": loss,
@@ -317,6 +341,30 @@ def _state(
         "config": asdict(cfg),
         "history": history or [],
     }
+
+
+def final_lr(ckpt_dir: str | os.PathLike) -> float:
+    """The learning rate of a checkpoint's last optimizer step: the last row of its trainer_state's
+    ``history`` (what the step used), else its schedule (``config``) at step − 1."""
+    path = Path(ckpt_dir) / "trainer_state.json"
+    state = json.loads(path.read_text())
+    history = state.get("history") or []
+    if history:
+        return float(history[-1][2])
+    cfg, step = state.get("config") or {}, int(state.get("step") or 0)
+    if step < 1 or "lr" not in cfg:
+        raise ValueError(f"{path}: no history and no schedule to take the final learning rate from")
+    c = {**asdict(TrainConfig(steps=step, batch_size=1, micro_batch_size=1, seq_len=1)), **cfg}
+    return lr_at(
+        step - 1,
+        c["lr"],
+        c["steps"],
+        c["schedule"],
+        c["warmup_steps"],
+        c["min_lr_ratio"],
+        c["decay_frac"],
+        c["half_life"],
+    )
 
 
 def _prune(root: Path, keep: int) -> None:
