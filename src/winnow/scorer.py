@@ -52,7 +52,7 @@ from winnow.io.atomic import read_json, write_json
 from winnow.io.tables import SCORES, read_table, write_table
 from winnow.models import attention
 from winnow.progress import Progress
-from winnow.stats import pearson, spearman  # noqa: F401 (also imported from here by older callers)
+from winnow.stats import pearson, spearman
 from winnow.train.batches import ExampleStore, step_ids
 from winnow.train.schedules import lr_at
 

@@ -588,13 +588,13 @@ def match(args) -> None:
 def predict(args) -> None:
     import pyarrow as pa
     import torch
-    from scipy.stats import spearmanr
 
     from winnow.io.tables import SCORES, read_table, write_table
     from winnow.methods.less import fit_ridge, mean_hidden_states, predict_ridge, regression_report
     from winnow.methods.less_prefilter import prefilter_fit_ids
     from winnow.models.build import load_pretrained
     from winnow.select import SelectParams, select
+    from winnow.stats import spearman
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -632,7 +632,7 @@ def predict(args) -> None:
     # What chance would give: a random k-subset overlaps the exact top-k in k/n on average.
     report["overlap_random_expected"] = k / pool.size
     report["k"] = k
-    report["spearman_all_hybrid"] = float(spearmanr(hybrid, y).statistic)
+    report["spearman_all_hybrid"] = spearman(hybrid, y)
     write_table(args.out, pa.table({"example_id": pool, "score": hybrid.astype(np.float32)}, schema=SCORES), SCORES)
     write_json(args.report, report)
     log.info("predictor: held-out %s; overlap hybrid %.3f", report["held_out"], report["overlap_hybrid"])

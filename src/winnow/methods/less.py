@@ -805,7 +805,7 @@ def predict_ridge(model: dict, X) -> np.ndarray:
 
 def regression_report(y_true, y_pred) -> dict:
     """``{r2, spearman, pearson, n}``; r2 = 1 − Σ(y − ŷ)² / Σ(y − ȳ)²."""
-    from winnow.scorer import pearson, spearman
+    from winnow.stats import pearson, spearman
 
     a = np.asarray(y_true, dtype=np.float64).reshape(-1)
     b = np.asarray(y_pred, dtype=np.float64).reshape(-1)

@@ -109,12 +109,10 @@ def prefilter_scores(pool_ids, exact_ids, exact_scores, predicted) -> np.ndarray
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman ρ (average ranks for ties); None when undefined (fewer than 2 values, a constant side)."""
-    from scipy.stats import spearmanr
+    """Spearman ρ (winnow.stats); None (JSON null) where it is undefined."""
+    from winnow.stats import spearman
 
-    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
-        return None
-    rho = float(spearmanr(a, b).statistic)
+    rho = spearman(a, b)
     return rho if math.isfinite(rho) else None
 
 
