@@ -15,9 +15,11 @@ sys.path.insert(0, SRC)
 from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
-from winnow.workflow_env import export_source_tree  # noqa: E402
+from winnow.workflow_env import export_source_tree, keep_other_runs_locks  # noqa: E402
 
 export_source_tree(SRC)
+# A run that exits removes only its own locks (Snakemake 9.27.1 removes every run's).
+keep_other_runs_locks()
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
