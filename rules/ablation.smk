@@ -24,12 +24,12 @@ rule ablation_partition:
     conda:
         ENV
     params:
-        column=ABLATION.get("column", "domain"),
+        column=verbatim(ABLATION.get("column", "domain")),
         code=code("ablation partition"),
     shell:
-        "python -m winnow ablation partition --examples {input.examples} --docs {input.docs}"
-        " --column {params.column} --value {wildcards.part} --splits train --out {output.ids}"
-        " --report {output.report} --threads {threads} > {log} 2>&1"
+        "python -m winnow ablation partition --examples {input.examples:q} --docs {input.docs:q}"
+        " --column={params.column:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
+        " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Equal shares of a mixture's partitions (small ones repeated): what its mixture model trains on.
@@ -46,8 +46,8 @@ rule ablation_mixture_ids:
         seed=ABLATION.get("seed", 0),
         code=code("ablation mix"),
     shell:
-        "python -m winnow ablation mix --parts {input} --seed {params.seed} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow ablation mix --parts {input:q} --seed {params.seed:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # The seed model: the shared trainer from scratch on the seed mix (train block, seed_steps steps).
@@ -74,15 +74,15 @@ rule ablation_seed:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=ablation_seed_config(),
         ckpt_root="results/{run}/ablation/seed/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}'"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps,
@@ -113,16 +113,16 @@ rule ablation_component:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=ablation_cpt_config(1),
         init=init_folder,
         ckpt_root="results/{run}/ablation/components/{part}/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps
@@ -153,16 +153,16 @@ rule ablation_mixture:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=ablation_mixture_config,
         init=init_folder,
         ckpt_root="results/{run}/ablation/mixtures/{mix}/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.init}"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A merge: the uniform parameter average of a mixture's components (integer buffers copied).
@@ -182,8 +182,8 @@ rule ablation_merge:
     params:
         code=code("ablation merge"),
     shell:
-        "python -m winnow ablation merge --models {input} --out {output.model}"
-        " --members {output.members} --threads {threads} > {log} 2>&1"
+        "python -m winnow ablation merge --models {input:q} --out {output.model:q}"
+        " --members {output.members:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A macro merge (ablation.macro_merges): the uniform average of merges and components.
@@ -203,8 +203,8 @@ rule ablation_macro:
     params:
         code=code("ablation merge"),
     shell:
-        "python -m winnow ablation merge --models {input} --out {output.model}"
-        " --members {output.members} --threads {threads} > {log} 2>&1"
+        "python -m winnow ablation merge --models {input:q} --out {output.model:q}"
+        " --members {output.members:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Rolling-window perplexity per domain (every domain of the test split, held-out ones included)
@@ -236,9 +236,9 @@ rule ablation_ppl:
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
-        " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
-        " --device {params.device} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m winnow eval ppl --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
+        " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
+        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and
@@ -268,6 +268,6 @@ rule ablation_correlate:
         spec=ablation_spec(),
         code=code("ablation correlate"),
     shell:
-        "python -m winnow ablation correlate --evals {input} --spec '{params.spec}'"
-        " --table {output.table} --json {output.json} --points {output.points} --ppl {output.ppl}"
-        " --plot {output.plot} > {log} 2>&1"
+        "python -m winnow ablation correlate --evals {input:q} --spec {params.spec:q}"
+        " --table {output.table:q} --json {output.json:q} --points {output.points:q} --ppl {output.ppl:q}"
+        " --plot {output.plot:q} > {log:q} 2>&1"

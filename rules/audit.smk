@@ -11,9 +11,9 @@ rule audit:
         ENV
     params:
         root=lambda wildcards, output: str(Path(output.table).parent.parent),
-        strict="--strict" if str(config.get("audit_strict")).lower() == "true" else "",
+        strict=["--strict"] if str(config.get("audit_strict")).lower() == "true" else [],
         stamp=lambda wildcards: time.time_ns(),
         code=code("audit verify"),
     shell:
-        "python -m winnow audit verify --root {params.root} --out {output.table}"
-        " --summary {output.summary} {params.strict} > {log} 2>&1"
+        "python -m winnow audit verify --root {params.root:q} --out {output.table:q}"
+        " --summary {output.summary:q} {params.strict:q} > {log:q} 2>&1"

@@ -34,11 +34,11 @@ rule bakeoff_mates_oracle:
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
-        " --manifest {input.manifest} --reference-ids {input.ref_ids}"
-        " --probe {input.probe} --n-probe {params.n_probe} --seed {params.seed}"
-        " --oracle-config '{params.oracle}' --device {params.device} --out {output.oracle}"
-        " --report {output.report} --threads {threads} > {log} 2>&1"
+        "python -m winnow mates oracle --ckpt {input.ckpt:q} --examples {input.examples:q}"
+        " --manifest {input.manifest:q} --reference-ids {input.ref_ids:q}"
+        " --probe {input.probe:q} --n-probe {params.n_probe:q} --seed {params.seed:q}"
+        " --oracle-config {params.oracle:q} --device {params.device:q} --out {output.oracle:q}"
+        " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).
@@ -64,17 +64,17 @@ rule bakeoff_less_warmup:
         runtime=60,
     params:
         fraction=LESS.get("warmup", {}).get("fraction"),
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         seed=BAKEOFF_SEED,
         ckpt_root="results/{run}/bakeoff/less_pool/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
-        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {params.seed}"
-        " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
+        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {params.seed:q}"
+        " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS arm, features at one warm-up epoch: Adam features of the proxy sample, SGD features of the
@@ -105,7 +105,7 @@ rule bakeoff_less_features:
         mem_mb=8000,
         runtime=60,
     params:
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
         dtype=LESS.get("features", {}).get("dtype", "float16"),
@@ -115,13 +115,13 @@ rule bakeoff_less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --checkpoint {input.checkpoint}"
-        " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
-        " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
-        " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
-        " --pool-out {output.pool} --shards-per-block {params.shards_per_block}"
-        " --target-out {output.target} --threads {threads} > {log} 2>&1"
+        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --checkpoint {input.checkpoint:q}"
+        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
+        " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
+        " --batch-size {params.batch_size:q} --method {params.method:q} --device {params.device:q}"
+        " --pool-out {output.pool:q} --shards-per-block {params.shards_per_block:q}"
+        " --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS arm, labels: lr-weighted cosine of each proxy example with the target, averaged over the
@@ -140,9 +140,9 @@ rule bakeoff_less_match:
     params:
         code=code("less match"),
     shell:
-        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
-        " --warmup {input.warmup} --aggregate mean --out {output.scores} --report {output.report}"
-        " > {log} 2>&1"
+        "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
+        " --warmup {input.warmup:q} --aggregate mean --out {output.scores:q} --report {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 # Every arm's models over every seed on the shared suite: mean ± sd, ranked by bakeoff.primary.
@@ -165,10 +165,10 @@ rule bakeoff_leaderboard:
     conda:
         ENV
     params:
-        primary=BAKEOFF.get("primary", "target/pds_target_eval"),
-        metrics=" ".join(bakeoff_metrics()),
+        primary=verbatim(BAKEOFF.get("primary", "target/pds_target_eval")),
+        metrics=verbatim([f"--metrics={m}" for m in bakeoff_metrics()]),
         code=code("eval leaderboard"),
     shell:
-        "python -m winnow eval leaderboard --evals {input} --primary {params.primary}"
-        " --metrics {params.metrics} --baseline random --out {output.table} --html {output.html}"
-        " > {log} 2>&1"
+        "python -m winnow eval leaderboard --evals {input:q} --primary={params.primary:q}"
+        " {params.metrics:q} --baseline random --out {output.table:q} --html {output.html:q}"
+        " > {log:q} 2>&1"

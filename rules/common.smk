@@ -23,6 +23,44 @@ keep_other_runs_locks()
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
+
+# A config is data: every value reaches its command as one quoted argument (`{...:q}` in every
+# shell command; argument helpers return lists), names that become folders are checked by the
+# schema, and what no command line or Snakemake path can carry is refused here, naming its key.
+def _config_strings(node, key=""):
+    """(dotted key, text) of every string in the config, the keys of its maps included."""
+    if isinstance(node, str):
+        yield key, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield key or str(k), str(k)
+            yield from _config_strings(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for v in node:
+            yield from _config_strings(v, key)
+
+
+for _key, _text in _config_strings(config):
+    if "\0" in _text:
+        raise ValueError(
+            f"config key {_key} holds a NUL character, which no command line can carry: {_text!r}"
+        )
+
+
+def check_input_path(key, path):
+    """An input path (any local file) with no {braces}: Snakemake reads them as a wildcard."""
+    if "{" in path or "}" in path:
+        raise ValueError(
+            f"config key {key} names {path!r}: Snakemake reads {{...}} in an input path as a"
+            " wildcard; rename the file, or link it under a name without braces"
+        )
+
+
+for _input in config["corpus"]["inputs"]:
+    check_input_path(
+        "corpus.inputs", _input if isinstance(_input, str) else _input["path"]
+    )
+
 RUN = config["run"]
 _fractions = config["corpus"].get(
     "split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05}
@@ -105,7 +143,7 @@ if "mates" in config:
 
 
 wildcard_constraints:
-    run=RUN,
+    run=re.escape(RUN),
     scorer="|".join(SCORERS) or "no-scorer",
     block=r"\d+",
     seed=r"\d+",
@@ -130,6 +168,13 @@ if _heldout:
 def as_json(obj):
     """A deterministic JSON string for a shell argument (sorted keys: stable params)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def verbatim(value):
+    """A param passed on as it is: Snakemake formats a plain string (or list) param with the job's
+    wildcards, so a config value's {braces} would be replaced; a function's result is not.
+    """
+    return lambda wildcards: value
 
 
 def code(command):
@@ -157,13 +202,14 @@ def token_blocks(wildcards):
 
 
 def subset_args(wildcards):
-    """CLI arguments of one named subset from config['subsets']."""
+    """CLI arguments of one named subset from config['subsets'] (a list: the rule quotes each;
+    a free string is passed as --opt=value, so one that starts with '-' is still a value).
+    """
     spec = config["subsets"][wildcards.subset]
     args = []
     if spec.get("splits"):
         args += ["--splits", *spec["splits"]]
-    if spec.get("domains"):
-        args += ["--domains", *spec["domains"]]
+    args += [f"--domains={d}" for d in spec.get("domains") or []]
     args += (
         ["--n", str(spec["n"])]
         if "n" in spec
@@ -175,32 +221,43 @@ def subset_args(wildcards):
         ]
     )
     args += ["--seed", str(spec["seed"])]
-    return " ".join(args)
+    return args
 
 
 def select_args(wildcards):
+    """Arguments of `select select` for config select.{method} (a list, quoted by the rule)."""
     spec = config["select"][wildcards.method]
-    size = f"--ratio {spec['ratio']}" if "ratio" in spec else f"--k {spec['k']}"
+    size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
     key = f"select.{wildcards.method}.{'ratio' if 'ratio' in spec else 'k'}"
-    return (
-        f"--direction {spec['direction']} {size} --temperature {spec.get('temperature', 0.0)}"
-        f" --key {key}"
-    )
+    return [
+        "--direction",
+        spec["direction"],
+        *size,
+        "--temperature",
+        spec.get("temperature", 0.0),
+        "--key",
+        key,
+    ]
 
 
 def tokenizer_args(wildcards):
+    """Arguments of `data tokenizer` (a list, quoted by the rule; the path as --local=PATH)."""
     tok = config["tokenizer"]
     if tok.get("kind", "bpe") == "local":
         if not tok.get("path"):
             raise ValueError(
                 "config key tokenizer.path is required when tokenizer.kind is local"
             )
-        trust = " --trust-remote-code" if tok.get("trust_remote_code") else ""
-        return f"--local {tok['path']}{trust}"
-    return (
-        f"--vocab-size {tok.get('vocab_size', 8192)} --min-frequency {tok.get('min_frequency', 2)}"
-        f" --max-train-chars {tok.get('max_train_chars', 20000000)}"
-    )
+        trust = ["--trust-remote-code"] if tok.get("trust_remote_code") else []
+        return [f"--local={tok['path']}", *trust]
+    return [
+        "--vocab-size",
+        tok.get("vocab_size", 8192),
+        "--min-frequency",
+        tok.get("min_frequency", 2),
+        "--max-train-chars",
+        tok.get("max_train_chars", 20000000),
+    ]
 
 
 def corpus_inputs():
@@ -209,27 +266,33 @@ def corpus_inputs():
 
 
 def ingest_args(wildcards):
+    """Arguments of `data ingest` (a list, quoted by the rule): field names and domains are free
+    strings, passed as --opt=value (a value that starts with '-' is still a value)."""
     c = config["corpus"]
     forced = {
         i["path"]: {k: v for k, v in i.items() if k != "path"}
         for i in c["inputs"]
         if not isinstance(i, str)
     }
+    fractions = c.get("split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05})
     args = [
-        f"--text-field {c.get('text_field', 'text')}",
-        f"--max-chars {c.get('max_chars', 1000000)}",
-        f"--split-seed {c.get('split_seed', 0)}",
-        f"--split-fractions '{as_json(c.get('split_fractions', {'train': 0.9, 'val': 0.05, 'test': 0.05}))}'",
+        f"--text-field={c.get('text_field', 'text')}",
+        "--max-chars",
+        c.get("max_chars", 1000000),
+        "--split-seed",
+        c.get("split_seed", 0),
+        "--split-fractions",
+        as_json(fractions),
     ]
     if c.get("domain_field"):
-        args.append(f"--domain-field {c['domain_field']}")
+        args.append(f"--domain-field={c['domain_field']}")
     if c.get("id_field"):
-        args.append(f"--id-field {c['id_field']}")
+        args.append(f"--id-field={c['id_field']}")
     if c.get("default_domain"):
-        args.append(f"--default-domain {c['default_domain']}")
+        args.append(f"--default-domain={c['default_domain']}")
     if forced:
-        args.append(f"--input-options '{as_json(forced)}'")
-    return " ".join(args)
+        args += ["--input-options", as_json(forced)]
+    return args
 
 
 def train_config():
@@ -323,7 +386,7 @@ def all_targets():
 
 def harness_limit_arg():
     limit = config["eval"].get("harness_limit")
-    return f"--limit {limit}" if limit else ""
+    return ["--limit", limit] if limit else []
 
 
 def pds_init_config():
@@ -435,13 +498,14 @@ def report_plot_inputs(wildcards):
 
 
 def report_plot_args(wildcards, input):
+    """Arguments of `report plots` (a list, quoted by the rule)."""
     spec = report_plot_inputs(wildcards)
-    args = "--selection " + " ".join(f"{n}={p}" for n, p in spec["selections"].items())
+    args = ["--selection", *(f"{n}={p}" for n, p in spec["selections"].items())]
     if spec["scores"]:
-        args += " --scores " + " ".join(f"{n}={p}" for n, p in spec["scores"].items())
+        args += ["--scores", *(f"{n}={p}" for n, p in spec["scores"].items())]
     if spec["evals"]:
-        args += " --mates-evals " + " ".join(spec["evals"])
-    args += " --curves " + " ".join(f"{n}={p}" for n, p in spec["curves"].items())
+        args += ["--mates-evals", *spec["evals"]]
+    args += ["--curves", *(f"{n}={p}" for n, p in spec["curves"].items())]
     return args
 
 

@@ -36,6 +36,8 @@ if LESS and LESS_PREFILTER:
             f" ({_covered:g}) must be at least select.less.ratio in mode prefilter:"
             " the selection would take examples without exact scores"
         )
+if LESS.get("base", "random") != "random":
+    check_input_path("less.base", LESS["base"])
 LESS_EPOCHS = list(range(1, LESS.get("warmup", {}).get("epochs", 0) + 1))
 LESS_SHARDS = list(range(LESS.get("data", {}).get("num_shards", 2)))
 LESS_ARMS = LESS.get("arms", ["less", "random", "full"])
@@ -117,7 +119,7 @@ def less_prefilter_inputs(wildcards):
 
 
 def less_prefilter_full_arg(wildcards, input):
-    return f"--full-scores {input.full_scores}" if "full_scores" in input.keys() else ""
+    return ["--full-scores", input.full_scores] if "full_scores" in input.keys() else []
 
 
 def less_prefilter_config(*keys):
@@ -164,11 +166,18 @@ def less_arm_scores(wildcards):
 def less_select_args(wildcards):
     name = "less_random" if wildcards.arm == "random" else "less"
     spec = config["select"][name]
-    return (
-        f"--direction {spec['direction']} --ratio {spec['ratio']}"
-        f" --temperature {spec.get('temperature', 0.0)} --seed {wildcards.seed}"
-        f" --key select.{name}.ratio"
-    )
+    return [
+        "--direction",
+        spec["direction"],
+        "--ratio",
+        spec["ratio"],
+        "--temperature",
+        spec.get("temperature", 0.0),
+        "--seed",
+        wildcards.seed,
+        "--key",
+        f"select.{name}.ratio",
+    ]
 
 
 def less_compare_inputs(wildcards):

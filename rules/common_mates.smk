@@ -27,14 +27,21 @@ def mates_select_args(wildcards):
     seed = int(wildcards.seed) * 1000 + int(
         wildcards.k
     )  # a different draw at every stage
-    key = "--key select.mates.ratio"  # named when ratio × stage_size keeps 0
-    if wildcards.arm == "mrandom":
-        ratio = config["select"]["mates"]["ratio"]
-        return (
-            f"--direction higher --ratio {ratio} --temperature 1.0 --seed {seed} {key}"
-        )
+    key = ["--key", "select.mates.ratio"]  # named when ratio × stage_size keeps 0
     spec = config["select"]["mates"]
-    return f"--direction {spec['direction']} --ratio {spec['ratio']} --temperature {spec['temperature']} --seed {seed} {key}"
+    if wildcards.arm == "mrandom":
+        spec = {"direction": "higher", "ratio": spec["ratio"], "temperature": 1.0}
+    return [
+        "--direction",
+        spec["direction"],
+        "--ratio",
+        spec["ratio"],
+        "--temperature",
+        spec["temperature"],
+        "--seed",
+        seed,
+        *key,
+    ]
 
 
 def _corpus_inputs(wildcards):
@@ -61,8 +68,11 @@ def mates_train_inputs(wildcards):
 def mates_resume_arg(wildcards):
     k = int(wildcards.k)
     if k == 0:
-        return ""
-    return f"--resume-from {_mates_stage_dir(wildcards, wildcards.arm, k - 1)}/model"
+        return []
+    return [
+        "--resume-from",
+        f"{_mates_stage_dir(wildcards, wildcards.arm, k - 1)}/model",
+    ]
 
 
 def mates_stage_config(wildcards):

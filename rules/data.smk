@@ -19,9 +19,9 @@ rule ingest:
         args=ingest_args,
         code=code("data ingest"),
     shell:
-        "python -m winnow data ingest --inputs {input:q} {params.args}"
-        " --docs {output.docs} --rejects {output.rejects} --manifest {output.manifest}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow data ingest --inputs {input:q} {params.args:q}"
+        " --docs {output.docs:q} --rejects {output.rejects:q} --manifest {output.manifest:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # A byte-level BPE trained on the train split (or a local HF tokenizer folder, copied).
@@ -40,8 +40,8 @@ rule tokenizer:
         args=tokenizer_args,
         code=code("data tokenizer"),
     shell:
-        "python -m winnow data tokenizer --docs {input.docs} {params.args} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow data tokenizer --docs {input.docs:q} {params.args:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # One block of packed token shards and their examples, in one folder: tokens-{shard}.bin and
@@ -64,10 +64,10 @@ rule tokenize:
         seq_len=config["tokenize"]["seq_len"],
         code=code("data tokenize"),
     shell:
-        "python -m winnow data tokenize --docs {input.docs} --tokenizer {input.tokenizer}"
-        " --block {wildcards.block} --shards-per-block {params.shards_per_block}"
-        " --num-shards {params.num_shards} --seq-len {params.seq_len} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow data tokenize --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
+        " --block {wildcards.block:q} --shards-per-block {params.shards_per_block:q}"
+        " --num-shards {params.num_shards:q} --seq-len {params.seq_len:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # The examples table of all shards, and the manifest every reader of the shards needs (dtype,
@@ -89,10 +89,10 @@ rule merge_examples:
         seq_len=config["tokenize"]["seq_len"],
         code=code("data merge-examples"),
     shell:
-        "python -m winnow data merge-examples --blocks {input.blocks} --tokenizer {input.tokenizer}"
-        " --num-shards {params.num_shards} --shards-per-block {params.shards_per_block}"
-        " --seq-len {params.seq_len} --out {output.examples} --manifest {output.manifest}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow data merge-examples --blocks {input.blocks:q} --tokenizer {input.tokenizer:q}"
+        " --num-shards {params.num_shards:q} --shards-per-block {params.shards_per_block:q}"
+        " --seq-len {params.seq_len:q} --out {output.examples:q} --manifest {output.manifest:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # A named, seeded id list (config subsets.{subset}): the pool, proxy samples, warm-up sets, partitions.
@@ -109,8 +109,8 @@ rule sample_subset:
         args=subset_args,
         code=code("data sample-subset"),
     shell:
-        "python -m winnow data sample-subset --examples {input.examples} {params.args}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "python -m winnow data sample-subset --examples {input.examples:q} {params.args:q}"
+        " --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Held-out evaluation data: LAMBADA-style last-word items and 4-way next-sentence choices.
@@ -131,6 +131,6 @@ rule eval_tasks:
         seed=config["eval"]["task_seed"],
         code=code("data eval-tasks"),
     shell:
-        "python -m winnow data eval-tasks --docs {input.docs} --split {params.split}"
-        " --n-lastword {params.n_lastword} --n-choice {params.n_choice} --seed {params.seed}"
-        " --lastword {output.lastword} --choice {output.choice} --threads {threads} > {log} 2>&1"
+        "python -m winnow data eval-tasks --docs {input.docs:q} --split {params.split:q}"
+        " --n-lastword {params.n_lastword:q} --n-choice {params.n_choice:q} --seed {params.seed:q}"
+        " --lastword {output.lastword:q} --choice {output.choice:q} --threads {threads:q} > {log:q} 2>&1"

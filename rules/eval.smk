@@ -26,9 +26,9 @@ rule eval_ppl:
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
-        " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
-        " --device {params.device} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m winnow eval ppl --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
+        " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
+        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # lm-eval (offline, task YAMLs generated at run time with absolute paths) on the local tasks.
@@ -56,10 +56,10 @@ rule eval_harness:
         device=eval_device(),
         code=code("eval harness"),
     shell:
-        "python -m winnow eval harness --model {input.model} --tokenizer {input.tokenizer}"
-        " --lastword {input.lastword} --choice {input.choice} {params.limit}"
-        " --batch-size {params.batch_size} --device {params.device} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow eval harness --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --lastword {input.lastword:q} --choice {input.choice:q} {params.limit:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.
@@ -84,10 +84,10 @@ rule eval_target:
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model} --examples {input.examples}"
-        " --manifest {input.manifest} --ids {input.ids}"
-        " --batch-size {params.batch_size} --device {params.device} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow eval target --model {input.model:q} --examples {input.examples:q}"
+        " --manifest {input.manifest:q} --ids {input.ids:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # One row per (method, seed): the headline numbers of every evaluated model, side by side.
@@ -107,7 +107,7 @@ rule eval_table:
     params:
         code=code("eval table"),
     shell:
-        "python -m winnow eval table --evals {input} --out {output} > {log} 2>&1"
+        "python -m winnow eval table --evals {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 # A method against random at the same size and seed: per-seed differences, means, wins.
@@ -128,4 +128,4 @@ rule eval_compare:
     params:
         code=code("eval compare"),
     shell:
-        "python -m winnow eval compare --evals {input} --baseline random --out {output} > {log} 2>&1"
+        "python -m winnow eval compare --evals {input:q} --baseline random --out {output:q} > {log:q} 2>&1"

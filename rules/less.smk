@@ -35,12 +35,12 @@ rule less_data:
         num_shards=len(LESS_SHARDS),
         code=code("less data"),
     shell:
-        "python -m winnow less data --docs {input.docs} --tokenizer {input.tokenizer}"
-        " --seq-len {params.seq_len} --num-shards {params.num_shards} --data-config '{params.data}'"
-        " --instructions {output.instructions} --tokens {output.tokens} --examples {output.examples}"
-        " --manifest {output.manifest} --pool {output.pool} --target {output.target}"
-        " --eval-ids {output.eval_ids} --subtasks {output.subtasks} --choice {output.choice}"
-        " > {log} 2>&1"
+        "python -m winnow less data --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
+        " --seq-len {params.seq_len:q} --num-shards {params.num_shards:q} --data-config {params.data:q}"
+        " --instructions {output.instructions:q} --tokens {output.tokens:q} --examples {output.examples:q}"
+        " --manifest {output.manifest:q} --pool {output.pool:q} --target {output.target:q}"
+        " --eval-ids {output.eval_ids:q} --subtasks {output.subtasks:q} --choice {output.choice:q}"
+        " > {log:q} 2>&1"
 
 
 # Warm-up: LoRA on a seeded random fraction of the pool; one checkpoint per epoch (adapter, Adam
@@ -66,16 +66,16 @@ rule less_warmup:
         runtime=60,
     params:
         fraction=LESS.get("warmup", {}).get("fraction"),
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
-        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
-        " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
+        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
+        " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # Gradient features at one warm-up epoch: Adam features of the pool (one .npy per token shard of
@@ -106,7 +106,7 @@ rule less_features:
         mem_mb=8000,
         runtime=60,
     params:
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
         dtype=LESS.get("features", {}).get("dtype", "float16"),
@@ -115,13 +115,13 @@ rule less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --checkpoint {input.checkpoint}"
-        " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
-        " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
-        " --batch-size {params.batch_size} --method {params.method} --device {params.device}"
-        " --pool-out {output.pool}"
-        " --target-out {output.target} --threads {threads} > {log} 2>&1"
+        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --checkpoint {input.checkpoint:q}"
+        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
+        " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
+        " --batch-size {params.batch_size:q} --method {params.method:q} --device {params.device:q}"
+        " --pool-out {output.pool:q}"
+        " --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS scores of the pool: Σ over epochs of w̄ (normalised mean lr) × cosine, aggregated over the
@@ -142,9 +142,9 @@ rule less_match:
         aggregate=LESS.get("aggregate", "subtask_max"),
         code=code("less match"),
     shell:
-        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
-        " --warmup {input.warmup} --subtasks {input.subtasks} --aggregate {params.aggregate}"
-        " --out {output.scores} --report {output.report} > {log} 2>&1"
+        "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
+        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --aggregate {params.aggregate:q}"
+        " --out {output.scores:q} --report {output.report:q} > {log:q} 2>&1"
 
 
 # The predictor: ridge on the frozen base's mean hidden states, fitted to the exact scores of a
@@ -173,11 +173,11 @@ rule less_predict:
         device=eval_device(),
         code=code("less predict"),
     shell:
-        "python -m winnow less predict --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --pool {input.pool} --scores {input.scores}"
-        " --fit-fraction {params.fit_fraction} --ratio {params.ratio} --seed {params.seed}"
-        " --device {params.device} --out {output.scores} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow less predict --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --pool {input.pool:q} --scores {input.scores:q}"
+        " --fit-fraction {params.fit_fraction:q} --ratio {params.ratio:q} --seed {params.seed:q}"
+        " --device {params.device:q} --out {output.scores:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # ---- The prefilter (less.predictor): exact features for a seeded sample S and for the predicted top
@@ -199,8 +199,8 @@ rule less_prefilter_sample:
         predictor=less_prefilter_config("fit_fraction", "seed"),
         code=code("less prefilter-sample"),
     shell:
-        "python -m winnow less prefilter-sample --pool {input.pool}"
-        " --predictor-config '{params.predictor}' --out {output} > {log} 2>&1"
+        "python -m winnow less prefilter-sample --pool {input.pool:q}"
+        " --predictor-config {params.predictor:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The same feature command as less_features, over a part's id list (fit: S, top: T) at one warm-up
@@ -230,15 +230,15 @@ rule less_prefilter_features:
         mem_mb=8000,
         runtime=60,
     params:
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         features=less_features_config(shards_per_block=len(LESS_SHARDS)),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --checkpoint {input.checkpoint}"
-        " --lora-config '{params.lora}' --pool {input.ids} --target {input.target}"
-        " --features-config '{params.features}'"
-        " --pool-out {output.pool} --target-out {output.target} --threads {threads} > {log} 2>&1"
+        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --checkpoint {input.checkpoint:q}"
+        " --lora-config {params.lora:q} --pool {input.ids:q} --target {input.target:q}"
+        " --features-config {params.features:q}"
+        " --pool-out {output.pool:q} --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Exact LESS scores of a part (the same matching command as less_match).
@@ -260,9 +260,9 @@ rule less_prefilter_match:
         match=as_json({"aggregate": LESS.get("aggregate", "subtask_max")}),
         code=code("less match"),
     shell:
-        "python -m winnow less match --pool-features {input.pool} --target-features {input.target}"
-        " --warmup {input.warmup} --subtasks {input.subtasks} --match-config '{params.match}'"
-        " --out {output.scores} --report {output.report} > {log} 2>&1"
+        "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
+        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --match-config {params.match:q}"
+        " --out {output.scores:q} --report {output.report:q} > {log:q} 2>&1"
 
 
 # The ridge on the frozen base's mean hidden states fitted on S's exact scores: predictions of the
@@ -293,10 +293,10 @@ rule less_prefilter_predict:
         predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
         code=code("less prefilter-predict"),
     shell:
-        "python -m winnow less prefilter-predict --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --pool {input.pool} --fit-ids {input.fit_ids} --fit-scores {input.fit_scores}"
-        " --predictor-config '{params.predictor}' --predicted {output.predicted}"
-        " --top-ids {output.top_ids} --report {output.report} --threads {threads} > {log} 2>&1"
+        "python -m winnow less prefilter-predict --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --pool {input.pool:q} --fit-ids {input.fit_ids:q} --fit-scores {input.fit_scores:q}"
+        " --predictor-config {params.predictor:q} --predicted {output.predicted:q}"
+        " --top-ids {output.top_ids:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # The prefilter's scores (exact on S ∪ T, the rest ranked below by prediction) and prefilter.json:
@@ -319,11 +319,11 @@ rule less_prefilter:
         ),
         code=code("less prefilter"),
     shell:
-        "python -m winnow less prefilter --pool {input.pool} --fit-ids {input.fit_ids}"
-        " --fit-scores {input.fit_scores} --top-ids {input.top_ids} --top-scores {input.top_scores}"
-        " --predicted {input.predicted} --fit-match {input.fit_match} {params.full}"
-        " --predictor-config '{params.predictor}' --out {output.scores} --report {output.report}"
-        " > {log} 2>&1"
+        "python -m winnow less prefilter --pool {input.pool:q} --fit-ids {input.fit_ids:q}"
+        " --fit-scores {input.fit_scores:q} --top-ids {input.top_ids:q} --top-scores {input.top_scores:q}"
+        " --predicted {input.predicted:q} --fit-match {input.fit_match:q} {params.full:q}"
+        " --predictor-config {params.predictor:q} --out {output.scores:q} --report {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 # Equal scores over the pool: `random`'s Gumbel-top-k draws a uniform 5% per seed.
@@ -339,7 +339,7 @@ rule less_random_scores:
     params:
         code=code("select random-scores"),
     shell:
-        "python -m winnow select random-scores --pool {input.pool} --out {output} > {log} 2>&1"
+        "python -m winnow select random-scores --pool {input.pool:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The shared selection code on an arm's scores (LESS: deterministic top 5%).
@@ -359,8 +359,8 @@ rule less_select:
         args=less_select_args,
         code=code("select select"),
     shell:
-        "python -m winnow select select --scores {input.scores} {params.args}"
-        " --out {output.ids} --manifest {output.manifest} > {log} 2>&1"
+        "python -m winnow select select --scores {input.scores:q} {params.args:q}"
+        " --out {output.ids:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 # LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
@@ -386,16 +386,16 @@ rule less_finetune:
         mem_mb=8000,
         runtime=60,
     params:
-        lora=less_lora() if LESS else "",
+        lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe() if LESS else "",
         ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
-        " --base {input.base} --ids {input.ids}"
-        " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
-        " --ckpt-root {params.ckpt_root} --merged-out {output.model} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --base {input.base:q} --ids {input.ids:q}"
+        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
+        " --ckpt-root {params.ckpt_root:q} --merged-out {output.model:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # Target loss (test-split target-task items, overall and per subtask) and lm-eval define choice.
@@ -424,11 +424,11 @@ rule less_eval:
         device=eval_device(),
         code=code("less eval"),
     shell:
-        "python -m winnow less eval --examples {input.examples} --manifest {input.manifest}"
-        " --model {input.model} --tokenizer {input.tokenizer}"
-        " --eval-ids {input.eval_ids} --subtasks {input.subtasks} --choice {input.choice}"
-        " --batch-size {params.batch_size} --device {params.device} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow less eval --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --eval-ids {input.eval_ids:q} --subtasks {input.subtasks:q} --choice {input.choice:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS-5% against random-5% and the full pool over seeds, and what each selection is made of.
@@ -454,6 +454,6 @@ rule less_compare:
     params:
         code=code("less compare"),
     shell:
-        "python -m winnow less compare --evals {input.evals} --selections {input.selections}"
-        " --examples {input.examples} --out {output.table} --composition {output.composition}"
-        " > {log} 2>&1"
+        "python -m winnow less compare --evals {input.evals:q} --selections {input.selections:q}"
+        " --examples {input.examples:q} --out {output.table:q} --composition {output.composition:q}"
+        " > {log:q} 2>&1"

@@ -24,9 +24,9 @@ rule mates_pools:
         seed=lookup(dpath="mates/seed", within=config),
         code=code("mates pools"),
     shell:
-        "python -m winnow mates pools --pool {input.pool} --part {params.part}"
-        " --stage-size {params.stage_size} --probe-size {params.probe_size} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        "python -m winnow mates pools --pool {input.pool:q} --part {params.part:q}"
+        " --stage-size {params.stage_size:q} --probe-size {params.probe_size:q} --seed {params.seed:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 # The reference task: LAMBADA-style last words from held-out text (val: for the oracle; test: eval).
@@ -50,10 +50,10 @@ rule mates_reference:
         seq_len=config["tokenize"]["seq_len"],
         code=code("mates reference"),
     shell:
-        "python -m winnow mates reference --docs {input.docs} --tokenizer {input.tokenizer}"
-        " --split {wildcards.split} --n {params.n} --seed {params.seed} --seq-len {params.seq_len}"
-        " --tokens {output.tokens} --examples {output.examples} --ids {output.ids}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "python -m winnow mates reference --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
+        " --split {wildcards.split:q} --n {params.n:q} --seed {params.seed:q} --seq-len {params.seq_len:q}"
+        " --tokens {output.tokens:q} --examples {output.examples:q} --ids {output.ids:q}"
+        " --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 # Equal scores over a stage pool: the random arm's Gumbel-top-k draws a uniform sample per seed.
@@ -69,7 +69,7 @@ rule mates_random_scores:
     params:
         code=code("select random-scores"),
     shell:
-        "python -m winnow select random-scores --pool {input.pool} --out {output} > {log} 2>&1"
+        "python -m winnow select random-scores --pool {input.pool:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The data of stage k: Gumbel-top-k over the stage pool's scores (shared select command).
@@ -87,8 +87,8 @@ rule mates_select:
         args=mates_select_args,
         code=code("select select"),
     shell:
-        "python -m winnow select select --scores {input.scores} {params.args}"
-        " --out {output.ids} --manifest {output.manifest} > {log} 2>&1"
+        "python -m winnow select select --scores {input.scores:q} {params.args:q}"
+        " --out {output.ids:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 # Stage k of pretraining; stage k ≥ 1 resumes from the end of stage k−1 (weights + AdamW moments).
@@ -112,16 +112,16 @@ rule mates_train:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=mates_stage_config,
         resume=mates_resume_arg,
         ckpt_root="results/{run}/mates/{arm}/s{seed}/stage-{k}/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}' {params.resume}"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q} {params.resume:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Oracle influence at the end of stage k−1: one exact AdamW step per probe candidate, then the
@@ -156,12 +156,12 @@ rule mates_oracle:
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
-        " --manifest {input.manifest} --reference-examples {input.ref_examples}"
-        " --reference-tokens {input.ref_tokens} --reference-ids {input.ref_ids} --probe {input.probe}"
-        " --n-probe {params.n_probe} --seed {params.seed} --oracle-config '{params.oracle}'"
-        " --device {params.device} --out {output.oracle} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow mates oracle --ckpt {input.ckpt:q} --examples {input.examples:q}"
+        " --manifest {input.manifest:q} --reference-examples {input.ref_examples:q}"
+        " --reference-tokens {input.ref_tokens:q} --reference-ids {input.ref_ids:q} --probe {input.probe:q}"
+        " --n-probe {params.n_probe:q} --seed {params.seed:q} --oracle-config {params.oracle:q}"
+        " --device {params.device:q} --out {output.oracle:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # The evaluation checkpoint of a stage: a short exponentially decaying run from its end (as MATES).
@@ -183,16 +183,16 @@ rule mates_decay:
         mem_mb=8000,
         runtime=30,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=mates_decay_config,
         resume=mates_decay_resume,
         ckpt_root="results/{run}/models/{arm}_k{k}/s{seed}/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}' --resume-from {params.resume}"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.resume:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Reference loss (held-out test last words) of an evaluation checkpoint.
@@ -217,10 +217,10 @@ rule mates_eval_reference:
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model} --examples {input.examples}"
-        " --manifest {input.manifest} --ids {input.ids}"
-        " --batch-size {params.batch_size} --device {params.device} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow eval target --model {input.model:q} --examples {input.examples:q}"
+        " --manifest {input.manifest:q} --ids {input.ids:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # MATES against the random arm, stage by stage, over every seed.
@@ -240,4 +240,4 @@ rule mates_compare:
     params:
         code=code("mates compare"),
     shell:
-        "python -m winnow mates compare --evals {input} --out {output} > {log} 2>&1"
+        "python -m winnow mates compare --evals {input:q} --out {output:q} > {log:q} 2>&1"

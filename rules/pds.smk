@@ -26,15 +26,15 @@ rule pds_init:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=pds_init_config(),
         ckpt_root="results/{run}/pds/init/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}'"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # PMP solver: forward SGD trajectory (θ every k steps + batches as ids, under trajectory/), costates
@@ -67,8 +67,8 @@ rule pds_solve:
         device=eval_device(),
         code=code("pds solve"),
     shell:
-        "python -m winnow pds solve --examples {input.examples} --manifest {input.manifest}"
-        " --init {input.init} --pool {input.pool} --proxy {input.proxy}"
-        " --target {input.target} --solver-config '{params.solver}' --work-dir {params.work_dir}"
-        " --device {params.device} --gamma {output.gamma} --report {output.report}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m winnow pds solve --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --init {input.init:q} --pool {input.pool:q} --proxy {input.proxy:q}"
+        " --target {input.target:q} --solver-config {params.solver:q} --work-dir {params.work_dir:q}"
+        " --device {params.device:q} --gamma {output.gamma:q} --report {output.report:q}"
+        " --threads {threads:q} > {log:q} 2>&1"

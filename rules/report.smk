@@ -47,5 +47,5 @@ rule report_plots:
         out_dir=lambda wildcards, output: str(Path(output.overlap).parent),
         code=code("report plots"),
     shell:
-        "python -m winnow report plots --examples {input.examples} {params.args}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m winnow report plots --examples {input.examples:q} {params.args:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -31,10 +31,10 @@ rule fit_scorer:
         device=eval_device(),
         code=code("scorer fit"),
     shell:
-        "python -m winnow scorer fit --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --labels {input.labels}"
-        " --label-column {params.column} --scorer-config '{params.scorer}' --device {params.device}"
-        " --out {output.model} --report {output.report} --threads {threads} > {log} 2>&1"
+        "python -m winnow scorer fit --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --labels {input.labels:q}"
+        " --label-column {params.column:q} --scorer-config {params.scorer:q} --device {params.device:q}"
+        " --out {output.model:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Scores of the pool examples that live in one block of token shards (resumable within the block).
@@ -63,10 +63,10 @@ rule score_pool:
         state="results/{run}/scores/{scorer}/parts/.state-{block}",
         code=code("scorer score"),
     shell:
-        "python -m winnow scorer score --scorer {input.scorer} --examples {input.examples}"
-        " --manifest {input.manifest} --block {wildcards.block}"
-        " --tokenizer {input.tokenizer} --ids {input.pool} --batch-size {params.batch_size}"
-        " --device {params.device} --state {params.state} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m winnow scorer score --scorer {input.scorer:q} --examples {input.examples:q}"
+        " --manifest {input.manifest:q} --block {wildcards.block:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.pool:q} --batch-size {params.batch_size:q}"
+        " --device {params.device:q} --state {params.state:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # One scores table (example_id, score) for the whole pool, the input of `select`.
@@ -82,4 +82,4 @@ rule merge_scores:
     params:
         code=code("scorer merge"),
     shell:
-        "python -m winnow scorer merge --parts {input} --out {output} > {log} 2>&1"
+        "python -m winnow scorer merge --parts {input:q} --out {output:q} > {log:q} 2>&1"

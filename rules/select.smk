@@ -14,8 +14,8 @@ rule random_scores:
     params:
         code=code("select random-scores"),
     shell:
-        "python -m winnow select random-scores --pool {input.pool}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "python -m winnow select random-scores --pool {input.pool:q}"
+        " --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Top-k (temperature 0, ties by example_id) or Gumbel-top-k sampling from softmax(goodness/τ);
@@ -34,5 +34,5 @@ rule select:
         args=select_args,
         code=code("select select"),
     shell:
-        "python -m winnow select select --scores {input.scores} {params.args} --seed {wildcards.seed}"
-        " --out {output.ids} --manifest {output.manifest} --threads {threads} > {log} 2>&1"
+        "python -m winnow select select --scores {input.scores:q} {params.args:q} --seed {wildcards.seed:q}"
+        " --out {output.ids:q} --manifest {output.manifest:q} --threads {threads:q} > {log:q} 2>&1"

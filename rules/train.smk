@@ -27,12 +27,12 @@ rule train_lm:
         mem_mb=8000,
         runtime=60,
     params:
-        model=model_config(),
+        model=verbatim(model_config()),
         train=train_seed_config,
         ckpt_root="results/{run}/models/{method}/s{seed}/checkpoints",
         code=code("train lm"),
     shell:
-        "python -m winnow train lm --examples {input.examples} --manifest {input.manifest}"
-        " --tokenizer {input.tokenizer} --ids {input.ids}"
-        " --model-config '{params.model}' --train-config '{params.train}'"
-        " --ckpt-root {params.ckpt_root} --out {output.model} --threads {threads} > {log} 2>&1"
+        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
+        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
+        " --model-config {params.model:q} --train-config {params.train:q}"
+        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"

@@ -63,7 +63,7 @@ def register(sub) -> None:
     p = sub.add_parser("leaderboard", help="bake-off: mean ± sd over seeds per method, ranked by one metric")
     p.add_argument("--evals", nargs="+", required=True, help="eval files of every bake-off method and seed")
     p.add_argument("--primary", required=True, help="the ranking metric, e.g. target/pds_target")
-    p.add_argument("--metrics", nargs="+", required=True, help="columns of the HTML table, in order")
+    p.add_argument("--metrics", nargs="+", action="extend", required=True, help="columns of the HTML table, in order")
     p.add_argument("--baseline", default="random")
     p.add_argument("--out", required=True, help="TSV: one row per method")
     p.add_argument("--html", required=True, help="the same table as a page (for the report)")

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 SEP = "+"
-# Partition names are path components and wildcard values: no "+" (the mixture separator), no "/".
-NAME_PATTERN = r"[A-Za-z0-9_.-]+"
+# Partition names are path components and wildcard values: no "+" (the mixture separator), no "/",
+# and not "." or ".." (the lookahead: a folder name that would leave its parent).
+NAME_PATTERN = r"(?!\.\.?(?![A-Za-z0-9_.-]))[A-Za-z0-9_.-]+"
 MIXTURE_PATTERN = rf"{NAME_PATTERN}(?:\{SEP}{NAME_PATTERN})+"
 SHORTHANDS = {"pairs": 2, "triples": 3}
 
@@ -71,7 +72,7 @@ def _check_name(name: str) -> None:
     import re
 
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-        raise ValueError(f"partition name {name!r} must match {NAME_PATTERN} (no '+', '/' or spaces)")
+        raise ValueError(f"partition name {name!r} must match {NAME_PATTERN} (no '+', '/' or spaces; not '.' or '..')")
 
 
 def partition_mask(values: Sequence, value: str) -> np.ndarray:
