@@ -230,13 +230,14 @@ rule ablation_ppl:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         split=config["eval"]["split"],
         max_docs=ablation_max_docs(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
+        "python -m winnow eval ppl {params.trust} --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
         " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
         " --device {params.device} --out {output} --threads {threads} > {log} 2>&1"
 

@@ -28,13 +28,14 @@ rule bakeoff_mates_oracle:
         mem_mb=16000,
         runtime=120,
     params:
+        trust=model_trust(),
         n_probe=BAKEOFF.get("n_probe"),
         seed=BAKEOFF_SEED,
         oracle=as_json(config.get("mates", {}).get("oracle", {})),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
+        "python -m winnow mates oracle {params.trust} --ckpt {input.ckpt} --examples {input.examples}"
         " --manifest {input.manifest} --reference-ids {input.ref_ids}"
         " --probe {input.probe} --n-probe {params.n_probe} --seed {params.seed}"
         " --oracle-config '{params.oracle}' --device {params.device} --out {output.oracle}"
@@ -63,6 +64,7 @@ rule bakeoff_less_warmup:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
         lora=less_lora() if LESS else "",
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
@@ -70,7 +72,7 @@ rule bakeoff_less_warmup:
         ckpt_root="results/{run}/bakeoff/less_pool/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less train {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {params.seed}"
         " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
@@ -105,6 +107,7 @@ rule bakeoff_less_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=less_lora() if LESS else "",
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
@@ -115,7 +118,7 @@ rule bakeoff_less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less features {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
         " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"

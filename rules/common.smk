@@ -203,6 +203,21 @@ def tokenizer_args(wildcards):
     )
 
 
+def model_trust():
+    """--trust-remote-code for the jobs that load a model folder, when the workflow config opts
+    in (model.trust_remote_code). An artifact (a checkpoint's config.json) never decides it.
+    """
+    return "--trust-remote-code" if config["model"].get("trust_remote_code") else ""
+
+
+def scorer_trust(wildcards):
+    """--trust-remote-code for scoring with a fitted scorer when its workflow config block opts in
+    (pds.scorer / mates.scorer trust_remote_code), never because its scorer.json says so.
+    """
+    trust = json.loads(scorer_config(wildcards)).get("trust_remote_code")
+    return "--trust-remote-code" if trust else ""
+
+
 def corpus_inputs():
     """Paths of corpus.inputs (an entry is a path, or {path, split, domain})."""
     return [i if isinstance(i, str) else i["path"] for i in config["corpus"]["inputs"]]

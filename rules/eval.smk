@@ -20,13 +20,14 @@ rule eval_ppl:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         split=config["eval"]["split"],
         max_docs=config["eval"]["max_docs_per_domain"],
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
+        "python -m winnow eval ppl {params.trust} --model {input.model} --tokenizer {input.tokenizer} --docs {input.docs}"
         " --split {params.split} --max-docs-per-domain {params.max_docs} --batch-size {params.batch_size}"
         " --device {params.device} --out {output} --threads {threads} > {log} 2>&1"
 
@@ -51,12 +52,13 @@ rule eval_harness:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         limit=harness_limit_arg(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval harness"),
     shell:
-        "python -m winnow eval harness --model {input.model} --tokenizer {input.tokenizer}"
+        "python -m winnow eval harness {params.trust} --model {input.model} --tokenizer {input.tokenizer}"
         " --lastword {input.lastword} --choice {input.choice} {params.limit}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"
@@ -80,11 +82,12 @@ rule eval_target:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model} --examples {input.examples}"
+        "python -m winnow eval target {params.trust} --model {input.model} --examples {input.examples}"
         " --manifest {input.manifest} --ids {input.ids}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"

@@ -65,13 +65,14 @@ rule less_warmup:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
         lora=less_lora() if LESS else "",
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less train {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --ids {input.pool} --fraction {params.fraction}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
         " --ckpt-root {params.ckpt_root} --epochs-out {output.epochs} --report {output.report}"
@@ -106,6 +107,7 @@ rule less_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=less_lora() if LESS else "",
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
@@ -115,7 +117,7 @@ rule less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less features {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.pool} --target {input.target}"
         " --dim {params.dim} --proj-seed {params.seed} --dtype {params.dtype}"
@@ -167,13 +169,14 @@ rule less_predict:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         fit_fraction=LESS.get("predictor", {}).get("fit_fraction", 0.5),
         seed=LESS.get("predictor", {}).get("seed", 0),
         ratio=config["select"].get("less", {}).get("ratio"),
         device=eval_device(),
         code=code("less predict"),
     shell:
-        "python -m winnow less predict --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less predict {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --pool {input.pool} --scores {input.scores}"
         " --fit-fraction {params.fit_fraction} --ratio {params.ratio} --seed {params.seed}"
         " --device {params.device} --out {output.scores} --report {output.report}"
@@ -230,11 +233,12 @@ rule less_prefilter_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=less_lora() if LESS else "",
         features=less_features_config(shards_per_block=len(LESS_SHARDS)),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less features {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --checkpoint {input.checkpoint}"
         " --lora-config '{params.lora}' --pool {input.ids} --target {input.target}"
         " --features-config '{params.features}'"
@@ -290,10 +294,11 @@ rule less_prefilter_predict:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
         code=code("less prefilter-predict"),
     shell:
-        "python -m winnow less prefilter-predict --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less prefilter-predict {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --pool {input.pool} --fit-ids {input.fit_ids} --fit-scores {input.fit_scores}"
         " --predictor-config '{params.predictor}' --predicted {output.predicted}"
         " --top-ids {output.top_ids} --report {output.report} --threads {threads} > {log} 2>&1"
@@ -386,12 +391,13 @@ rule less_finetune:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=less_lora() if LESS else "",
         recipe=less_train_recipe() if LESS else "",
         ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less train {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --base {input.base} --ids {input.ids}"
         " --lora-config '{params.lora}' --train-config '{params.recipe}' --seed {wildcards.seed}"
         " --ckpt-root {params.ckpt_root} --merged-out {output.model} --report {output.report}"
@@ -420,11 +426,12 @@ rule less_eval:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("less eval"),
     shell:
-        "python -m winnow less eval --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow less eval {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --model {input.model} --tokenizer {input.tokenizer}"
         " --eval-ids {input.eval_ids} --subtasks {input.subtasks} --choice {input.choice}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"

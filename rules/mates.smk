@@ -150,13 +150,14 @@ rule mates_oracle:
         mem_mb=16000,
         runtime=120,
     params:
+        trust=model_trust(),
         n_probe=lookup(dpath="mates/n_probe", within=config),
         seed=mates_probe_seed,
         oracle=as_json(config.get("mates", {}).get("oracle", {})),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt} --examples {input.examples}"
+        "python -m winnow mates oracle {params.trust} --ckpt {input.ckpt} --examples {input.examples}"
         " --manifest {input.manifest} --reference-examples {input.ref_examples}"
         " --reference-tokens {input.ref_tokens} --reference-ids {input.ref_ids} --probe {input.probe}"
         " --n-probe {params.n_probe} --seed {params.seed} --oracle-config '{params.oracle}'"
@@ -213,11 +214,12 @@ rule mates_eval_reference:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model} --examples {input.examples}"
+        "python -m winnow eval target {params.trust} --model {input.model} --examples {input.examples}"
         " --manifest {input.manifest} --ids {input.ids}"
         " --batch-size {params.batch_size} --device {params.device} --out {output}"
         " --threads {threads} > {log} 2>&1"

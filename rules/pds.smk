@@ -62,12 +62,13 @@ rule pds_solve:
         mem_mb=16000,
         runtime=120,
     params:
+        trust=model_trust(),
         solver=as_json(config.get("pds", {}).get("solver", {})),
         work_dir="results/{run}/pds/trajectory",
         device=eval_device(),
         code=code("pds solve"),
     shell:
-        "python -m winnow pds solve --examples {input.examples} --manifest {input.manifest}"
+        "python -m winnow pds solve {params.trust} --examples {input.examples} --manifest {input.manifest}"
         " --init {input.init} --pool {input.pool} --proxy {input.proxy}"
         " --target {input.target} --solver-config '{params.solver}' --work-dir {params.work_dir}"
         " --device {params.device} --gamma {output.gamma} --report {output.report}"

@@ -58,12 +58,13 @@ rule score_pool:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=scorer_trust,
         batch_size=64,
         device=eval_device(),
         state="results/{run}/scores/{scorer}/parts/.state-{block}",
         code=code("scorer score"),
     shell:
-        "python -m winnow scorer score --scorer {input.scorer} --examples {input.examples}"
+        "python -m winnow scorer score {params.trust} --scorer {input.scorer} --examples {input.examples}"
         " --manifest {input.manifest} --block {wildcards.block}"
         " --tokenizer {input.tokenizer} --ids {input.pool} --batch-size {params.batch_size}"
         " --device {params.device} --state {params.state} --out {output} --threads {threads} > {log} 2>&1"
