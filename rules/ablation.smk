@@ -230,13 +230,14 @@ rule ablation_ppl:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         split=config["eval"]["split"],
         max_docs=ablation_max_docs(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
+        "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
         " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
         " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 

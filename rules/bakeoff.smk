@@ -28,13 +28,14 @@ rule bakeoff_mates_oracle:
         mem_mb=16000,
         runtime=120,
     params:
+        trust=model_trust(),
         n_probe=BAKEOFF.get("n_probe"),
         seed=BAKEOFF_SEED,
         oracle=as_json(config.get("mates", {}).get("oracle", {})),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt:q} --examples {input.examples:q}"
+        "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --reference-ids {input.ref_ids:q}"
         " --probe {input.probe:q} --n-probe {params.n_probe:q} --seed {params.seed:q}"
         " --oracle-config {params.oracle:q} --device {params.device:q} --out {output.oracle:q}"
@@ -63,6 +64,7 @@ rule bakeoff_less_warmup:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
@@ -70,7 +72,7 @@ rule bakeoff_less_warmup:
         ckpt_root="results/{run}/bakeoff/less_pool/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
         " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {params.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
@@ -105,6 +107,7 @@ rule bakeoff_less_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
@@ -115,7 +118,7 @@ rule bakeoff_less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
         " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
         " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"

@@ -142,6 +142,56 @@ if "mates" in config:
         )
 
 
+# Rules whose jobs run `winnow train lm` (torchrun with one process per GPU when they get several).
+LM_TRAIN_RULES = (
+    "train_lm",
+    "pds_init",
+    "ablation_seed",
+    "ablation_component",
+    "ablation_mixture",
+    "mates_train",
+    "mates_decay",
+)
+
+
+def _set_gpus(rule):
+    """The gpu resource a profile or --set-resources gives ``rule`` (None: not known at parse time,
+    e.g. an expression of ``attempt``)."""
+    settings = getattr(workflow, "resource_settings", None)
+    res = getattr(settings, "overwrite_resources", None) or {}
+    value = (res.get(rule) or {}).get("gpu")
+    value = getattr(value, "value", value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_micro_batches(key, block, gpus=1, where=""):
+    """batch_size of ``block`` (config key ``key``) splits into micro-batches on every GPU."""
+    if "micro_batch_size" not in block:
+        return
+    batch, micro = block["batch_size"], block["micro_batch_size"]
+    if batch % (micro * gpus):
+        per = f" × {gpus} GPUs{where}" if gpus > 1 else ""
+        raise ValueError(
+            f"config key {key}.batch_size ({batch}) must be a multiple of {key}.micro_batch_size"
+            f" ({micro}){per}: each optimizer step is whole micro-batches on every GPU"
+        )
+
+
+_lm_gpus = {r: _set_gpus(r) for r in LM_TRAIN_RULES}
+_lm_gpus = {r: g for r, g in _lm_gpus.items() if g and g > 1}
+if _lm_gpus:
+    _rule = max(_lm_gpus, key=_lm_gpus.get)
+    _check_micro_batches(
+        "train", config["train"], _lm_gpus[_rule], f" (rule {_rule}'s gpu resource)"
+    )
+_check_micro_batches("train", config["train"])
+if config.get("less"):  # LESS trains in one process (warm-up and fine-tunes)
+    _check_micro_batches("less.train", config["less"].get("train") or {})
+
+
 wildcard_constraints:
     run=re.escape(RUN),
     scorer="|".join(SCORERS) or "no-scorer",
@@ -258,6 +308,21 @@ def tokenizer_args(wildcards):
         "--max-train-chars",
         tok.get("max_train_chars", 20000000),
     ]
+
+
+def model_trust():
+    """--trust-remote-code for the jobs that load a model folder, when the workflow config opts
+    in (model.trust_remote_code). An artifact (a checkpoint's config.json) never decides it.
+    """
+    return ["--trust-remote-code"] if config["model"].get("trust_remote_code") else []
+
+
+def scorer_trust(wildcards):
+    """--trust-remote-code for scoring with a fitted scorer when its workflow config block opts in
+    (pds.scorer / mates.scorer trust_remote_code), never because its scorer.json says so.
+    """
+    trust = json.loads(scorer_config(wildcards)).get("trust_remote_code")
+    return ["--trust-remote-code"] if trust else []
 
 
 def corpus_inputs():

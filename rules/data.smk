@@ -2,6 +2,8 @@
 
 
 # Every input record lands in docs or in rejects (with a reason); the manifest counts both.
+# No accepted document at all fails the job (the log names each input's reasons); the rejects
+# then stay in logs/ingest-rejects.parquet, since a failed job's outputs are removed.
 rule ingest:
     input:
         ancient(corpus_inputs()),
@@ -17,11 +19,12 @@ rule ingest:
         ENV
     params:
         args=ingest_args,
+        failed_rejects="results/{run}/logs/ingest-rejects.parquet",
         code=code("data ingest"),
     shell:
         "python -m winnow data ingest --inputs {input:q} {params.args:q}"
         " --docs {output.docs:q} --rejects {output.rejects:q} --manifest {output.manifest:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
+        " --failed-rejects {params.failed_rejects:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A byte-level BPE trained on the train split (or a local HF tokenizer folder, copied).

@@ -20,13 +20,14 @@ rule eval_ppl:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         split=config["eval"]["split"],
         max_docs=config["eval"]["max_docs_per_domain"],
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
+        "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
         " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
         " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
@@ -51,12 +52,13 @@ rule eval_harness:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         limit=harness_limit_arg(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval harness"),
     shell:
-        "python -m winnow eval harness --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        "python -m winnow eval harness {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --lastword {input.lastword:q} --choice {input.choice:q} {params.limit:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
@@ -80,11 +82,12 @@ rule eval_target:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model:q} --examples {input.examples:q}"
+        "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --ids {input.ids:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"

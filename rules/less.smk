@@ -65,13 +65,14 @@ rule less_warmup:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
         " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
@@ -106,6 +107,7 @@ rule less_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         dim=LESS.get("features", {}).get("dim"),
         seed=LESS.get("features", {}).get("seed", 0),
@@ -115,7 +117,7 @@ rule less_features:
         device=eval_device(),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
         " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
         " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
@@ -167,13 +169,14 @@ rule less_predict:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         fit_fraction=LESS.get("predictor", {}).get("fit_fraction", 0.5),
         seed=LESS.get("predictor", {}).get("seed", 0),
         ratio=config["select"].get("less", {}).get("ratio"),
         device=eval_device(),
         code=code("less predict"),
     shell:
-        "python -m winnow less predict --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --scores {input.scores:q}"
         " --fit-fraction {params.fit_fraction:q} --ratio {params.ratio:q} --seed {params.seed:q}"
         " --device {params.device:q} --out {output.scores:q} --report {output.report:q}"
@@ -230,11 +233,12 @@ rule less_prefilter_features:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         features=less_features_config(shards_per_block=len(LESS_SHARDS)),
         code=code("less features"),
     shell:
-        "python -m winnow less features --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
         " --lora-config {params.lora:q} --pool {input.ids:q} --target {input.target:q}"
         " --features-config {params.features:q}"
@@ -290,10 +294,11 @@ rule less_prefilter_predict:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
         code=code("less prefilter-predict"),
     shell:
-        "python -m winnow less prefilter-predict --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less prefilter-predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --fit-ids {input.fit_ids:q} --fit-scores {input.fit_scores:q}"
         " --predictor-config {params.predictor:q} --predicted {output.predicted:q}"
         " --top-ids {output.top_ids:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
@@ -386,12 +391,13 @@ rule less_finetune:
         mem_mb=8000,
         runtime=60,
     params:
+        trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe() if LESS else "",
         ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
         code=code("less train"),
     shell:
-        "python -m winnow less train --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.ids:q}"
         " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --merged-out {output.model:q} --report {output.report:q}"
@@ -420,11 +426,12 @@ rule less_eval:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("less eval"),
     shell:
-        "python -m winnow less eval --examples {input.examples:q} --manifest {input.manifest:q}"
+        "python -m winnow less eval {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --eval-ids {input.eval_ids:q} --subtasks {input.subtasks:q} --choice {input.choice:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"

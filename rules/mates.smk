@@ -150,13 +150,14 @@ rule mates_oracle:
         mem_mb=16000,
         runtime=120,
     params:
+        trust=model_trust(),
         n_probe=lookup(dpath="mates/n_probe", within=config),
         seed=mates_probe_seed,
         oracle=as_json(config.get("mates", {}).get("oracle", {})),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle --ckpt {input.ckpt:q} --examples {input.examples:q}"
+        "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --reference-examples {input.ref_examples:q}"
         " --reference-tokens {input.ref_tokens:q} --reference-ids {input.ref_ids:q} --probe {input.probe:q}"
         " --n-probe {params.n_probe:q} --seed {params.seed:q} --oracle-config {params.oracle:q}"
@@ -213,11 +214,12 @@ rule mates_eval_reference:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=model_trust(),
         batch_size=config["eval"]["batch_size"],
         device=eval_device(),
         code=code("eval target"),
     shell:
-        "python -m winnow eval target --model {input.model:q} --examples {input.examples:q}"
+        "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --ids {input.ids:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"

@@ -58,12 +58,13 @@ rule score_pool:
         gpu=1,
         mem_mb=4000,
     params:
+        trust=scorer_trust,
         batch_size=64,
         device=eval_device(),
         state="results/{run}/scores/{scorer}/parts/.state-{block}",
         code=code("scorer score"),
     shell:
-        "python -m winnow scorer score --scorer {input.scorer:q} --examples {input.examples:q}"
+        "python -m winnow scorer score {params.trust:q} --scorer {input.scorer:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --block {wildcards.block:q}"
         " --tokenizer {input.tokenizer:q} --ids {input.pool:q} --batch-size {params.batch_size:q}"
         " --device {params.device:q} --state {params.state:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"

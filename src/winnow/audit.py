@@ -161,7 +161,12 @@ def _numeric_close(a: Path, b: Path, rtol: float, atol: float) -> bool | None:
     if a.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        xa, xb = load_file(str(a)), load_file(str(b))
+        from winnow.io.artifacts import naming
+
+        with naming(a, "safetensors file"):
+            xa = load_file(str(a))
+        with naming(b, "safetensors file"):
+            xb = load_file(str(b))
         return xa.keys() == xb.keys() and all(
             xa[k].shape == xb[k].shape and np.allclose(xa[k], xb[k], rtol=rtol, atol=atol) for k in xa
         )

@@ -25,7 +25,8 @@ Inputs are token-id lists per example. By default they are the corpus tokens fro
 ``encoder`` argument, so both paths share the training and inference code.
 
 Nothing is fetched from a hub: ``pretrained`` must be a local folder (``local_files_only=True``,
-safetensors only, ``trust_remote_code`` only if the config opts in).
+safetensors only, ``trust_remote_code`` only if the workflow config opts in: a fitted folder's
+own scorer.json never decides it when the folder is loaded again).
 """
 
 from __future__ import annotations
@@ -238,6 +239,9 @@ def build_scorer(cfg: ScorerConfig, vocab_size: int | None, eos_id: int | None, 
         path = Path(cfg.pretrained)
         if not path.is_dir():
             raise FileNotFoundError(f"pretrained scorer backbone {path} is not a local folder (no hub downloads)")
+        from winnow.io.artifacts import check_hf_folder
+
+        check_hf_folder(path)  # a truncated file is named
         backbone = AutoModel.from_pretrained(
             str(path),
             local_files_only=True,
@@ -259,19 +263,32 @@ def build_scorer(cfg: ScorerConfig, vocab_size: int | None, eos_id: int | None, 
     return ScorerModel(backbone, _hidden_size(backbone.config), cfg.pooling, cfg.dropout).float()
 
 
-def load_scorer(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ScorerModel, dict]:
-    """``(model in eval mode on device, scorer.json contents)`` from a :func:`fit_scorer` folder."""
-    from safetensors.torch import load_file
+def load_scorer(
+    model_dir: str | os.PathLike, device: str | torch.device = "cpu", trust_remote_code: bool = False
+) -> tuple[ScorerModel, dict]:
+    """``(model in eval mode on device, scorer.json contents)`` from a :func:`fit_scorer` folder.
+
+    ``trust_remote_code`` is the caller's (the workflow config's scorer block, through the CLI):
+    what the folder's own scorer.json says is ignored, so a folder cannot make loading run its
+    code. Load errors name the file."""
     from transformers import AutoConfig, AutoModel
 
+    from winnow.io.artifacts import load_tensors, naming, read_json_file
+
     model_dir = Path(model_dir)
-    meta = read_json(model_dir / "scorer.json")
+    meta = read_json_file(model_dir / "scorer.json")
     cfg = meta["config"]
-    trust = bool(cfg.get("trust_remote_code", False))
-    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
-    backbone = AutoModel.from_config(config, trust_remote_code=trust)
+    trust = bool(trust_remote_code)
+    config_path = model_dir / "config.json"
+    read_json_file(config_path)
+    with naming(config_path, "scorer config"):
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
+        backbone = AutoModel.from_config(config, trust_remote_code=trust)
     model = ScorerModel(backbone.float(), _hidden_size(config), cfg["pooling"], cfg["dropout"])
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
+    weights_path = model_dir / "model.safetensors"
+    weights = load_tensors(weights_path)
+    with naming(weights_path, "scorer weights"):
+        model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     return model, meta
 
@@ -931,8 +948,11 @@ def score_ids(
     tag: str = "",
     log_every_s: float = 10.0,
     compile: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Score ``ids`` with a fitted scorer; write SCORES parquet (example_id int64, score float32).
+
+    ``trust_remote_code``: the workflow config's (see :func:`load_scorer`), never the folder's.
 
     Scores are in **z units of the training labels** (see the module docstring), rows in the
     order of ``ids``. Batches are consecutive slices of ``ids``; bf16 autocast on CUDA only.
@@ -954,7 +974,7 @@ def score_ids(
     model_dir = Path(model_dir)
     device = torch.device(device)
     ids = np.asarray(ids, dtype=np.int64)
-    model, meta = load_scorer(model_dir, device)
+    model, meta = load_scorer(model_dir, device, trust_remote_code=trust_remote_code)
     cfg = meta["config"]
     max_len = int(cfg["max_len"])
     pad_id = int(meta["pad_id"])

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from _tiny import offline_env
 
-from winnow.data.ingest import RAW_KEEP, REASONS, IngestOptions, ingest, render_messages, split_of
+from winnow.data.ingest import RAW_KEEP, REASONS, IngestOptions, content_id, ingest, render_messages, split_of
 from winnow.io.tables import DOCS, REJECTS, read_table
 
 MAX_CHARS = 5000
@@ -64,16 +64,30 @@ JSONL_CASES: list[tuple[bytes, str]] = [
         b'{"id": "bm5", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}',
         "bad_messages",
     ),
-    (b'{"text": "No id here, empty domain.", "domain": ""}', ACC),
+    (b'{"text": "No id here, empty domain.", "domain": ""}', ACC),  # id: a hash of the text
+    (b'{"text": "No id here, empty domain.", "domain": "other"}', "duplicate_text"),  # same text
     (b'{"id": "crlf", "text": "windows line ending"}\r', ACC),
 ]
 
 MSG_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
+def tag_jsonl(cases, tag: str):
+    """The cases with ids (and the id-less text) made unique to one input: ids are the records'
+    own values, not the file's, so two inputs with the same records would be duplicates."""
+    if not tag:
+        return cases
+    return [
+        (line.replace(b'"id": "', f'"id": "{tag}-'.encode()).replace(b"No id here", f"{tag}: no id".encode()), o)
+        for line, o in cases
+    ]
+
+
 def _msgs(*pairs):
     return [{"role": r, "content": c} for r, c in pairs]
 
+
+NO_ID_ROW = "Parquet row without id or domain."
 
 # Rows for the Arrow formats (parquet, save_to_disk): every column exists in every row; a null
 # means "absent". (row, expected outcome)
@@ -87,7 +101,7 @@ ARROW_CASES: list[tuple[dict, str]] = [
     ({"id": "q1", "text": "duplicate of q1"}, "duplicate_id"),
     ({"id": "q8", "messages": _msgs(("user", "no reply"))}, "bad_messages"),
     ({"id": "q9", "messages": _msgs(("user", None), ("assistant", "y"))}, "bad_messages"),
-    ({"text": "Parquet row without id or domain."}, ACC),
+    ({"text": NO_ID_ROW}, ACC),
 ]
 ARROW_COLUMNS = {
     "id": pa.string(),
@@ -105,6 +119,21 @@ BINARY_CASES: list[tuple[bytes | None, str]] = [
     (None, "missing_text"),
     (b"   ", "empty_text"),
 ]
+
+
+def tag_arrow(cases, tag: str):
+    """Like :func:`tag_jsonl` for ARROW_CASES rows."""
+    if not tag:
+        return cases
+    out = []
+    for row, o in cases:
+        row = dict(row)
+        if "id" in row:
+            row["id"] = f"{tag}-{row['id']}"
+        if row.get("text") == NO_ID_ROW:
+            row["text"] = f"{tag}: {NO_ID_ROW}"
+        out.append((row, o))
+    return out
 
 
 def _arrow_table(cases) -> pa.Table:
@@ -149,8 +178,19 @@ def corpus(tmp_path_factory):
     write_jsonl(p, JSONL_CASES)
     add(p, [o for _, o in JSONL_CASES])
     p = root / "zipped.jsonl.gz"
-    write_jsonl(p, JSONL_CASES)
+    write_jsonl(p, tag_jsonl(JSONL_CASES, "z"))
     add(p, [o for _, o in JSONL_CASES])
+    p = root / "truncated.jsonl.gz"
+    write_jsonl(
+        p,
+        [(f'{{"id": "t{i}", "text": "record {i} of a file cut short {"x" * 40}"}}'.encode(), ACC) for i in range(300)],
+    )
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    n_read = 0
+    with gzip.open(p, "rb") as fh, pytest.raises(EOFError):
+        for _ in fh:
+            n_read += 1
+    add(p, [ACC] * n_read + ["read_error"])
     p = root / "table.parquet"
     pq.write_table(_arrow_table(ARROW_CASES), p)
     add(p, [o for _, o in ARROW_CASES])
@@ -161,7 +201,7 @@ def corpus(tmp_path_factory):
     write_int_parquet(p)
     add(p, ["missing_text", "missing_text"])
     ds_path = root / "saved_ds"
-    datasets.Dataset(InMemoryTable(_arrow_table(ARROW_CASES))).save_to_disk(str(ds_path))
+    datasets.Dataset(InMemoryTable(_arrow_table(tag_arrow(ARROW_CASES, "s")))).save_to_disk(str(ds_path))
     add(ds_path, [o for _, o in ARROW_CASES])
     dd_path = root / "saved_dd"
     dd = datasets.DatasetDict(
@@ -208,12 +248,12 @@ def test_each_reject_has_right_reason_and_location(corpus):
     assert all(r["detail"] is not None for r in res.rejects.to_pylist())
 
 
-@pytest.mark.parametrize("name", ["lines.jsonl", "zipped.jsonl.gz"])
-def test_jsonl_rejects_keep_raw_bytes(corpus, name):
+@pytest.mark.parametrize("name,tag", [("lines.jsonl", ""), ("zipped.jsonl.gz", "z")])
+def test_jsonl_rejects_keep_raw_bytes(corpus, name, tag):
     root, _, _, res = corpus
     source = str(root / name)
     raw = {r["record"]: r["raw"] for r in res.rejects.to_pylist() if r["source"] == source}
-    for i, (line, outcome) in enumerate(JSONL_CASES):
+    for i, (line, outcome) in enumerate(tag_jsonl(JSONL_CASES, tag)):
         if outcome == ACC:
             continue
         assert raw[i] == line.rstrip(b"\r")[:RAW_KEEP], i
@@ -243,53 +283,57 @@ def test_accepted_docs_content(corpus):
     assert len(docs) == res.docs.num_rows  # doc ids unique
     assert res.docs.schema.equals(DOCS)
 
-    plain = docs["lines/p1"]
+    plain = docs["p1"]  # the record's own id, whatever the file is called
     assert plain["text"] == "Plain text one." and plain["prompt"] is None
     assert plain["domain"] == "news" and plain["source"] == "wiki"  # record's own source wins
-    assert docs["zipped/p1"]["text"] == "Plain text one."
+    assert docs["z-p1"]["text"] == "Plain text one."
 
-    pr = docs["lines/pr1"]
+    pr = docs["pr1"]
     assert pr["prompt"] == "Q: two plus two?\n"
     assert pr["text"] == "Q: two plus two?\nA: four."
     assert pr["domain"] == "lines"  # no domain field → the input's file stem
     assert pr["source"] == str(root / "lines.jsonl")
 
-    chat = docs["lines/m1"]
+    chat = docs["m1"]
     prompt, response = render_messages(_msgs(("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello!")))
     assert chat["prompt"] == prompt and chat["text"] == prompt + response
     assert chat["text"].startswith(chat["prompt"]) and chat["text"].endswith("Hello!")
     assert "Hi there" in chat["prompt"] and "Hello!" not in chat["prompt"]
 
-    no_id = docs[f"lines/{len(JSONL_CASES) - 2}"]  # index-based id
+    no_id = docs[content_id("No id here, empty domain.")]  # content-based id
     assert no_id["text"] == "No id here, empty domain." and no_id["domain"] == "lines"
-    assert docs["lines/crlf"]["text"] == "windows line ending"
-    assert docs["lines/ok"]["text"] == "y" * MAX_CHARS
+    assert no_id["doc_id"].startswith("sha256-") and len(no_id["doc_id"]) == 7 + 32
+    assert docs["crlf"]["text"] == "windows line ending"
+    assert docs["ok"]["text"] == "y" * MAX_CHARS
 
 
-@pytest.mark.parametrize("name", ["table.parquet", "saved_ds"])
-def test_arrow_mixed_rows(corpus, name):
+@pytest.mark.parametrize("name,tag", [("table.parquet", ""), ("saved_ds", "s")])
+def test_arrow_mixed_rows(corpus, name, tag):
     """Plain, prompt/response and messages rows in one table (nulls in the unused columns)."""
     _, _, _, res = corpus
     stem = name.removesuffix(".parquet")
+    pre = f"{tag}-" if tag else ""
     docs = _docs(res)
-    assert docs[f"{stem}/q1"]["text"] == "Parquet plain." and docs[f"{stem}/q1"]["domain"] == "code"
-    assert docs[f"{stem}/q2"]["prompt"] == "Q? " and docs[f"{stem}/q2"]["text"] == "Q? A."
-    chat = docs[f"{stem}/q3"]
+    assert docs[f"{pre}q1"]["text"] == "Parquet plain." and docs[f"{pre}q1"]["domain"] == "code"
+    assert docs[f"{pre}q2"]["prompt"] == "Q? " and docs[f"{pre}q2"]["text"] == "Q? A."
+    chat = docs[f"{pre}q3"]
     assert chat["text"].startswith(chat["prompt"]) and chat["text"].endswith("hi back")
     assert chat["prompt"].endswith("<|assistant|>\n")
-    assert docs[f"{stem}/9"]["domain"] == stem
+    no_id = tag_arrow([({"text": NO_ID_ROW}, ACC)], tag)[0][0]["text"]
+    assert docs[content_id(no_id)]["domain"] == stem
 
 
 def test_binary_text_column(corpus):
     _, _, _, res = corpus
-    assert _docs(res)["binary/b0"]["text"] == "valid bytes text"
+    assert _docs(res)["b0"]["text"] == "valid bytes text"
 
 
 def test_dataset_dict_splits_are_separate_namespaces(corpus):
     root, _, _, res = corpus
     dd = [d for d in res.docs.to_pylist() if d["source"].startswith(str(root / "saved_dd"))]
     assert len(dd) == 4  # 3 train + 1 test, none lost as a "duplicate" of the other split
-    assert all(d["doc_id"].startswith("saved_dd/") for d in dd)
+    # the split name (part of the data, not the folder's name) keeps the record ids apart
+    assert sorted(d["doc_id"] for d in dd) == ["test/q1", "train/q1", "train/q2", "train/q3"]
     assert {d["source"] for d in dd} == {f"{root}/saved_dd/train", f"{root}/saved_dd/test"}
     assert all(d["domain"] in ("saved_dd", "code") for d in dd)
 
@@ -302,7 +346,7 @@ def test_index_ids_of_dataset_dict_splits_do_not_collide(tmp_path, monkeypatch):
         {s: datasets.Dataset.from_dict({"text": [f"{s} doc {i}" for i in range(3)]}) for s in ("train", "test")}
     )
     dd.save_to_disk(str(tmp_path / "dd"))
-    res = ingest([tmp_path / "dd"], IngestOptions())  # no id field: ids from record indices
+    res = ingest([tmp_path / "dd"], IngestOptions())  # no id field: ids from the texts
     assert res.rejects.num_rows == 0
     assert res.docs.num_rows == 6 and len(set(res.docs["doc_id"].to_pylist())) == 6
 
@@ -322,7 +366,7 @@ def test_ingest_is_deterministic_and_default_domain(corpus):
     assert again.manifest == res.manifest
     named = ingest([root / "lines.jsonl"], IngestOptions(**OPTS, default_domain="misc"))
     d = _docs(named)
-    assert d["lines/pr1"]["domain"] == "misc" and d["lines/p1"]["domain"] == "news"
+    assert d["pr1"]["domain"] == "misc" and d["p1"]["domain"] == "news"
     no_field = ingest([root / "lines.jsonl"], IngestOptions(**{**OPTS, "domain_field": None}))
     assert set(no_field.docs["domain"].to_pylist()) == {"lines"}
 
@@ -407,9 +451,10 @@ def test_per_input_options_force_split_and_domain(tmp_path):
     opts = IngestOptions(per_input={str(target): {"split": "target", "domain": "lima"}})
     res = ingest([str(corpus), str(target)], opts)
     rows = res.docs.to_pylist()
-    tgt = [r for r in rows if r["doc_id"].startswith("lima/")]
+    tgt = [r for r in rows if r["source"] == str(target)]
     assert len(tgt) == 5 and all(r["split"] == "target" and r["domain"] == "lima" for r in tgt)
     assert all(r["prompt"] is not None and r["text"].startswith(r["prompt"]) for r in tgt)
-    rest = [r for r in rows if r["doc_id"].startswith("corpus/")]
+    rest = [r for r in rows if r["source"] == str(corpus)]
+    assert len(rest) == 20
     assert {r["split"] for r in rest} <= {"train", "val", "test"} and all(r["domain"] == "web" for r in rest)
     assert res.manifest["splits"]["target"] == 5

@@ -18,6 +18,16 @@ def json_arg(text: str) -> dict:
     return value
 
 
+def add_trust(p: argparse.ArgumentParser, key: str = "model.trust_remote_code") -> None:
+    """``--trust-remote-code``: the rule passes it when the workflow config's ``key`` is true. An
+    artifact (a checkpoint's config.json, a scorer's scorer.json) never decides it."""
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help=f"let the model folder's own Python code run (workflow config {key}; off by default)",
+    )
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the rule's threads)")
 

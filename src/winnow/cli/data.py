@@ -29,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--docs", required=True)
     p.add_argument("--rejects", required=True)
     p.add_argument("--manifest", required=True)
+    p.add_argument(
+        "--failed-rejects",
+        default=None,
+        help="where the rejects also go when no document is accepted (a place the workflow keeps"
+        " after a failed job, which loses its outputs)",
+    )
     add_threads(p)
     p.set_defaults(func=ingest)
 
@@ -93,7 +99,7 @@ def register(sub) -> None:
 
 
 def ingest(args) -> None:
-    from winnow.data.ingest import IngestOptions
+    from winnow.data.ingest import EmptyCorpusError, IngestOptions
     from winnow.data.ingest import ingest as run
     from winnow.io.tables import DOCS, REJECTS, write_table
 
@@ -107,7 +113,17 @@ def ingest(args) -> None:
         split_fractions=args.split_fractions,
         per_input=args.input_options,
     )
-    res = run(args.inputs, opts)
+    try:
+        res = run(args.inputs, opts)
+    except EmptyCorpusError as err:
+        # Nothing to train on: fail here, not steps later, and leave the rejects to look at.
+        kept = [p for p in (args.rejects, args.failed_rejects) if p]
+        for path in kept:
+            write_table(path, err.result.rejects, REJECTS)
+        write_json(args.manifest, err.result.manifest)
+        raise EmptyCorpusError(f"{err}\nrejects written to {', '.join(kept)}", err.result) from None
+    if args.failed_rejects and Path(args.failed_rejects).exists():
+        Path(args.failed_rejects).unlink()  # a failed attempt's leftovers: this one succeeded
     write_table(args.docs, res.docs, DOCS)
     write_table(args.rejects, res.rejects, REJECTS)
     write_json(args.manifest, res.manifest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import add_threads, resolve_device, sidecars
+from winnow.cli._common import add_threads, add_trust, resolve_device, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=ppl)
 
@@ -34,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=harness)
 
@@ -51,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=target)
 
@@ -82,7 +85,7 @@ def ppl(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = load_pretrained(Path(args.model).parent).to(device).eval()
+    model = load_pretrained(Path(args.model).parent, trust_remote_code=args.trust_remote_code).to(device).eval()
     tok = load(Path(args.tokenizer).parent)
     docs = read_table(args.docs, DOCS)
     docs = docs.filter(np.asarray([s == args.split for s in docs["split"].to_pylist()]))
@@ -101,7 +104,10 @@ def ppl(args) -> None:
         model, tok, chosen, max_len=max_len, batch_size=args.batch_size, device=device, per_doc=per_doc
     )
     # Per-document sums: the paired bootstrap of a comparison resamples documents (winnow.stats).
-    items = {"doc_id": doc_ids, **{k: [d[k] for d in per_doc] for k in ("domain", "sum_logprob", "n_tokens", "n_bytes")}}
+    items = {
+        "doc_id": doc_ids,
+        **{k: [d[k] for d in per_doc] for k in ("domain", "sum_logprob", "n_tokens", "n_bytes")},
+    }
     write_json(args.out, {"split": args.split, "max_len": max_len, "domains": result, "items": items})
     sidecars(args, "eval ppl", [args.out], [args.model, args.tokenizer, args.docs])
 
@@ -121,6 +127,7 @@ def harness(args) -> None:
         batch_size=args.batch_size,
         limit=args.limit,
         work_dir=out.parent / f".harness-{out.stem}",
+        trust_remote_code=args.trust_remote_code,
     )
     write_json(out, result)
     sidecars(args, "eval harness", [out], [args.model, args.tokenizer, args.lastword, args.choice])
@@ -164,7 +171,7 @@ def target(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = load_pretrained(Path(args.model).parent).to(device)
+    model = load_pretrained(Path(args.model).parent, trust_remote_code=args.trust_remote_code).to(device)
     store, manifest = open_store(args.examples, args.manifest)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     losses = per_example_losses(

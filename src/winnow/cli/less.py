@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
+from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def register(sub) -> None:
     mode.add_argument("--epochs-out", nargs="+", help="epoch-{e}/model.safetensors for e = 1..E (warm-up)")
     mode.add_argument("--merged-out", help="model.safetensors of the merged model (fine-tune)")
     p.add_argument("--report", required=True, help="JSON: ids, steps, mean lr of each epoch, summary")
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=train)
 
@@ -94,6 +95,7 @@ def register(sub) -> None:
         default=None,
         help=f"JSON object that replaces the flags of these keys: {sorted(_FEATURES_KEYS)}",
     )
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=features)
 
@@ -121,6 +123,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="scores table: exact on the fit sample, predicted elsewhere")
     p.add_argument("--report", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=predict)
 
@@ -145,6 +148,7 @@ def register(sub) -> None:
     p.add_argument("--predicted", required=True, help="scores table: exact on S, predicted elsewhere")
     p.add_argument("--top-ids", required=True, help="IDS parquet of T, best predicted first")
     p.add_argument("--report", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=prefilter_predict)
 
@@ -177,6 +181,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=evaluate)
 
@@ -406,7 +411,7 @@ def train(args) -> None:
     if args.fraction is not None:  # LESS's warm-up: a seeded random fraction of the pool
         ids = warmup_ids(ids, args.fraction, args.seed)
     tc, spe = less_train_config(args.train_config, ids.size, manifest["seq_len"], args.seed)
-    base = load_pretrained(Path(args.base).parent)
+    base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code)
     model = add_lora(base, seed=args.seed, **args.lora_config)
     init = f"lora:{path_sha256(args.base)}:{sorted(args.lora_config.items())}"
     ckpt_root = Path(args.ckpt_root)
@@ -465,7 +470,7 @@ def features(args) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store, manifest = _store(args)
-    base = load_pretrained(Path(args.base).parent)
+    base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code)
     model, moments = load_lora_checkpoint(base, Path(args.checkpoint).parent, args.lora_config)
     model.to(device)
     from winnow.methods.less import lora_param_names
@@ -605,7 +610,7 @@ def predict(args) -> None:
     y = np.asarray([exact_of[int(e)] for e in pool], dtype=np.float64)
     fit_ids = prefilter_fit_ids(pool, args.fit_fraction, args.seed)  # the prefilter's S too
     fit_mask = np.isin(pool, fit_ids)
-    base = load_pretrained(Path(args.base).parent).to(device)
+    base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code).to(device)
     x = mean_hidden_states(base, store, pool, args.batch_size, manifest["seq_len"], manifest["pad_token_id"], device)
     x = np.asarray(x, dtype=np.float64)
     model = fit_ridge(x[fit_mask], y[fit_mask], seed=args.seed)
@@ -690,7 +695,7 @@ def prefilter_predict(args) -> None:
         raise ValueError(f"{args.fit_ids}: ids outside the pool")
     y_fit = _scores_of(args.fit_scores, fit_ids, "fit-sample")
     fit_mask = np.isin(pool, fit_ids)  # pool is sorted, so pool[fit_mask] == fit_ids
-    base = load_pretrained(Path(args.base).parent).to(device)
+    base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code).to(device)
     x = mean_hidden_states(
         base, store, pool, cfg.get("batch_size", 32), manifest["seq_len"], manifest["pad_token_id"], device
     )
@@ -824,7 +829,7 @@ def evaluate(args) -> None:
     device = resolve_device(args.device)
     store, manifest = _store(args)
     ids = _ids(args.eval_ids)
-    model = load_pretrained(Path(args.model).parent).to(device)
+    model = load_pretrained(Path(args.model).parent, trust_remote_code=args.trust_remote_code).to(device)
     losses = per_example_losses(
         model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device
     )
@@ -843,6 +848,7 @@ def evaluate(args) -> None:
         batch_size=args.batch_size,
         limit=None,
         work_dir=out.parent / f".harness-{out.stem}",
+        trust_remote_code=args.trust_remote_code,
     )
     result = {
         "target_loss": float(losses.mean()),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
+from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--report", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=oracle)
 
@@ -176,7 +177,7 @@ def oracle(args) -> None:
     candidates = probe_pool[np.random.default_rng(args.seed).permutation(probe_pool.size)[: args.n_probe]]
     ref_ids = read_table(args.reference_ids, IDS)["example_id"].to_numpy()
     ckpt_dir = Path(args.ckpt).parent
-    model = load_pretrained(ckpt_dir).to(device)
+    model = load_pretrained(ckpt_dir, trust_remote_code=args.trust_remote_code).to(device)
     trainer_state = read_json(ckpt_dir / "trainer_state.json")
     cfg = OracleConfig.from_trainer_state(trainer_state, **args.oracle_config)
     state = load_state(ckpt_dir, model=model, device=device, **args.oracle_config)

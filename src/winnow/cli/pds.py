@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
+from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--gamma", required=True)
     p.add_argument("--report", required=True)
+    add_trust(p)
     add_threads(p)
     p.set_defaults(func=solve)
 
@@ -52,7 +53,7 @@ def solve(args) -> None:
     if cfg.variant == "released" and n_traj > pool.size:
         raise ValueError(f"the solver needs {n_traj} trajectory ids (steps × batch_size), the pool has {pool.size}")
     trajectory = pool[np.random.default_rng(cfg.seed).permutation(pool.size)[: min(n_traj, pool.size)]]
-    model = load_pretrained(Path(args.init).parent).to(device)
+    model = load_pretrained(Path(args.init).parent, trust_remote_code=args.trust_remote_code).to(device)
     if cfg.variant == "paper":
         trajectory = None  # the paper's solver trains full-batch on the γ-weighted proxy set
     grad_gamma, report = run(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, json_arg, resolve_device, sidecars
+from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--state", required=True, help="prefix of the resume state files")
     p.add_argument("--out", required=True)
+    add_trust(p, "the scorer block's trust_remote_code")
     add_threads(p)
     p.set_defaults(func=score)
 
@@ -69,7 +70,7 @@ def _encoder(args_cfg: dict, store, ids, corpus_tok, report_path=None):
 
     if not args_cfg.get("tokenizer"):
         return None, corpus_tok, None
-    dst = load(args_cfg["tokenizer"])
+    dst = load(args_cfg["tokenizer"], trust_remote_code=bool(args_cfg.get("trust_remote_code", False)))
     max_len = args_cfg.get("max_len", 128)
     check = roundtrip_check(store, ids, corpus_tok, dst, n=64, seed=0)
     if not check["passed"]:
@@ -119,7 +120,7 @@ def score(args) -> None:
     store, _ = open_store(args.examples, args.manifest, only_shards=shards)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     ids = np.sort(ids[np.isin(ids >> 32, np.asarray(shards))])  # example_id = shard · 2**32 + index
-    meta = read_json(Path(args.scorer).parent / "scorer.json")
+    meta = read_json(Path(args.scorer).parent / "scorer.json")  # never decides trust_remote_code
     scorer_cfg = meta.get("config", {})
     tok_dir = Path(args.scorer).parent / "tokenizer"
     encoder, tag = None, ""
@@ -128,7 +129,13 @@ def score(args) -> None:
         from winnow.scorer import dict_encoder, retokenize
 
         max_len = scorer_cfg.get("max_len", 128)
-        mapping = retokenize(store, ids, load(Path(args.tokenizer).parent), load(tok_dir), max_len)
+        mapping = retokenize(
+            store,
+            ids,
+            load(Path(args.tokenizer).parent),
+            load(tok_dir, trust_remote_code=args.trust_remote_code),
+            max_len,
+        )
         encoder, tag = dict_encoder(mapping, max_len), f"retokenized:{tok_dir}"
     result = score_ids(
         Path(args.scorer).parent,
@@ -140,6 +147,7 @@ def score(args) -> None:
         state_path=args.state,
         encoder=encoder,
         tag=tag,
+        trust_remote_code=args.trust_remote_code,
     )
     log.info("scored %d ids of block %d: %s", ids.size, args.block, {k: v for k, v in result.items() if k != "ids"})
     sidecars(args, "scorer score", [args.out], [args.scorer, args.examples, args.manifest, args.ids])

@@ -9,7 +9,19 @@ A record is one of:
 * chat: ``{"messages": [{"role", "content"}, ...]}`` ending with an assistant turn, rendered with
   :func:`render_messages`; the prompt is everything before the last assistant content.
 
-Invariant checked before anything is written: input records = accepted + rejected.
+Document ids never depend on file names or paths, so a renamed or moved input keeps every id
+and every split (splits and shards are seeded hashes of the id):
+
+* with ``id_field``: the record's own value (in a ``DatasetDict``, prefixed by the split name,
+  which is part of the data: its splits are separate namespaces);
+* without it (or when the record has none): ``sha256-<32 hex>`` of the content (text and prompt),
+  so two records with the same content are the same document, the second a ``duplicate_text``.
+
+Invariant checked before anything is written: input records = accepted + rejected. An input that
+breaks off (a truncated ``.gz``, an unreadable file) keeps the records read before the break; the
+rest counts as one ``read_error`` record whose detail names the file. An input with no accepted
+record gets a warning (log and manifest), and a corpus with no accepted record at all is refused
+(:class:`EmptyCorpusError`, naming every input and its reasons).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,8 +51,10 @@ REASONS = (
     "missing_text",  # no text field (nor prompt/response, nor messages), or not a string
     "empty_text",  # text present but empty or whitespace only
     "over_length",  # longer than max_chars characters
-    "duplicate_id",  # an id already seen
+    "duplicate_id",  # an id already seen (the record's own id, from id_field)
+    "duplicate_text",  # no id: the same content (text and prompt) as a record already accepted
     "bad_messages",  # messages present but malformed (roles, contents, no final assistant turn)
+    "read_error",  # the file broke off (truncated .gz, corrupt parquet): the unread rest, as one record
 )
 RAW_KEEP = 4096  # bytes of a rejected record kept in the rejects table
 
@@ -64,6 +79,25 @@ class IngestResult:
     docs: pa.Table
     rejects: pa.Table
     manifest: dict
+
+
+class EmptyCorpusError(ValueError):
+    """No record of any input was accepted; ``result`` holds the rejects and the manifest."""
+
+    def __init__(self, message: str, result: IngestResult):
+        super().__init__(message)
+        self.result = result
+
+
+def content_id(text: str, prompt: str | None = None) -> str:
+    """The id of a record without one: a hash of its content (the prompt's length marks where the
+    response starts, so the same text split differently is another document)."""
+    payload = text if prompt is None else f"prompt:{len(prompt)}\n{text}"
+    return "sha256-" + hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _reasons_text(reasons: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "no records"
 
 
 def split_of(doc_id: str, seed: int, fractions: dict[str, float]) -> str:
@@ -96,7 +130,10 @@ def _records_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, object, str 
     """Yield (index, raw_bytes, parsed_or_None, reason_or_None, detail)."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as fh:
-        for i, line in enumerate(fh):
+        for i, line, err in _lines(fh):
+            if err is not None:  # the file broke off here: the rest is one unreadable record
+                yield i, b"", None, "read_error", _read_error(path, i, err)
+                return
             raw = line.rstrip(b"\r\n")
             try:
                 text = raw.decode("utf-8")
@@ -112,6 +149,30 @@ def _records_jsonl(path: Path) -> Iterator[tuple[int, bytes | None, object, str 
                 yield i, raw, None, "invalid_json", str(err)
 
 
+READ_ERRORS = (EOFError, OSError, zlib.error)  # truncated/corrupt gzip (BadGzipFile is an OSError), I/O
+
+
+def _read_error(path: Path, i: int, err: BaseException) -> str:
+    return f"{path}: {type(err).__name__}: {err} (after {i} records)"
+
+
+def _lines(fh) -> Iterator[tuple[int, bytes | None, BaseException | None]]:
+    """(index, line, None) of a binary file, then ``(index, None, error)`` once if reading breaks
+    off (truncated or corrupt gzip, I/O error): the lines read before the break are kept."""
+    it = iter(fh)
+    i = 0
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except READ_ERRORS as err:
+            yield i, None, err
+            return
+        yield i, line, None
+        i += 1
+
+
 def _records_arrow(table: pa.Table) -> Iterator[tuple[int, bytes | None, object, str | None, str]]:
     # Parquet/Arrow rows are already structured; binary text columns may still hold bad UTF-8.
     for batch in table.to_batches(max_chunksize=4096):
@@ -122,11 +183,20 @@ def _records_arrow(table: pa.Table) -> Iterator[tuple[int, bytes | None, object,
             base += 1
 
 
+def _unreadable(path: Path, err: BaseException) -> Iterator:
+    yield 0, b"", None, "read_error", _read_error(path, 0, err)
+
+
 def _iter_source(path: Path) -> Iterator[tuple[str, Iterator]]:
+    """(source, records) of one input; a ``DatasetDict`` folder gives one source per split."""
     if path.is_dir():
         import datasets  # only needed for save_to_disk folders
 
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (pa.ArrowException, OSError) as err:
+            yield str(path), _unreadable(path, err)
+            return
         if isinstance(loaded, datasets.DatasetDict):
             for split in sorted(loaded):
                 yield f"{path}/{split}", _numbered(_records_arrow(loaded[split].data.table))
@@ -135,7 +205,14 @@ def _iter_source(path: Path) -> Iterator[tuple[str, Iterator]]:
     elif path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        yield str(path), _numbered(_records_arrow(pq.read_table(path)))
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            if not path.exists():
+                raise  # a missing input is a config error, not a bad record
+            yield str(path), _unreadable(path, err)
+            return
+        yield str(path), _numbered(_records_arrow(table))
     elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
         yield str(path), _records_jsonl(path)
     else:
@@ -165,8 +242,9 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
     """Read every input; return docs, rejects and a manifest whose counts add up."""
     docs: dict[str, list] = {f.name: [] for f in DOCS}
     rejects: dict[str, list] = {f.name: [] for f in REJECTS}
-    seen_ids: set[str] = set()
+    seen: dict[str, str] = {}  # doc id → "source#record" of the record accepted with it
     per_input = []
+    warnings: list[str] = []
     prog = Progress("ingest", total=None, unit="records")
 
     for raw_path in paths:
@@ -174,8 +252,9 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
         stem = _source_stem(path)
         forced = opts.per_input.get(str(raw_path), {})
         for source, records in _iter_source(path):
-            # DatasetDict splits number their records from 0 each: keep their index ids apart.
-            prefix = stem + source[len(str(path)) :]
+            # A DatasetDict's splits are separate namespaces of record ids (the split name is part
+            # of the data, unlike the folder's name).
+            namespace = source[len(str(path)) :].lstrip("/")
             counts: Counter = Counter()
 
             def reject(i, raw, reason, detail, obj=None, source=source, counts=counts):
@@ -234,9 +313,10 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                     reject(i, raw, "over_length", f"{len(text)} > {opts.max_chars} chars", obj)
                     continue
                 rid = obj.get(opts.id_field) if opts.id_field else None
-                doc_id = f"{prefix}/{rid}" if rid not in (None, "") else f"{prefix}/{i}"
-                if rid is not None and isinstance(rid, str) and "/" in rid:
-                    doc_id = rid  # ids that already carry a namespace are kept as they are
+                if rid is None or rid == "":
+                    doc_id, dup_reason = content_id(text, prompt), "duplicate_text"
+                else:
+                    doc_id, dup_reason = (f"{namespace}/{rid}" if namespace else str(rid)), "duplicate_id"
                 domain = obj.get(opts.domain_field) if opts.domain_field else None
                 if not isinstance(domain, str) or not domain:
                     domain = opts.default_domain or stem
@@ -248,10 +328,10 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 except UnicodeEncodeError as err:
                     reject(i, raw, "invalid_utf8", str(err), obj)
                     continue
-                if doc_id in seen_ids:
-                    reject(i, raw, "duplicate_id", doc_id, obj)
+                if doc_id in seen:
+                    reject(i, raw, dup_reason, f"{doc_id}: same as {seen[doc_id]}", obj)
                     continue
-                seen_ids.add(doc_id)
+                seen[doc_id] = f"{source}#{i}"
                 docs["doc_id"].append(doc_id)
                 docs["text"].append(text)
                 docs["domain"].append(domain)
@@ -260,16 +340,24 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 docs["prompt"].append(prompt)
                 counts["accepted"] += 1
             rejected = sum(v for k, v in counts.items() if k != "accepted")
+            reasons = {k: v for k, v in sorted(counts.items()) if k != "accepted"}
             per_input.append(
                 {
                     "source": source,
                     "records": n,
                     "accepted": counts["accepted"],
                     "rejected": rejected,
-                    "reasons": {k: v for k, v in sorted(counts.items()) if k != "accepted"},
+                    "reasons": reasons,
+                    "all_rejected": counts["accepted"] == 0,
                 }
             )
             log.info("%s: %d records, %d accepted, %d rejected", source, n, counts["accepted"], rejected)
+            if counts["accepted"] == 0:
+                warnings.append(f"{source}: no record accepted ({n} records; {_reasons_text(reasons)})")
+            elif counts["read_error"]:
+                warnings.append(f"{source}: read_error after {n - 1} records ({_reasons_text(reasons)})")
+    for w in warnings:
+        log.warning("%s", w)
     prog.done()
 
     docs_table = pa.table(docs, schema=DOCS)
@@ -286,7 +374,15 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
         "inputs": per_input,
         "domains": dict(sorted(Counter(docs["domain"]).items())),
         "splits": dict(sorted(Counter(docs["split"]).items())),
+        "warnings": warnings,
     }
     if total != docs_table.num_rows + rejects_table.num_rows:
         raise AssertionError(f"lost records: {total} != {docs_table.num_rows} + {rejects_table.num_rows}")
-    return IngestResult(docs_table, rejects_table, manifest)
+    result = IngestResult(docs_table, rejects_table, manifest)
+    if docs_table.num_rows == 0:
+        lines = [f"  {p['source']}: {p['records']} records, rejected: {_reasons_text(p['reasons'])}" for p in per_input]
+        raise EmptyCorpusError(
+            f"no document was accepted from {len(paths)} input(s) ({total} records); per input:\n" + "\n".join(lines),
+            result,
+        )
+    return result

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from winnow.io.artifacts import check_hf_folder, naming
+
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
@@ -51,7 +53,9 @@ def copy_local(src: str | os.PathLike, out_dir: str | os.PathLike, trust_remote_
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"tokenizer path {src} is not a local folder")
-    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=trust_remote_code)
+    check_hf_folder(src)
+    with naming(src, "tokenizer folder"):
+        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=bool(trust_remote_code))
     if tok.eos_token is None:
         raise ValueError(f"{src}: tokenizer has no eos token")
     if tok.pad_token is None:
@@ -59,10 +63,16 @@ def copy_local(src: str | os.PathLike, out_dir: str | os.PathLike, trust_remote_
     _save_atomically(tok, out_dir)
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike, trust_remote_code: bool = False):
+    """A local HF tokenizer folder; custom code runs only if the caller (the workflow config, through
+    the CLI) says so, never because the folder asks. Load errors name the file."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    check_hf_folder(path)
+    with naming(path, "tokenizer folder"):
+        return AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=bool(trust_remote_code)
+        )
 
 
 def _save_atomically(tok, out_dir: str | os.PathLike) -> None:

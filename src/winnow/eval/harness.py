@@ -170,8 +170,10 @@ def _fit_to_context(
     """
     from transformers import AutoTokenizer
 
-    max_len = int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    from winnow.io.artifacts import read_json_file
+
+    max_len = int(read_json_file(Path(model_dir) / "config.json")["max_position_embeddings"])
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, trust_remote_code=False)
     kept_files, dropped = {}, {}
     for key, path in task_files.items():
         items = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -202,6 +204,7 @@ def _items(samples: list[dict]) -> dict[str, Any]:
     per-sample output: ``acc``/``acc_norm`` 0/1; ``perplexity`` the item's log-likelihood (the
     task's value is exp(−mean)); weighted perplexities and ``bits_per_byte`` ``[loglik, count]``.
     """
+
     def num(v: Any) -> float | None:
         return _plain(float(v)) if isinstance(v, bool) else _plain(v)
 
@@ -228,8 +231,12 @@ def run_harness(
     *,
     bootstrap_iters: int = 1000,
     dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved GPTNeoX folder with lm-eval on ``{key: jsonl}`` task files.
+
+    ``trust_remote_code`` (the workflow config's model.trust_remote_code, through the CLI) lets the
+    model folder's own code run; the tokenizer is the corpus tokenizer and never runs code.
 
     Returns ``{"winnow_<key>": {metric: value, metric + "_stderr": value, ...}, "n_samples":
     {task: evaluated items}, "items": {task: per-item values (see ``_items``)}, "lm_eval_version":
@@ -240,7 +247,16 @@ def run_harness(
     """
     with _harness_env():
         return _run(
-            model_dir, tokenizer_dir, task_files, device, batch_size, limit, Path(work_dir), bootstrap_iters, dtype
+            model_dir,
+            tokenizer_dir,
+            task_files,
+            device,
+            batch_size,
+            limit,
+            Path(work_dir),
+            bootstrap_iters,
+            dtype,
+            trust_remote_code,
         )
 
 
@@ -254,22 +270,27 @@ def _run(
     work_dir: Path,
     bootstrap_iters: int,
     dtype: str,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from winnow.io.artifacts import check_hf_folder
+
     task_files, dropped = _fit_to_context(task_files, model_dir, tokenizer_dir, work_dir / "data")
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]
 
+    check_hf_folder(model_dir)  # a truncated file is named, not lost in lm-eval's traceback
+    check_hf_folder(tokenizer_dir)
     lm = HFLM(
         pretrained=str(model_dir),
         tokenizer=str(tokenizer_dir),
         device=device,
         batch_size=batch_size,
         dtype=dtype,
-        trust_remote_code=False,
+        trust_remote_code=bool(trust_remote_code),
     )
     task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     out = lm_eval.simple_evaluate(

@@ -120,8 +120,7 @@ def load_lora_checkpoint(
     Raises:
         KeyError: optimizer.safetensors exists but lacks some LoRA parameter's moments.
     """
-    from safetensors.torch import load_file
-
+    from winnow.io.artifacts import load_tensors
     from winnow.models.checkpoint import load_weights
 
     model = add_lora(base_model, **lora_cfg)
@@ -129,7 +128,7 @@ def load_lora_checkpoint(
     opt_path = Path(ckpt_dir) / "optimizer.safetensors"
     if not opt_path.exists():
         return model, {}
-    tensors = load_file(str(opt_path))
+    tensors = load_tensors(opt_path)
     names = lora_param_names(model)
     missing = [n for n in names if f"{n}.exp_avg" not in tensors or f"{n}.exp_avg_sq" not in tensors]
     if missing:
@@ -867,4 +866,3 @@ def mean_hidden_states(
     if not out:
         return torch.zeros(0, _backbone(model).config.hidden_size)
     return torch.cat(out)
-

@@ -71,10 +71,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.func import functional_call, grad, vmap
 
 from winnow.grads import Batch, Params, eval_mode, per_example_grads, per_example_loss
+from winnow.io.artifacts import load_tensors
 from winnow.io.atomic import read_json
 from winnow.train.batches import ExampleStore, collate
 from winnow.train.schedules import lr_at
@@ -222,9 +222,9 @@ def load_state(
     fields). The model itself is not changed.
     """
     ckpt_dir = Path(ckpt_dir)
-    weights = load_file(str(ckpt_dir / "model.safetensors"))
+    weights = load_tensors(ckpt_dir / "model.safetensors")
     opt_path = ckpt_dir / "optimizer.safetensors"
-    moments = load_file(str(opt_path)) if opt_path.exists() else {}
+    moments = load_tensors(opt_path) if opt_path.exists() else {}
     trainer_state = read_json(ckpt_dir / "trainer_state.json")
     if model is not None:
         names = [n for n, _ in model.named_parameters()]

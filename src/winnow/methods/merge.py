@@ -70,7 +70,9 @@ def merge_folders(members: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     The members' ``config.json`` must be equal (same architecture). Writes ``model.safetensors``
     and ``config.json`` atomically and returns a report (members, what was averaged/copied).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from winnow.io.artifacts import load_tensors
 
     members = [Path(m) for m in members]
     if len(members) < 2:
@@ -80,7 +82,7 @@ def merge_folders(members: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         if cfg != configs[0]:
             diff = sorted(k for k in set(cfg) | set(configs[0]) if cfg.get(k) != configs[0].get(k))
             raise ValueError(f"{m}/config.json differs from {members[0]}/config.json in {diff}")
-    merged, info = average_state_dicts(load_file(str(m / "model.safetensors")) for m in members)
+    merged, info = average_state_dicts(load_tensors(m / "model.safetensors") for m in members)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.safetensors") as tmp:

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from winnow.grads import (
     Batch,
@@ -68,6 +68,7 @@ from winnow.grads import (
     tree_add,
     tree_norm,
 )
+from winnow.io.artifacts import load_tensors
 from winnow.io.atomic import atomic_path, read_json, write_json
 from winnow.io.tables import read_table, write_table
 from winnow.progress import Progress
@@ -290,7 +291,7 @@ def _save_theta(tdir: Path, t: int, params: Params, fingerprint: str) -> None:
 
 def _load_theta(tdir: Path, t: int, like: Params) -> Params:
     device = next(iter(like.values())).device
-    tensors = load_file(str(_theta_path(tdir, t)), device=str(device) if device.type != "cpu" else "cpu")
+    tensors = load_tensors(_theta_path(tdir, t), device=str(device) if device.type != "cpu" else "cpu")
     if set(tensors) != set(like):
         raise ValueError(f"{_theta_path(tdir, t)}: parameter names differ from the model's")
     return {k: tensors[k].to(like[k].dtype) for k in like}

@@ -48,14 +48,20 @@ def build_model(cfg: dict, vocab_size: int, eos_id: int, pad_id: int, seed: int)
 
 
 def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False) -> torch.nn.Module:
+    """A local HF model folder (a checkpoint, or ``model.pretrained``). ``trust_remote_code`` comes
+    from the workflow config through the CLI, never from the folder; load errors name the file."""
     from transformers import AutoModelForCausalLM
+
+    from winnow.io.artifacts import check_hf_folder, naming
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"pretrained model {path} is not a local folder (no hub downloads)")
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    check_hf_folder(path)
+    with naming(path, "model folder"):
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, trust_remote_code=bool(trust_remote_code)
+        )
 
 
 def count_parameters(model: torch.nn.Module) -> int:

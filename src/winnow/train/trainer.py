@@ -4,6 +4,8 @@ AdamW, warm-up + cosine/constant/WSD/exp schedules, gradient accumulation, bf16 
 on GPU, DDP when started under ``torchrun`` (WORLD_SIZE > 1). Checkpoints every ``ckpt_every``
 steps into ``ckpt_root/step-N``; a rerun resumes from the newest complete one and reaches the
 same weights as an uninterrupted run (data order and schedule are pure functions of the step).
+A checkpoint that does not load (truncated or corrupt file) is skipped with a warning naming the
+file, and the one before it is tried; with none left the run starts from scratch.
 
 Loss: token-mean cross-entropy over the loss-masked positions of the whole optimizer step
 (sum over micro-batches and ranks / number of target tokens in the step).
@@ -29,12 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from winnow.io.artifacts import ArtifactError
 from winnow.models import attention
 from winnow.models.checkpoint import (
+    apply_checkpoint,
+    checkpoints_newest_first,
     decode_rng,
     encode_rng,
-    latest_checkpoint,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
     write_checkpoint_files,
 )
@@ -186,21 +191,12 @@ def train(
     # One row per optimizer step, [step, loss, lr]: the training curve, kept in trainer_state.json
     # (checkpoints too, so a resumed run's curve is the uninterrupted one).
     history: list[list[float]] = []
-    latest = latest_checkpoint(ckpt_root)
-    if latest is not None:
-        saved = json.loads((latest / "trainer_state.json").read_text())
-        if saved.get("fingerprint") == fingerprint:
-            state = load_checkpoint(latest, model, optimizer)
-            start_step = state["step"]
-            history = [list(r) for r in state.get("history", []) if r[0] <= start_step]
-            torch.set_rng_state(decode_rng(state["rng"]["torch"]))
-            if device.type == "cuda" and state["rng"].get("cuda"):
-                torch.cuda.set_rng_state(decode_rng(state["rng"]["cuda"]))
-            log.info("resumed from %s at step %d", latest, start_step)
-        else:
-            log.warning("checkpoints in %s are from another configuration; starting over", ckpt_root)
-            if rank == 0:
-                shutil.rmtree(ckpt_root)
+    resumed = _resume(ckpt_root, fingerprint, model, optimizer, device, rank)
+    if resumed is not None:
+        latest, state = resumed
+        start_step = int(state["step"])
+        history = [list(r) for r in state.get("history", []) if r[0] <= start_step]
+        log.info("resumed from %s at step %d", latest, start_step)
     elif resume_from is not None:
         load_checkpoint(resume_from, model, optimizer)
         log.info("initialised weights and optimizer state from %s", resume_from)
@@ -316,6 +312,52 @@ def train(
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
+
+
+def _resume(
+    ckpt_root: Path, fingerprint: str, model, optimizer, device: torch.device, rank: int
+) -> tuple[Path, dict] | None:
+    """Load the newest loadable checkpoint of this configuration into ``model``, ``optimizer`` and
+    the RNGs: ``(folder, trainer state)``, or None (nothing to resume: start from scratch).
+
+    Checkpoints are tried newest first; one whose files do not read or fit is skipped with a
+    warning naming the file and the reason (nothing of it is applied). Checkpoints of another
+    configuration (fingerprint) are removed, as before."""
+    found = checkpoints_newest_first(ckpt_root)
+    for ckpt in found:
+        saved = state_fingerprint(ckpt)
+        if saved is not None and saved != fingerprint:
+            log.warning("checkpoints in %s are from another configuration; starting over", ckpt_root)
+            if rank == 0:
+                shutil.rmtree(ckpt_root)
+            return None
+        try:
+            weights, moments, state = read_checkpoint(ckpt, model, optimizer is not None)
+            if state.get("fingerprint") != fingerprint:
+                raise ValueError(f"{ckpt / 'trainer_state.json'}: no fingerprint")
+            int(state["step"])
+            rng = decode_rng(state["rng"]["torch"])
+            cuda_rng = decode_rng(state["rng"]["cuda"]) if device.type == "cuda" and state["rng"].get("cuda") else None
+        except (ArtifactError, KeyError, TypeError, ValueError) as err:
+            log.warning("skipping checkpoint %s: %s: %s", ckpt, type(err).__name__, err)
+            continue
+        apply_checkpoint(model, optimizer, weights, moments)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
+        return ckpt, state
+    if found:
+        log.warning("no loadable checkpoint in %s (%d tried); starting from scratch", ckpt_root, len(found))
+    return None
+
+
+def state_fingerprint(ckpt: Path) -> str | None:
+    """The fingerprint in a checkpoint's trainer_state.json; None if it does not read."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        return state.get("fingerprint") if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _state(
