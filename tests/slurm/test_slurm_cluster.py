@@ -76,7 +76,11 @@ def finished(cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm-e2e")
     work = base / "work"
     work.mkdir()
-    cfg = write_config(base / "tiny.yaml", tiny_config())
+    cfg = tiny_config()
+    # Micro-batches of 2 let a 4-GPU request pass the parse-time batch check (8 = 2 × 4), so the
+    # over-asking test below reaches sbatch.
+    cfg["train"]["micro_batch_size"] = 2
+    cfg = write_config(base / "tiny.yaml", cfg)
     t0 = time.monotonic()
     rc, text = run_smk(
         work, cfg, *site_args(cluster.partition), *FAST_POLL, env=_env(cluster, work), log=base / "smk.log"
@@ -296,7 +300,7 @@ def test_more_gpus_than_the_cluster_has_fails_at_submission(finished, cluster, t
         "--forcerun",
         "train_lm",
         "--set-resources",
-        "train_lm:gpu=3",
+        "train_lm:gpu=4",
         *site_args(cluster.partition),
         *FAST_POLL,
         env=_env(cluster, work),
@@ -304,7 +308,7 @@ def test_more_gpus_than_the_cluster_has_fails_at_submission(finished, cluster, t
         timeout=300,
     )
     assert rc != 0
-    assert "SLURM sbatch failed" in text and "--gpus=3" in text
+    assert "SLURM sbatch failed" in text and "--gpus=4" in text
     assert "Requested node configuration is not available" in text, text[-3000:]
     assert cluster.submitted_job_ids() == before  # refused by sbatch: nothing was queued
     assert time.monotonic() - t0 < 120
