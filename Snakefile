@@ -12,6 +12,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/common_cluster.smk"
 include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
 include: "rules/common_less.smk"
@@ -46,6 +47,12 @@ localrules:
     bakeoff_leaderboard,
     audit,
     report_plots,
+
+
+# A job that sbatch refuses (or that is cancelled before it starts) must not show an older run's
+# log: the logs of the jobs about to run move to <log>.prev first.
+onstart:
+    set_aside_logs(workflow.dag.needrun_jobs())
 
 
 # The default target: every configured method × seed trained and evaluated, plus the table.

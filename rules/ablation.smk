@@ -70,9 +70,7 @@ rule ablation_seed:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=ablation_seed_config(),
@@ -109,9 +107,7 @@ rule ablation_component:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=ablation_cpt_config(1),
@@ -149,9 +145,7 @@ rule ablation_mixture:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=ablation_mixture_config,
@@ -227,8 +221,7 @@ rule ablation_ppl:
     # Many small evals: one thread each, so two share a 2-core machine (and their start-up).
     threads: 1
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         split=config["eval"]["split"],

@@ -24,9 +24,7 @@ rule bakeoff_mates_oracle:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("oracle"),
     params:
         trust=model_trust(),
         n_probe=BAKEOFF.get("n_probe"),
@@ -60,9 +58,7 @@ rule bakeoff_less_warmup:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("lora"),
     params:
         trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
@@ -103,9 +99,7 @@ rule bakeoff_less_features:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("features"),
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),

@@ -17,8 +17,7 @@ rule eval_ppl:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         split=config["eval"]["split"],
@@ -49,8 +48,7 @@ rule eval_harness:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         limit=harness_limit_arg(),
@@ -79,8 +77,7 @@ rule eval_target:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         batch_size=config["eval"]["batch_size"],

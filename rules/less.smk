@@ -61,9 +61,7 @@ rule less_warmup:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("lora"),
     params:
         trust=model_trust(),
         fraction=LESS.get("warmup", {}).get("fraction"),
@@ -103,9 +101,7 @@ rule less_features:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("features"),
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
@@ -166,8 +162,7 @@ rule less_predict:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         fit_fraction=LESS.get("predictor", {}).get("fit_fraction", 0.5),
@@ -229,9 +224,7 @@ rule less_prefilter_features:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("features"),
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
@@ -291,8 +284,7 @@ rule less_prefilter_predict:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
@@ -387,9 +379,7 @@ rule less_finetune:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("lora"),
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
@@ -423,8 +413,7 @@ rule less_eval:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         batch_size=config["eval"]["batch_size"],

@@ -108,9 +108,7 @@ rule mates_train:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=mates_stage_config,
@@ -146,9 +144,7 @@ rule mates_oracle:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("oracle"),
     params:
         trust=model_trust(),
         n_probe=lookup(dpath="mates/n_probe", within=config),
@@ -180,9 +176,7 @@ rule mates_decay:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=30,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=mates_decay_config,
@@ -211,8 +205,7 @@ rule mates_eval_reference:
         ENV
     threads: THREADS["eval"]
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=model_trust(),
         batch_size=config["eval"]["batch_size"],

@@ -22,9 +22,7 @@ rule pds_init:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=pds_init_config(),
@@ -58,9 +56,7 @@ rule pds_solve:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("solver"),
     params:
         trust=model_trust(),
         solver=as_json(config.get("pds", {}).get("solver", {})),

@@ -22,9 +22,7 @@ rule fit_scorer:
     # Small scorers run faster on one thread; two score_pool jobs then share a 2-core machine.
     threads: 1
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("scorer"),
     params:
         scorer=scorer_config,
         column=scorer_label_column,
@@ -55,8 +53,7 @@ rule score_pool:
         ENV
     threads: 1
     resources:
-        gpu=1,
-        mem_mb=4000,
+        **job_resources("infer"),
     params:
         trust=scorer_trust,
         batch_size=64,

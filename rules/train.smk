@@ -23,9 +23,7 @@ rule train_lm:
         ENV
     threads: THREADS["train"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("train"),
     params:
         model=verbatim(model_config()),
         train=train_seed_config,

@@ -62,3 +62,21 @@ def keep_other_runs_locks() -> bool:
     FilePersistence.cleanup_locks = cleanup_locks
     FilePersistence._winnow_own_locks = True
     return True
+
+
+def set_aside_logs(jobs) -> list[str]:
+    """Move the existing log files of the jobs about to run to ``<log>.prev``.
+
+    Snakemake prints a failed job's log; a job that never started (sbatch refused it, or it was
+    cancelled while pending) would show the log an earlier, successful run left behind. Each job
+    that runs therefore starts with no log, and the previous one stays beside it for comparison.
+    ``jobs``: Snakemake jobs (``.log`` lists their log paths). Returns the moved paths.
+    """
+    moved = []
+    for job in jobs:
+        for log in getattr(job, "log", None) or ():
+            path = str(log)
+            if os.path.isfile(path):
+                os.replace(path, path + ".prev")
+                moved.append(path)
+    return moved

@@ -33,16 +33,40 @@ def profile() -> dict:
     return yaml.safe_load((PROFILE / "config.yaml").read_text())
 
 
-def gpu_rules() -> list[str]:
-    """Rules whose `resources:` ask for a GPU (`gpu=`), from rules/*.smk."""
-    names = []
+def gpu_rule_kinds() -> dict[str, str]:
+    """Rules whose `resources:` are sized by ``job_resources(KIND)`` (a GPU unless cluster.gpu is
+    false), from rules/*.smk: rule -> kind."""
+    kinds = {}
     for path in RULES:
-        for block in re.split(r"\n(?=rule \w+:)", path.read_text()):
-            m = re.match(r"rule (\w+):", block)
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", path.read_text()):
+            m = re.match(r"(?:rule|checkpoint) (\w+):", block)
             res = re.search(r"\n    resources:\n((?:        .*\n?)+)", block)
-            if m and res and re.search(r"^\s+gpu\s*=", res.group(1), re.M):
-                names.append(m.group(1))
-    return names
+            kind = re.search(r'job_resources\("(\w+)"\)', res.group(1)) if res else None
+            if m and kind:
+                kinds[m.group(1)] = kind.group(1)
+    return kinds
+
+
+def gpu_rules() -> list[str]:
+    return sorted(gpu_rule_kinds())
+
+
+def requested(rule: str, config: dict, attempt: int = 1, gpu: bool = True) -> tuple[int, int]:
+    """(mem_mb, runtime) that ``rule`` asks for under ``config`` (a loaded, defaulted config),
+    computed by winnow.resources outside Snakemake (the schema's defaults filled in, as at parse time)."""
+    import copy
+
+    from snakemake.utils import validate
+
+    from winnow.resources import job_sizes, memory_mb, runtime_min
+
+    config = copy.deepcopy(config)
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    kind = gpu_rule_kinds()[rule]
+    shape, sizes, tokens = job_sizes(config)[kind]
+    cl = config.get("cluster") or {}
+    cap_mb, cap_min = cl.get("max_mem_mb", 128000), cl.get("max_runtime", 2880)
+    return memory_mb(kind, shape, sizes, attempt, gpu, cap_mb), runtime_min(kind, shape, tokens, attempt, gpu, cap_min)
 
 
 def localrules() -> set[str]:

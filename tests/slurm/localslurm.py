@@ -90,6 +90,14 @@ def ensure_installed(log=print) -> None:
     log(f"installed in {time.monotonic() - t0:.0f} s")
 
 
+def host_memory_mb() -> int:
+    """MemTotal of this host in MiB (Slurm's "MB"), rounded down."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise SlurmSetupError("no MemTotal in /proc/meminfo")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -126,18 +134,18 @@ class LocalSlurm:
         gpu_type: str = "fake",
         partition: str = "winnowtest",
         cpus: int | None = None,
-        mem_mb: int = 131072,
+        mem_mb: int | None = None,
         log=print,
     ):
-        """``cpus`` and ``mem_mb`` are what the node *advertises* (SlurmdParameters=config_overrides):
-        a GPU-node shape, so the checked-in profile's per-job requests fit as they are. Nothing
-        enforces them (no cgroups), so jobs simply share the real cores."""
+        """``cpus`` and ``mem_mb`` are what the node advertises; by default the host's own CPUs and
+        memory, at most 22,000 MB (a small GPU node: the checked-in profile must fit it as it is).
+        Nothing enforces them (no cgroups), but Slurm refuses or holds jobs that ask for more."""
         self.root = Path(root).resolve()
         self.gpus = gpus
         self.gpu_type = gpu_type
         self.partition = partition
-        self.cpus = cpus or max(8, os.cpu_count() or 1)
-        self.mem_mb = mem_mb
+        self.cpus = cpus or (os.cpu_count() or 1)
+        self.mem_mb = mem_mb or min(host_memory_mb(), 22000)
         self.log = log
         self.node = socket.gethostname().split(".")[0]
         d = self.root
@@ -360,7 +368,7 @@ StateSaveLocation={d / "state"}
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# The node advertises what is written below, not what slurmd -C finds (a GPU-node shape).
+# The node advertises what is written below (the host's CPUs, at most 22,000 MB), not slurmd -C.
 SlurmdParameters=config_overrides
 DefMemPerCPU=1024
 # Finished jobs stay visible to squeue (the profile's status command) and scontrol this long.

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from _slurmtest import (
     gpu_rules,
     localrules,
     log_header,
     parse_smk_log,
-    profile,
+    requested,
     run_smk,
     site_args,
     smk_cmd,
@@ -127,10 +128,10 @@ def test_every_nonlocal_job_went_through_slurm(finished, cluster):
     assert len(seen) == len(remote)
 
 
-def test_gpu_rules_asked_slurm_for_a_gpu_and_saw_cuda_visible_devices(finished, cluster):
-    work, _, text = finished
+def test_gpu_rules_asked_slurm_for_a_gpu_and_memory_sized_from_the_job(finished, cluster):
+    work, cfg, text = finished
     gpu = set(gpu_rules())
-    sets = profile()["set-resources"]
+    config = yaml.safe_load(cfg.read_text())
     jobs = [j for j in parse_smk_log(text).values() if not j.local]
     gpu_jobs = [j for j in jobs if j.rule in gpu]
     assert {j.rule for j in gpu_jobs} >= {"train_lm", "pds_init", "pds_solve", "fit_scorer", "score_pool", "eval_ppl"}
@@ -141,12 +142,48 @@ def test_gpu_rules_asked_slurm_for_a_gpu_and_saw_cuda_visible_devices(finished, 
         if job.rule in gpu:
             assert info.get("TresPerJob") == "gres:gpu:1", (job.rule, info.get("TresPerJob"))
             assert header["CUDA_VISIBLE_DEVICES"] in ("0", "1"), (job.rule, header)
-            # The profile's attempt-1 memory (MB) reached sbatch --mem.
-            mem = eval(str(sets[job.rule]["mem_mb"]), {"attempt": 1})  # noqa: S307 - our own profile
+            # The memory and time the rule computed from the config reached sbatch --mem and -t.
+            mem, minutes = requested(job.rule, config)
             assert info["MinMemoryNode"] == f"{mem}M", (job.rule, info["MinMemoryNode"])
+            assert info["TimeLimit"] == _hhmmss(minutes), (job.rule, info["TimeLimit"])
+            assert mem <= cluster.mem_mb, (job.rule, mem, cluster.mem_mb)
         else:
             assert "gpu" not in info.get("TresPerJob", ""), (job.rule, info.get("TresPerJob"))
             assert header["CUDA_VISIBLE_DEVICES"] == "None", (job.rule, header)
+
+
+def test_each_gpu_job_used_less_memory_than_it_asked_for(finished):
+    """Snakemake's benchmark files hold each job's peak resident memory (max_rss, MB): the request
+    computed from the config covers it (no cgroups here, so this is the check a real cluster's
+    OOM killer would make)."""
+    work, cfg, text = finished
+    config = yaml.safe_load(cfg.read_text())
+    gpu = set(gpu_rules())
+    seen = 0
+    for job in parse_smk_log(text).values():
+        if job.rule not in gpu:
+            continue
+        bench = _benchmark(work, job)
+        if bench is None:
+            continue
+        peak = float(bench["max_rss"])
+        assert peak < requested(job.rule, config)[0], (job.rule, peak)
+        seen += 1
+    assert seen >= 10
+
+
+def _benchmark(work: Path, job) -> dict | None:
+    """The benchmark row of ``job`` (its benchmark file mirrors its log path), or None."""
+    rel = Path(job.log).relative_to(R + "/logs")
+    path = work / R / "benchmarks" / rel.with_suffix(".tsv")
+    if not path.exists():
+        return None
+    head, row = path.read_text().splitlines()[:2]
+    return dict(zip(head.split("\t"), row.split("\t")))
+
+
+def _hhmmss(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def test_a_second_run_has_nothing_to_do(finished, cluster):
@@ -251,11 +288,13 @@ def test_a_job_cancelled_with_scancel_is_resubmitted_and_resumes(finished, clust
     records = cluster.jobcomp_records()
     assert records[first]["JobState"] == "CANCELLED"
     assert records[job.slurm_ids[1]]["JobState"] == "COMPLETED"
-    # The retry is attempt 2: the profile's memory and time limits doubled.
-    sets = profile()["set-resources"]["train_lm"]
+    # The retry is attempt 2: memory and time doubled, and the node (≤ 22 GB) still takes it.
+    config = yaml.safe_load(cfg.read_text())
+    (mem1, t1), (mem2, t2) = requested("train_lm", config), requested("train_lm", config, attempt=2)
+    assert mem2 == 2 * mem1 <= cluster.mem_mb and t2 == 2 * t1
     one, two = cluster.scontrol_job(first), cluster.scontrol_job(job.slurm_ids[1])
-    assert two["MinMemoryNode"] == f"{eval(str(sets['mem_mb']), {'attempt': 2})}M"  # noqa: S307
-    assert one["TimeLimit"] == "04:00:00" and two["TimeLimit"] == "08:00:00", (one["TimeLimit"], two["TimeLimit"])
+    assert (one["MinMemoryNode"], two["MinMemoryNode"]) == (f"{mem1}M", f"{mem2}M")
+    assert (one["TimeLimit"], two["TimeLimit"]) == (_hhmmss(t1), _hhmmss(t2))
     # ... and it resumed from the cancelled attempt's checkpoint instead of starting over.
     jlog = (work / job.log).read_text()
     assert "resumed from" in jlog and f"SLURM_JOB_ID={job.slurm_ids[1]}" in jlog
@@ -289,8 +328,11 @@ def test_after_the_head_process_dies_unlock_and_rerun_incomplete_recover(finishe
     assert json.loads((work / R / "models/random/s0/model/trainer_state.json").read_text())["step"] == STEPS + 20
 
 
-def test_more_gpus_than_the_cluster_has_fails_at_submission(finished, cluster, tmp_path):
+def test_more_gpus_than_the_cluster_has_fails_at_submission_without_an_old_log(finished, cluster, tmp_path):
     work = _copy(finished[0], tmp_path / "work")
+    (old,) = [j for j in parse_smk_log(finished[2]).values() if j.rule == "train_lm"]
+    old_log = (work / old.log).read_text()
+    assert f"SLURM_JOB_ID={old.slurm_ids[0]}" in old_log
     before = cluster.submitted_job_ids()
     t0 = time.monotonic()
     rc, text = run_smk(
@@ -312,3 +354,9 @@ def test_more_gpus_than_the_cluster_has_fails_at_submission(finished, cluster, t
     assert "Requested node configuration is not available" in text, text[-3000:]
     assert cluster.submitted_job_ids() == before  # refused by sbatch: nothing was queued
     assert time.monotonic() - t0 < 120
+    # The job never ran: the failure shows no log of the earlier, successful run; that one is
+    # kept beside the (absent) new log.
+    assert f"SLURM_JOB_ID={old.slurm_ids[0]}" not in text
+    assert old_log.splitlines()[-1] not in text
+    assert not (work / old.log).exists()
+    assert (work / (old.log + ".prev")).read_text() == old_log
