@@ -330,7 +330,7 @@ def test_after_the_head_process_dies_unlock_and_rerun_incomplete_recover(finishe
 
 def test_more_gpus_than_the_cluster_has_fails_at_submission_without_an_old_log(finished, cluster, tmp_path):
     work = _copy(finished[0], tmp_path / "work")
-    (old,) = [j for j in parse_smk_log(finished[2]).values() if j.rule == "train_lm"]
+    (old,) = [j for j in parse_smk_log(finished[2]).values() if j.log and j.log.endswith("train_lm/random-s0.log")]
     old_log = (work / old.log).read_text()
     assert f"SLURM_JOB_ID={old.slurm_ids[0]}" in old_log
     before = cluster.submitted_job_ids()
