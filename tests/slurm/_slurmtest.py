@@ -162,3 +162,27 @@ def log_header(path: Path) -> dict[str, str]:
     if not m:
         raise AssertionError(f"no CUDA_VISIBLE_DEVICES/SLURM_JOB_ID header in {path}:\n{text[:2000]}")
     return {"CUDA_VISIBLE_DEVICES": m.group(1), "SLURM_JOB_ID": m.group(2)}
+
+
+R = "results/tiny"
+FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2"]  # the plugin's default (40 s) is for real clusters
+
+
+def started_cluster(root: Path, **kwargs):
+    """A LocalSlurm under ``root`` (``kwargs``: gpus, partition, ...), up, for a module fixture to
+    yield and stop; skips with the reason where Slurm cannot be had here."""
+    import pytest
+    from localslurm import LocalSlurm, SlurmUnavailable
+
+    if os.environ.get("WINNOW_SLURM_TESTS") == "0":
+        pytest.skip("WINNOW_SLURM_TESTS=0")
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("the Slurm tests start slurmd, which needs root (and apt-get to install slurm-wlm if missing)")
+    messages: list[str] = []
+    c = LocalSlurm(root, log=messages.append, **kwargs)
+    try:
+        c.up()
+    except SlurmUnavailable as err:
+        pytest.skip(f"no Slurm here: {err}")
+    print("\n".join(messages))
+    return c

@@ -11,7 +11,6 @@ Set WINNOW_SLURM_TESTS=0 to skip them on purpose.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 from _slurmtest import (
+    FAST_POLL,
+    R,
     gpu_rules,
     localrules,
     log_header,
@@ -31,32 +32,21 @@ from _slurmtest import (
     site_args,
     smk_cmd,
     smk_env,
+    started_cluster,
     tiny_config,
     write_config,
 )
-from localslurm import LocalSlurm, SlurmUnavailable
+from localslurm import LocalSlurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-R = "results/tiny"
 MODEL = f"{R}/models/random/s0/model/model.safetensors"
 STEPS = 150  # long enough (tens of seconds on 2 cores) to interrupt a training job after a checkpoint
-FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2"]  # the plugin's default (40 s) is for real clusters
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if os.environ.get("WINNOW_SLURM_TESTS") == "0":
-        pytest.skip("WINNOW_SLURM_TESTS=0")
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("the Slurm tests start slurmd, which needs root (and apt-get to install slurm-wlm if missing)")
-    messages = []
-    c = LocalSlurm(tmp_path_factory.mktemp("slurm"), gpus=2, log=messages.append)
-    try:
-        c.up()
-    except SlurmUnavailable as err:
-        pytest.skip(f"no Slurm here: {err}")
-    print("\n".join(messages))
+    c = started_cluster(tmp_path_factory.mktemp("slurm"), gpus=2)
     yield c
     c.down()
 

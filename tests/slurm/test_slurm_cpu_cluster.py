@@ -9,12 +9,13 @@ the reason where Slurm cannot be had, WINNOW_SLURM_TESTS=0 skips on purpose).
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 import yaml
 from _slurmtest import (
+    FAST_POLL,
+    R,
     gpu_rules,
     log_header,
     parse_smk_log,
@@ -22,31 +23,19 @@ from _slurmtest import (
     run_smk,
     site_args,
     smk_env,
+    started_cluster,
     tiny_config,
     write_config,
 )
-from localslurm import LocalSlurm, SlurmUnavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-R = "results/tiny"
-FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2"]
 CPU_ONLY = ["--config", "cluster={gpu: false}"]
 
 
 @pytest.fixture(scope="module")
 def cpu_cluster(tmp_path_factory):
-    if os.environ.get("WINNOW_SLURM_TESTS") == "0":
-        pytest.skip("WINNOW_SLURM_TESTS=0")
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("the Slurm tests start slurmd, which needs root (and apt-get to install slurm-wlm if missing)")
-    messages = []
-    c = LocalSlurm(tmp_path_factory.mktemp("slurm-cpu"), gpus=0, partition="cpuonly", log=messages.append)
-    try:
-        c.up()
-    except SlurmUnavailable as err:
-        pytest.skip(f"no Slurm here: {err}")
-    print("\n".join(messages))
+    c = started_cluster(tmp_path_factory.mktemp("slurm-cpu"), gpus=0, partition="cpuonly")
     yield c
     c.down()
 
