@@ -40,4 +40,3 @@ def job_resources(kind):
     else:
         res["cpus_per_task"] = lambda wildcards, threads: threads
     return res
-

@@ -120,6 +120,10 @@ SETTERS = {
     ),
     "ablation.macro_merges.*[][]": lambda c, v, w: c["ablation"].update(macro_merges={"m": [[v, "pydocs"], ["kjv"]]}),
     "eval.targets[]": lambda c, v, w: c["eval"].update(targets=[v]),
+    "cluster.gpu_model": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_model=v),
+    "cluster.gpu_partition": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_partition=v),
+    "cluster.max_mem_mb": lambda c, v, w: c.setdefault("cluster", {}).update(max_mem_mb=v),
+    "cluster.max_runtime": lambda c, v, w: c.setdefault("cluster", {}).update(max_runtime=v),
 }
 
 
@@ -135,6 +139,9 @@ NAME_KEYS = {
     "ablation.macro_merges.<name>",
     "ablation.macro_merges.*[][]",
 }
+# Values that become sbatch options (the Slurm executor formats them into its command line): a
+# pattern of plain characters; strings are allowed only so that `--config cluster=...` works.
+SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb", "cluster.max_runtime"}
 # Input paths: any local file, but Snakemake reads {braces} in an input path as a wildcard.
 INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base"}
 
@@ -144,7 +151,7 @@ def test_every_string_key_of_the_schema_has_a_hostile_case():
     keys = string_keys()
     assert len(keys) >= 20, sorted(keys)
     assert keys == set(SETTERS), (sorted(keys - set(SETTERS)), sorted(set(SETTERS) - keys))
-    assert NAME_KEYS | INPUT_PATH_KEYS <= keys
+    assert NAME_KEYS | SBATCH_KEYS | INPUT_PATH_KEYS <= keys
 
 
 # ---- what a printed command must look like -------------------------------------------------------
@@ -199,7 +206,7 @@ def test_a_hostile_string_is_refused_or_reaches_its_command_intact(tmp_path: Pat
     proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", "-p", check=False)
     out = proc.stdout + proc.stderr
     assert no_pwned(tmp_path) == []
-    refused = key in NAME_KEYS or (kind == "braces" and key in INPUT_PATH_KEYS)
+    refused = key in NAME_KEYS | SBATCH_KEYS or (kind == "braces" and key in INPUT_PATH_KEYS)
     if refused:
         assert proc.returncode != 0, f"{key}: {value!r} accepted"
         assert names_key(out, key), f"{key}: refused without naming the key:\n{out[-3000:]}"
