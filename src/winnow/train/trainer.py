@@ -43,6 +43,7 @@ from winnow.models.checkpoint import (
     save_checkpoint,
     write_checkpoint_files,
 )
+from winnow import PROCESS_T0
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, collate, epoch_step_ids, samples_before, step_ids
 from winnow.train.schedules import lr_at
@@ -231,6 +232,7 @@ def train(
     prog = Progress("train", total=cfg.steps, unit="steps", interval_s=cfg.log_every_s)
     prog.count = start_step
     t0 = time.monotonic()
+    t_first = None  # end of the first step: start-up plus compilation plus one step
     tokens_seen = 0
     loss_value = float("nan")
     for step in range(start_step, cfg.steps):
@@ -276,6 +278,8 @@ def train(
         if not np.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value} at step {step}")
         prog.update(1, tokens=step_tokens * world)
+        if t_first is None:
+            t_first, tokens_first = time.monotonic(), tokens_seen
         done = step + 1
         history.append([done, loss_value, lr])
         if rank == 0 and (done % cfg.ckpt_every == 0) and done < cfg.steps:
@@ -285,7 +289,11 @@ def train(
         if done % max(1, cfg.steps // 20) == 0 or done == cfg.steps:
             log.info("step %d/%d loss %.4f lr %.2e", done, cfg.steps, loss_value, lr)
     prog.done()
-    wall = time.monotonic() - t0
+    t_end = time.monotonic()
+    wall = t_end - t0
+    steady = None
+    if t_first is not None and t_end > t_first and tokens_seen > tokens_first:
+        steady = (tokens_seen - tokens_first) * world / (t_end - t_first)
     summary = {
         "final_loss": loss_value,
         "steps": cfg.steps,
@@ -298,6 +306,11 @@ def train(
         "device": str(device),
         "precision": "bf16" if use_bf16 else "fp32",
         "compiled": fast,
+        # where a short job's time goes: imports, data and model before the loop; the first step
+        # (torch.compile's tracing and codegen on the fast path); the steps after it
+        "startup_s": t0 - PROCESS_T0,
+        "first_step_s": (t_first - t0) if t_first is not None else None,
+        "steady_tokens_per_s": steady,
     }
     if device.type == "cuda":
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
