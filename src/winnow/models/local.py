@@ -33,7 +33,7 @@ INDEX = "model.safetensors.index.json"
 # Module names LoRA may wrap, per architecture (``model_type`` of config.json); the defaults are the
 # attention projections plus, for NeoX, its dense output (the modules LESS's recipe adapts).
 ARCH_MODULES = {
-    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "lm_head"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"),
     "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"),
 }
