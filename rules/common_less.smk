@@ -55,7 +55,8 @@ def less_store(wildcards):
 
 def less_base(wildcards):
     """A file of the base's folder (jobs load its parent): the spine's random model of this seed, or
-    a local folder's config.json (its weights may be sharded; less_base_files lists them)."""
+    a local folder's config.json (its weights may be sharded; less_base_files lists them).
+    """
     base = LESS.get("base", "random")
     if base == "random":
         return f"results/{wildcards.run}/models/random/s{wildcards.seed}/model/model.safetensors"
@@ -71,7 +72,8 @@ def less_warmup_epochs(wildcards):
 
 def less_lora():
     lora = {"dropout": 0.1, **LESS["lora"]}
-    lora["target_modules"] = LESS_LORA_TARGETS  # rules/common_models.smk: null → the architecture's
+    # null in the config: the base architecture's projections (rules/common_models.smk)
+    lora["target_modules"] = LESS_LORA_TARGETS
     return as_json(lora)
 
 

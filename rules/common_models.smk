@@ -17,7 +17,9 @@ def _folder_files(key, folder, kind):
             return [str(p) for p in _local.model_files(folder, key)]
         return [str(p) for p in _local.tokenizer_files(folder, key)]
     except FileNotFoundError:
-        return [str(Path(folder) / ("config.json" if kind == "model" else "tokenizer.json"))]
+        return [
+            str(Path(folder) / ("config.json" if kind == "model" else "tokenizer.json"))
+        ]
 
 
 def _tokenizer_of(key, folder, tok_folder=None):
@@ -31,7 +33,11 @@ def _tokenizer_of(key, folder, tok_folder=None):
         n, specials = _local.tokenizer_size(src)
         return n, specials, f"tokenizer {src}"
     # The workflow's BPE: its vocab_size ids, eos and pad among them (data/tokenizer.py).
-    return tok.get("vocab_size", 8192), {}, "tokenizer (tokenizer.kind bpe, tokenizer.vocab_size)"
+    return (
+        tok.get("vocab_size", 8192),
+        {},
+        "tokenizer (tokenizer.kind bpe, tokenizer.vocab_size)",
+    )
 
 
 def _check_model_folder(key, folder, tok_folder=None):
@@ -56,7 +62,9 @@ if PRETRAINED:
 for _block in ("pds", "mates"):
     _scorer = ((config.get(_block) or {}).get("scorer")) or {}
     _check_model_folder(
-        f"{_block}.scorer.pretrained", _scorer.get("pretrained"), _scorer.get("tokenizer")
+        f"{_block}.scorer.pretrained",
+        _scorer.get("pretrained"),
+        _scorer.get("tokenizer"),
     )
 _LESS_BASE = (config.get("less") or {}).get("base", "random")
 _LESS_FOLDER = None if _LESS_BASE == "random" else _LESS_BASE
