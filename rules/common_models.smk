@@ -50,6 +50,18 @@ def _check_model_folder(key, folder, tok_folder=None):
 
 
 PRETRAINED = config["model"].get("pretrained")
+# Folders whose files are inputs: no {braces} (refused here, before the DAG, naming the key).
+for _key, _path in (
+    ("model.pretrained", PRETRAINED),
+    ("tokenizer.path", config["tokenizer"].get("path")),
+    *(
+        (f"{_b}.scorer.{_k}", ((config.get(_b) or {}).get("scorer") or {}).get(_k))
+        for _b in ("pds", "mates")
+        for _k in ("pretrained", "tokenizer")
+    ),
+):
+    if _path:
+        check_input_path(_key, _path)
 if PRETRAINED:
     _check_model_folder("model.pretrained", PRETRAINED)
     if config["tokenizer"].get("kind", "bpe") == "bpe":
