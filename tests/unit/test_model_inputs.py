@@ -145,3 +145,14 @@ def test_tool_builds_a_sharded_qwen2_folder(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|assistant|>\n") and "hi<|endoftext|>" in chat
+
+
+def test_a_sharded_llama_folder_is_a_scorer_backbone(folders):
+    """Scoring with the local model: its sharded folder loads as the encoder of a scorer."""
+    from winnow.scorer import ScorerConfig, build_scorer
+
+    model = build_scorer(ScorerConfig(pretrained=str(folders["sharded"]), dropout=0.0), None, 0, 1).eval()
+    ids = torch.tensor([[3, 7, 11, 1], [5, 9, 1, 1]])
+    with torch.no_grad():
+        scores = model(ids, (ids != 1).long())
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
