@@ -12,6 +12,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/common_models.smk"
 include: "rules/common_cluster.smk"
 include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"

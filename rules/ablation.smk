@@ -53,6 +53,7 @@ rule ablation_mixture_ids:
 # The seed model: the shared trainer from scratch on the seed mix (train block, seed_steps steps).
 rule ablation_seed:
     input:
+        pretrained=pretrained_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
@@ -87,6 +88,7 @@ rule ablation_seed:
 # at constant ablation.lr (null: the seed's final lr, read from the seed folder's trainer_state.json).
 rule ablation_component:
     input:
+        pretrained=pretrained_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
@@ -125,6 +127,7 @@ rule ablation_component:
 # (at the components' lr).
 rule ablation_mixture:
     input:
+        pretrained=pretrained_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",

@@ -54,11 +54,13 @@ def less_store(wildcards):
 
 
 def less_base(wildcards):
-    """model.safetensors of the base: the spine's random model of this seed, or a local folder."""
+    """A file of the base's folder (jobs load its parent): the spine's random model of this seed, or
+    a local folder's config.json (its weights may be sharded; less_base_files lists them).
+    """
     base = LESS.get("base", "random")
     if base == "random":
         return f"results/{wildcards.run}/models/random/s{wildcards.seed}/model/model.safetensors"
-    return str(Path(base) / "model.safetensors")
+    return str(Path(base) / "config.json")
 
 
 def less_warmup_epochs(wildcards):
@@ -69,8 +71,9 @@ def less_warmup_epochs(wildcards):
 
 
 def less_lora():
-    lora = {"dropout": 0.1, "target_modules": ["query_key_value", "dense"]}
-    lora.update(LESS["lora"])
+    lora = {"dropout": 0.1, **LESS["lora"]}
+    # null in the config: the base architecture's projections (rules/common_models.smk)
+    lora["target_modules"] = LESS_LORA_TARGETS
     return as_json(lora)
 
 

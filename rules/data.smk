@@ -30,6 +30,7 @@ rule ingest:
 # A byte-level BPE trained on the train split (or a local HF tokenizer folder, copied).
 rule tokenizer:
     input:
+        source=tokenizer_source_files,
         docs="results/{run}/data/docs.parquet",
     output:
         "results/{run}/tokenizer/tokenizer.json",

@@ -49,6 +49,7 @@ rule less_warmup:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
@@ -84,6 +85,7 @@ rule less_features:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         pool=f"{LESS_DATA}/pool.parquet",
         target=f"{LESS_DATA}/target.parquet",
@@ -151,6 +153,7 @@ rule less_predict:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
         scores="results/{run}/less/s{seed}/scores.parquet",
     output:
@@ -207,6 +210,7 @@ rule less_prefilter_features:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
         target=f"{LESS_DATA}/target.parquet",
@@ -269,6 +273,7 @@ rule less_prefilter_predict:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
         fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
         fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
@@ -365,6 +370,7 @@ rule less_finetune:
     input:
         unpack(less_store),
         base=less_base,
+        base_files=less_base_files,
         ids=less_arm_ids,
     output:
         model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",

@@ -95,6 +95,7 @@ rule mates_select:
 rule mates_train:
     input:
         unpack(mates_train_inputs),
+        pretrained=pretrained_files,
     output:
         model="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/model.safetensors",
         config="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/config.json",
@@ -165,6 +166,7 @@ rule mates_oracle:
 rule mates_decay:
     input:
         unpack(mates_decay_inputs),
+        pretrained=pretrained_files,
     output:
         model="results/{run}/models/{arm}_k{k}/s{seed}/model/model.safetensors",
         config="results/{run}/models/{arm}_k{k}/s{seed}/model/config.json",

@@ -5,6 +5,7 @@
 # θ0 of the solver: the shared train layer, on random pool data, for a few steps.
 rule pds_init:
     input:
+        pretrained=pretrained_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",

@@ -6,6 +6,7 @@
 # checkpoint with the best validation Spearman is kept. fit.json holds Spearman, Pearson and MSE.
 rule fit_scorer:
     input:
+        sources=scorer_source_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
@@ -38,6 +39,7 @@ rule fit_scorer:
 # Scores of the pool examples that live in one block of token shards (resumable within the block).
 rule score_pool:
     input:
+        sources=scorer_source_files,
         scorer="results/{run}/scorers/{scorer}/model.safetensors",
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",

@@ -4,6 +4,7 @@
 # Intermediate checkpoints go to checkpoints/ (not outputs, so a killed job's rerun resumes from them).
 rule train_lm:
     input:
+        pretrained=pretrained_files,
         examples="results/{run}/tokens/examples.parquet",
         manifest="results/{run}/tokens/manifest.json",
         tokenizer="results/{run}/tokenizer/tokenizer.json",

@@ -89,8 +89,9 @@ def model_shape(config: dict) -> Shape:
         try:
             hf = json.loads((folder / "config.json").read_text())
             params = safetensors_params(folder)
-        except (OSError, ValueError, KeyError):
-            # Not readable yet (the contract check names the folder): size as the config block.
+        except (OSError, ValueError, KeyError, struct.error):
+            # Not readable yet, or a truncated header (the contract check names the folder): size
+            # as the config block.
             hf, params = {}, 0
         hidden = int(hf.get("hidden_size", model["hidden_size"]))
         layers = int(hf.get("num_hidden_layers", model["num_layers"]))

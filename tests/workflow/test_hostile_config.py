@@ -76,6 +76,15 @@ def _folder(work: Path, name: str, *files: str) -> str:
     return name
 
 
+def _hf_folder(work: Path, name: str) -> str:
+    """A local model / tokenizer folder that passes the parse-time checks (docs/models.md); its files
+    are inputs, and a dry run never loads them."""
+    _folder(work, name, "model.safetensors")
+    (work / name / "config.json").write_text('{"model_type": "gpt_neox", "vocab_size": 1024}')
+    (work / name / "tokenizer.json").write_text('{"model": {"vocab": {}}, "added_tokens": []}')
+    return name
+
+
 def _set_input(c, v, w, form):
     inputs = c["corpus"]["inputs"]
     if form == "string":
@@ -87,7 +96,7 @@ def _set_input(c, v, w, form):
 
 
 def _set_scorer(c, v, w, block, key):
-    c[block]["scorer"][key] = v
+    c[block]["scorer"][key] = _hf_folder(w, v)
 
 
 SETTERS = {
@@ -99,12 +108,12 @@ SETTERS = {
     "corpus.domain_field": lambda c, v, w: c["corpus"].update(domain_field=v),
     "corpus.id_field": lambda c, v, w: c["corpus"].update(id_field=v),
     "corpus.default_domain": lambda c, v, w: c["corpus"].update(default_domain=v),
-    "tokenizer.path": lambda c, v, w: c["tokenizer"].update(kind="local", path=_folder(w, v)),
-    "model.pretrained": lambda c, v, w: c["model"].update(pretrained=v),
+    "tokenizer.path": lambda c, v, w: c["tokenizer"].update(kind="local", path=_hf_folder(w, v)),
+    "model.pretrained": lambda c, v, w: c["model"].update(pretrained=_hf_folder(w, v)),
     "subsets.<name>": lambda c, v, w: c["subsets"].update({v: {"n": 4, "seed": 0}}),
     "subsets.*.domains[]": lambda c, v, w: c["subsets"]["pds_target"].update(domains=[v, "shakespeare"]),
     "bakeoff.primary": lambda c, v, w: c["bakeoff"].update(primary=v),
-    "less.base": lambda c, v, w: c["less"].update(base=_folder(w, v, "model.safetensors")),
+    "less.base": lambda c, v, w: c["less"].update(base=_hf_folder(w, v)),
     "less.lora.target_modules[]": lambda c, v, w: c["less"]["lora"].update(target_modules=[v, "dense"]),
     "pds.scorer.pretrained": lambda c, v, w: _set_scorer(c, v, w, "pds", "pretrained"),
     "pds.scorer.tokenizer": lambda c, v, w: _set_scorer(c, v, w, "pds", "tokenizer"),
@@ -143,7 +152,12 @@ NAME_KEYS = {
 # pattern of plain characters; strings are allowed only so that `--config cluster=...` works.
 SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb", "cluster.max_runtime"}
 # Input paths: any local file, but Snakemake reads {braces} in an input path as a wildcard.
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base"}
+# Values checked against a fixed list at parse time (LoRA targets: the base architecture's modules).
+KNOWN_NAME_KEYS = {"less.lora.target_modules[]"}
+# Model and tokenizer folders too: their files are inputs (rules/common_models.smk).
+INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path"} | {
+    f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")
+}
 
 
 def test_every_string_key_of_the_schema_has_a_hostile_case():
@@ -206,7 +220,7 @@ def test_a_hostile_string_is_refused_or_reaches_its_command_intact(tmp_path: Pat
     proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", "-p", check=False)
     out = proc.stdout + proc.stderr
     assert no_pwned(tmp_path) == []
-    refused = key in NAME_KEYS | SBATCH_KEYS or (kind == "braces" and key in INPUT_PATH_KEYS)
+    refused = key in NAME_KEYS | SBATCH_KEYS | KNOWN_NAME_KEYS or (kind == "braces" and key in INPUT_PATH_KEYS)
     if refused:
         assert proc.returncode != 0, f"{key}: {value!r} accepted"
         assert names_key(out, key), f"{key}: refused without naming the key:\n{out[-3000:]}"

@@ -37,6 +37,13 @@ from winnow.io.atomic import read_json, write_json
 log = logging.getLogger(__name__)
 
 
+
+def base_input(path: str) -> str | Path:
+    """What a job's provenance records of its base: a local folder's files (given as its
+    config.json; its weights may be sharded), or the spine's model.safetensors."""
+    return Path(path).parent if Path(path).name == "config.json" else path
+
+
 def register(sub) -> None:
     p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
     p.add_argument("--docs", required=True)
@@ -58,7 +65,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="LoRA warm-up (per-epoch checkpoints) or fine-tune (merged model)")
     _store_args(p)
-    p.add_argument("--base", required=True, help="model.safetensors of the base model folder")
+    p.add_argument("--base", required=True, help="model.safetensors (or config.json) of the base model folder")
     p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
     p.add_argument("--fraction", type=float, default=None, help="train on a seeded fraction of --ids")
     p.add_argument("--lora-config", type=json_arg, required=True)
@@ -413,7 +420,7 @@ def train(args) -> None:
     tc, spe = less_train_config(args.train_config, ids.size, manifest["seq_len"], args.seed)
     base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code)
     model = add_lora(base, seed=args.seed, **args.lora_config)
-    init = f"lora:{path_sha256(args.base)}:{sorted(args.lora_config.items())}"
+    init = f"lora:{path_sha256(base_input(args.base))}:{sorted(args.lora_config.items())}"
     ckpt_root = Path(args.ckpt_root)
     final = ckpt_root / "final" if args.merged_out else Path(args.epochs_out[-1]).parent
     summary = run(model, store, ids, tc, final, ckpt_root, manifest["pad_token_id"], init=init)
@@ -451,7 +458,7 @@ def train(args) -> None:
         tmp.rename(out_dir)
         outs = [args.merged_out]
     write_json(args.report, report)
-    sidecars(args, "less train", outs + [args.report], [args.examples, args.base, args.ids], seed=args.seed)
+    sidecars(args, "less train", outs + [args.report], [args.examples, base_input(args.base), args.ids], seed=args.seed)
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -499,7 +506,7 @@ def features(args) -> None:
         args,
         "less features",
         list(args.pool_out) + [args.target_out],
-        [args.examples, args.base, args.checkpoint, args.pool, args.target],
+        [args.examples, base_input(args.base), args.checkpoint, args.pool, args.target],
         seed=args.proj_seed,
     )
 
@@ -645,7 +652,7 @@ def predict(args) -> None:
         args,
         "less predict",
         [args.out, args.report],
-        [args.examples, args.base, args.pool, args.scores],
+        [args.examples, base_input(args.base), args.pool, args.scores],
         seed=args.seed,
     )
 
@@ -728,7 +735,7 @@ def prefilter_predict(args) -> None:
         args,
         "less prefilter-predict",
         [args.predicted, args.top_ids, args.report],
-        [args.examples, args.base, args.pool, args.fit_ids, args.fit_scores],
+        [args.examples, base_input(args.base), args.pool, args.fit_ids, args.fit_scores],
         seed=cfg["seed"],
     )
 

@@ -160,7 +160,7 @@ def lm(args) -> None:
         f"resume:{path_sha256(Path(args.resume_from) / 'model.safetensors')}"
         if args.resume_from
         else (
-            f"pretrained:{args.model_config['pretrained']}"
+            f"pretrained:{args.model_config['pretrained']}:{path_sha256(args.model_config['pretrained'])}"
             if args.model_config.get("pretrained")
             else f"scratch:{cfg.seed}"
         )
@@ -174,6 +174,8 @@ def lm(args) -> None:
         return  # rank 0 wrote the checkpoint; it writes the sidecars too
     outs = [out_dir / n for n in ("model.safetensors", "config.json", "optimizer.safetensors", "trainer_state.json")]
     inputs = [args.examples, args.manifest, args.ids, args.tokenizer] + ([args.resume_from] if args.resume_from else [])
+    if args.model_config.get("pretrained"):  # the folder's files, hashed: an edited shard shows in the audit
+        inputs.append(args.model_config["pretrained"])
     # The process count is not a parameter of the result: DDP trains on the same global batch.
     extra = {"summary": summary, "lr": cfg.lr, "lr_from": lr_from}
     sidecars(args, "train lm", outs, inputs, seed=cfg.seed, extra=extra, drop=("gpus",))

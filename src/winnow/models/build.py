@@ -41,7 +41,14 @@ def build_model(cfg: dict, vocab_size: int, eos_id: int, pad_id: int, seed: int)
     from transformers import GPTNeoXForCausalLM
 
     if cfg.get("pretrained"):
-        return load_pretrained(cfg["pretrained"], trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        model = load_pretrained(cfg["pretrained"], trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows < vocab_size or max(eos_id, pad_id) >= rows:
+            raise ValueError(
+                f"model.pretrained: embedding has {rows} rows but tokenizer has {vocab_size} tokens (incl."
+                f" specials; eos id {eos_id}, pad id {pad_id}): use the model's own tokenizer"
+            )
+        return model
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(neox_config(cfg, vocab_size, eos_id, pad_id))
     return model
