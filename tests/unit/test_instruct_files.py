@@ -13,7 +13,12 @@ from _tiny import train_tokenizer
 from winnow.data.instruct_files import build_from_files, check_path, detect_format
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "instruct"
-PAIR = {"prompt": "Define the word \"cat\".\nDefinition:", "response": " a small feline", "task": "define", "subtask": "noun"}
+PAIR = {
+    "prompt": 'Define the word "cat".\nDefinition:',
+    "response": " a small feline",
+    "task": "define",
+    "subtask": "noun",
+}
 CHAT = {
     "messages": [
         {"role": "system", "content": "Be brief."},
@@ -81,7 +86,14 @@ def test_parquet_and_save_to_disk_folders_are_read(tmp_path):
 def test_field_mapping(tmp_path):
     rec = {"instruction": "Say hi.", "output": " hi", "category": "greet", "kind": "short", "uid": "x1"}
     chat = {"conversation": CHAT["messages"]}
-    fields = {"prompt": "instruction", "response": "output", "task": "category", "subtask": "kind", "id": "uid", "messages": "conversation"}
+    fields = {
+        "prompt": "instruction",
+        "response": "output",
+        "task": "category",
+        "subtask": "kind",
+        "id": "uid",
+        "messages": "conversation",
+    }
     inst, rejects, _ = build_from_files(_files(tmp_path, [rec, chat], [rec], [chat]), fields=fields)
     assert rejects.num_rows == 0
     row = inst.to_pylist()[0]
@@ -123,7 +135,9 @@ def test_chat_template_is_used_configured_or_the_tokenizers_own(tmp_path):
     inst, _, counts = build_from_files(files, tokenizer=tok, chat_template=template)
     rows = inst.to_pylist()
     assert counts["chat_template"] == "configured"
-    assert rows[0]["prompt"] == f"<|user|>{PAIR['prompt']}\n<|assistant|>" and rows[0]["text"].endswith("a small feline")
+    assert rows[0]["prompt"] == f"<|user|>{PAIR['prompt']}\n<|assistant|>" and rows[0]["text"].endswith(
+        "a small feline"
+    )
     assert rows[1]["prompt"] == "<|system|>Be brief.\n<|user|>Define dog.\n<|assistant|>"
     tok.chat_template = template  # a tokenizer that carries its own template: used when none is configured
     own, _, counts = build_from_files(files, tokenizer=tok)
@@ -150,7 +164,9 @@ def test_missing_or_empty_files_name_the_key(tmp_path):
 
 
 def test_the_shipped_example_files(tmp_path):
-    files = {k: str(EXAMPLE / f) for k, f in (("pool", "pool.jsonl"), ("target", "target.jsonl"), ("eval", "eval.parquet"))}
+    files = {
+        k: str(EXAMPLE / f) for k, f in (("pool", "pool.jsonl"), ("target", "target.jsonl"), ("eval", "eval.parquet"))
+    }
     inst, rejects, counts = build_from_files(files)
     assert sorted(rejects["reason"].to_pylist()) == ["bad_messages", "no_usable_field"]
     pool = inst.filter(pa.compute.equal(inst["split"], "train"))

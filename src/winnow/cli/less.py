@@ -861,17 +861,18 @@ def evaluate(args) -> None:
     for e, loss in zip(ids, losses, strict=True):
         per_sub.setdefault(sub_of[int(e)], []).append(float(loss))
     out = Path(args.out)
-    # An empty choice file (less.data.source: files) means no lm-eval task: the target loss alone.
-    harness = {} if Path(args.choice).stat().st_size == 0 else run_harness(
-        Path(args.model).parent,
-        Path(args.tokenizer).parent,
-        {"define_choice": Path(args.choice).resolve()},
-        device=device,
-        batch_size=args.batch_size,
-        limit=None,
-        work_dir=out.parent / f".harness-{out.stem}",
-        trust_remote_code=args.trust_remote_code,
-    )
+    harness = {}  # an empty choice file (less.data.source: files): the target loss alone
+    if Path(args.choice).stat().st_size:
+        harness = run_harness(
+            Path(args.model).parent,
+            Path(args.tokenizer).parent,
+            {"define_choice": Path(args.choice).resolve()},
+            device=device,
+            batch_size=args.batch_size,
+            limit=None,
+            work_dir=out.parent / f".harness-{out.stem}",
+            trust_remote_code=args.trust_remote_code,
+        )
     result = {
         "target_loss": float(losses.mean()),
         "target_loss_sem": float(losses.std(ddof=1) / np.sqrt(losses.size)) if losses.size > 1 else None,

@@ -143,7 +143,9 @@ def _messages(rec: dict, fields: dict) -> tuple[list[dict] | None, str | None, s
     return [{"role": "user", "content": rec[pkey]}, {"role": "assistant", "content": rec[rkey]}], None, ""
 
 
-def render(messages: list[dict], chat_template: str | None, tokenizer=None, plain_pair: bool = False) -> tuple[str, str]:
+def render(
+    messages: list[dict], chat_template: str | None, tokenizer=None, plain_pair: bool = False
+) -> tuple[str, str]:
     """(prompt, response) of messages whose last one is the assistant's response."""
     response = messages[-1]["content"]
     if chat_template is not None:
@@ -202,7 +204,9 @@ def build_from_files(
                 n_bad += 1
                 continue
             task, subtask, own_id = rec.get(fields["task"]), rec.get(fields["subtask"]), rec.get(fields["id"])
-            if (task is not None and not isinstance(task, str)) or (subtask is not None and not isinstance(subtask, str)):
+            if (task is not None and not isinstance(task, str)) or (
+                subtask is not None and not isinstance(subtask, str)
+            ):
                 reject(i, "bad_type", f"{fields['task']!r} and {fields['subtask']!r} must be strings", raw)
                 n_bad += 1
                 continue
