@@ -90,6 +90,22 @@ def _set_scorer(c, v, w, block, key):
     c[block]["scorer"][key] = v
 
 
+def _set_less_files(c, w, key=None, value=None, field=None):
+    """less.data.source: files with the example files copied into the workdir; ``key`` (a set's
+    path: a copy under the name ``value``), ``chat_template`` or ``field`` set to ``value``."""
+    example = ROOT / "tests" / "data" / "instruct"
+    files = {"pool": "pool.jsonl", "target": "target.jsonl", "eval": "eval.parquet"}
+    for name in files:
+        renamed = key == name and value + Path(files[name]).suffix  # keeps the format's suffix
+        shutil.copy(example / files[name], w / (renamed or files[name]))
+        files[name] = renamed or files[name]
+    if key == "chat_template":
+        files["chat_template"] = value
+    if field is not None:
+        files["fields"] = {field: value}
+    c["less"]["data"] = {**c["less"]["data"], "source": "files", "files": files}
+
+
 SETTERS = {
     "run": lambda c, v, w: c.update(run=v),
     "corpus.inputs[]": lambda c, v, w: _set_input(c, v, w, "string"),
@@ -105,6 +121,14 @@ SETTERS = {
     "subsets.*.domains[]": lambda c, v, w: c["subsets"]["pds_target"].update(domains=[v, "shakespeare"]),
     "bakeoff.primary": lambda c, v, w: c["bakeoff"].update(primary=v),
     "less.base": lambda c, v, w: c["less"].update(base=_folder(w, v, "model.safetensors")),
+    **{
+        f"less.data.files.{k}": (lambda k: lambda c, v, w: _set_less_files(c, w, key=k, value=v))(k)
+        for k in ("pool", "target", "eval", "chat_template")
+    },
+    **{
+        f"less.data.files.fields.{k}": (lambda k: lambda c, v, w: _set_less_files(c, w, field=k, value=v))(k)
+        for k in ("prompt", "response", "messages", "task", "subtask", "id")
+    },
     "less.lora.target_modules[]": lambda c, v, w: c["less"]["lora"].update(target_modules=[v, "dense"]),
     "pds.scorer.pretrained": lambda c, v, w: _set_scorer(c, v, w, "pds", "pretrained"),
     "pds.scorer.tokenizer": lambda c, v, w: _set_scorer(c, v, w, "pds", "tokenizer"),
@@ -143,7 +167,9 @@ NAME_KEYS = {
 # pattern of plain characters; strings are allowed only so that `--config cluster=...` works.
 SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb", "cluster.max_runtime"}
 # Input paths: any local file, but Snakemake reads {braces} in an input path as a wildcard.
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base"}
+INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base"} | {
+    f"less.data.files.{k}" for k in ("pool", "target", "eval")
+}
 
 
 def test_every_string_key_of_the_schema_has_a_hostile_case():
