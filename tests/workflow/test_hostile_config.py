@@ -9,6 +9,7 @@ syntax (quotes, $(), backticks, ;, &, |, redirections, globs) and Snakemake's ow
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import shlex
@@ -90,7 +91,7 @@ def _set_scorer(c, v, w, block, key):
     c[block]["scorer"][key] = v
 
 
-def _set_less_files(c, w, key=None, value=None, field=None):
+def _set_less_files(c, value, w, key=None, field=None):
     """less.data.source: files with the example files copied into the workdir; ``key`` (a set's
     path: a copy under the name ``value``), ``chat_template`` or ``field`` set to ``value``."""
     example = ROOT / "tests" / "data" / "instruct"
@@ -122,11 +123,11 @@ SETTERS = {
     "bakeoff.primary": lambda c, v, w: c["bakeoff"].update(primary=v),
     "less.base": lambda c, v, w: c["less"].update(base=_folder(w, v, "model.safetensors")),
     **{
-        f"less.data.files.{k}": (lambda k: lambda c, v, w: _set_less_files(c, w, key=k, value=v))(k)
+        f"less.data.files.{k}": functools.partial(_set_less_files, key=k)
         for k in ("pool", "target", "eval", "chat_template")
     },
     **{
-        f"less.data.files.fields.{k}": (lambda k: lambda c, v, w: _set_less_files(c, w, field=k, value=v))(k)
+        f"less.data.files.fields.{k}": functools.partial(_set_less_files, field=k)
         for k in ("prompt", "response", "messages", "task", "subtask", "id")
     },
     "less.lora.target_modules[]": lambda c, v, w: c["less"]["lora"].update(target_modules=[v, "dense"]),
