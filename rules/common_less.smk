@@ -42,6 +42,60 @@ LESS_EPOCHS = list(range(1, LESS.get("warmup", {}).get("epochs", 0) + 1))
 LESS_SHARDS = list(range(LESS.get("data", {}).get("num_shards", 2)))
 LESS_ARMS = LESS.get("arms", ["less", "random", "full"])
 LESS_DATA = "results/{run}/less/data"
+# less.data.source: corpus builds instruction tasks from the corpus's domains; files reads the
+# user's pool / target / eval files (winnow.data.instruct_files), checked here at parse time.
+LESS_DATA_CFG = LESS.get("data", {})
+LESS_FILES = LESS_DATA_CFG.get("files") or {}
+LESS_FROM_FILES = LESS_DATA_CFG.get("source", "corpus") == "files"
+if LESS and LESS_FROM_FILES:
+    from winnow.data.instruct_files import check_path as _check_less_file
+
+    for _key in ("pool", "target", "eval"):
+        _path = LESS_FILES.get(_key)
+        if not _path:
+            raise ValueError(
+                f"config key less.data.files.{_key} is required with less.data.source: files"
+            )
+        check_input_path(f"less.data.files.{_key}", _path)
+        if Path(_path).resolve().is_relative_to(Path("results").resolve()):
+            raise ValueError(
+                f"config key less.data.files.{_key} names {_path!r} under results/, which the"
+                " workflow owns; keep your data elsewhere in the project"
+            )
+        _check_less_file(f"less.data.files.{_key}", _path)
+elif LESS:
+    for _key in ("max_per_task", "target_task", "n_choice"):
+        if _key not in LESS_DATA_CFG:
+            raise ValueError(
+                f"config key less.data.{_key} is required with less.data.source: corpus"
+            )
+
+
+def less_data_inputs(wildcards):
+    """The corpus's docs, or the user's three files, and the tokenizer."""
+    files = {"tokenizer": f"results/{wildcards.run}/tokenizer/tokenizer.json"}
+    if LESS_FROM_FILES:
+        files.update({k: LESS_FILES[k] for k in ("pool", "target", "eval")})
+    else:
+        files["docs"] = f"results/{wildcards.run}/data/docs.parquet"
+    return files
+
+
+def less_data_source_args(wildcards, input, output):
+    """--docs, or --files-config (paths as the inputs name them) and --rejects."""
+    if not LESS_FROM_FILES:
+        return ["--docs", input.docs]
+    files = {
+        **{k: v for k, v in LESS_FILES.items() if k not in ("pool", "target", "eval")},
+        **{k: input[k] for k in ("pool", "target", "eval")},
+    }
+    return ["--files-config", as_json(files), "--rejects", output.rejects]
+
+
+# Files mode also writes the malformed records it skipped; the corpus mode's outputs are unchanged.
+LESS_DATA_EXTRA_OUT = (
+    {"rejects": f"{LESS_DATA}/rejects.parquet"} if LESS_FROM_FILES else {}
+)
 
 
 def less_store(wildcards):

@@ -11,9 +11,9 @@
 # the lm-eval define-choice task.
 rule less_data:
     input:
-        docs="results/{run}/data/docs.parquet",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        unpack(less_data_inputs),
     output:
+        **LESS_DATA_EXTRA_OUT,
         instructions=f"{LESS_DATA}/instructions.parquet",
         tokens=expand(
             f"{LESS_DATA}/tokens-{{shard}}.bin", shard=LESS_SHARDS, allow_missing=True
@@ -34,8 +34,9 @@ rule less_data:
         seq_len=config["tokenize"]["seq_len"],
         num_shards=len(LESS_SHARDS),
         code=code("less data"),
+        source=less_data_source_args,
     shell:
-        "python -m winnow less data --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
+        "python -m winnow less data {params.source:q} --tokenizer {input.tokenizer:q}"
         " --seq-len {params.seq_len:q} --num-shards {params.num_shards:q} --data-config {params.data:q}"
         " --instructions {output.instructions:q} --tokens {output.tokens:q} --examples {output.examples:q}"
         " --manifest {output.manifest:q} --pool {output.pool:q} --target {output.target:q}"

@@ -9,6 +9,7 @@ syntax (quotes, $(), backticks, ;, &, |, redirections, globs) and Snakemake's ow
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import shlex
@@ -99,6 +100,22 @@ def _set_scorer(c, v, w, block, key):
     c[block]["scorer"][key] = _hf_folder(w, v)
 
 
+def _set_less_files(c, value, w, key=None, field=None):
+    """less.data.source: files with the example files copied into the workdir; ``key`` (a set's
+    path: a copy under the name ``value``), ``chat_template`` or ``field`` set to ``value``."""
+    example = ROOT / "tests" / "data" / "instruct"
+    files = {"pool": "pool.jsonl", "target": "target.jsonl", "eval": "eval.parquet"}
+    for name in files:
+        renamed = key == name and value + Path(files[name]).suffix  # keeps the format's suffix
+        shutil.copy(example / files[name], w / (renamed or files[name]))
+        files[name] = renamed or files[name]
+    if key == "chat_template":
+        files["chat_template"] = value
+    if field is not None:
+        files["fields"] = {field: value}
+    c["less"]["data"] = {**c["less"]["data"], "source": "files", "files": files}
+
+
 SETTERS = {
     "run": lambda c, v, w: c.update(run=v),
     "corpus.inputs[]": lambda c, v, w: _set_input(c, v, w, "string"),
@@ -114,6 +131,14 @@ SETTERS = {
     "subsets.*.domains[]": lambda c, v, w: c["subsets"]["pds_target"].update(domains=[v, "shakespeare"]),
     "bakeoff.primary": lambda c, v, w: c["bakeoff"].update(primary=v),
     "less.base": lambda c, v, w: c["less"].update(base=_hf_folder(w, v)),
+    **{
+        f"less.data.files.{k}": functools.partial(_set_less_files, key=k)
+        for k in ("pool", "target", "eval", "chat_template")
+    },
+    **{
+        f"less.data.files.fields.{k}": functools.partial(_set_less_files, field=k)
+        for k in ("prompt", "response", "messages", "task", "subtask", "id")
+    },
     "less.lora.target_modules[]": lambda c, v, w: c["less"]["lora"].update(target_modules=[v, "dense"]),
     "pds.scorer.pretrained": lambda c, v, w: _set_scorer(c, v, w, "pds", "pretrained"),
     "pds.scorer.tokenizer": lambda c, v, w: _set_scorer(c, v, w, "pds", "tokenizer"),
@@ -157,7 +182,7 @@ KNOWN_NAME_KEYS = {"less.lora.target_modules[]"}
 # Model and tokenizer folders too: their files are inputs (rules/common_models.smk).
 INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path"} | {
     f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")
-}
+} | {f"less.data.files.{k}" for k in ("pool", "target", "eval")}
 
 
 def test_every_string_key_of_the_schema_has_a_hostile_case():

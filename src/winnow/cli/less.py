@@ -46,8 +46,10 @@ def base_input(path: str) -> str | Path:
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
-    p.add_argument("--docs", required=True)
+    p.add_argument("--docs", default=None, help="DOCS parquet (source corpus)")
     p.add_argument("--tokenizer", required=True)
+    p.add_argument("--files-config", type=json_arg, default=None, help="less.data.files (source files), as JSON")
+    p.add_argument("--rejects", default=None, help="REJECTS parquet of the files' malformed records (source files)")
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--data-config", type=json_arg, required=True)
@@ -258,11 +260,27 @@ def data(args) -> None:
     for shard, path in enumerate(args.tokens):  # readers find them through the manifest's layout
         if Path(path) != Path(args.manifest).parent / FLAT_LAYOUT.format(shard=shard):
             raise ValueError(f"--tokens: shard {shard} must be {FLAT_LAYOUT.format(shard=shard)} next to the manifest")
-    docs = read_table(args.docs, DOCS)
-    docs = docs.filter(pc.is_null(docs["prompt"]))  # instruction items are built from plain text
-    inst = build_instructions(docs, seed=cfg["seed"], max_per_task=cfg["max_per_task"])
-    write_table(args.instructions, inst, INSTRUCTIONS)
     tok = load(Path(args.tokenizer).parent)
+    files = args.files_config
+    if files is not None:  # the user's pool / target / eval files (winnow.data.instruct_files)
+        from winnow.data.instruct_files import build_from_files
+        from winnow.io.tables import REJECTS
+
+        if not args.rejects:
+            raise ValueError("less data: --files-config needs --rejects")
+        inst, rejects, file_counts = build_from_files(
+            {k: files.get(k) for k in ("pool", "target", "eval")},
+            fields=files.get("fields"),
+            tokenizer=tok,
+            chat_template=files.get("chat_template"),
+        )
+        write_table(args.rejects, rejects, REJECTS)
+        log.info("less data from files: %s", file_counts)
+    else:
+        docs = read_table(args.docs, DOCS)
+        docs = docs.filter(pc.is_null(docs["prompt"]))  # instruction items are built from plain text
+        inst = build_instructions(docs, seed=cfg["seed"], max_per_task=cfg["max_per_task"])
+    write_table(args.instructions, inst, INSTRUCTIONS)
     dtype = token_dtype(len(tok))
     as_docs = inst.select([f.name for f in DOCS])
     parts, stats = [], {}
@@ -276,7 +294,7 @@ def data(args) -> None:
 
     # Subtask of every example, through its instruction row (doc_id).
     sub_of = dict(zip(inst["doc_id"].to_pylist(), inst["subtask"].to_pylist(), strict=True))
-    task = cfg["target_task"]
+    task = cfg.get("target_task")
     subtasks = pa.table(
         {
             "example_id": examples["example_id"],
@@ -289,18 +307,16 @@ def data(args) -> None:
     pool = sample_ids(pool_all, cfg["seed"], n=min(cfg["pool_size"], pool_all.size))
     # The reference points: up to n per subtask of the target task, from the val split (LESS's
     # few-shot dev sets are a handful of examples per subtask).
-    target_rows = subtasks.filter(
-        pc.and_(
-            pc.equal(subtasks["task"], task),
-            pc.is_in(subtasks["example_id"], examples.filter(pc.equal(examples["split"], "val"))["example_id"]),
-        )
-    )
+    # With files, every item of the target file is a reference point (its tasks are the targets).
+    val_ids = examples.filter(pc.equal(examples["split"], "val"))["example_id"]
+    in_val = pc.is_in(subtasks["example_id"], val_ids)
+    target_rows = subtasks.filter(in_val if files is not None else pc.and_(pc.equal(subtasks["task"], task), in_val))
     target = []
     for name in sorted(set(target_rows["subtask"].to_pylist())):
         ids = target_rows.filter(pc.equal(target_rows["subtask"], name))["example_id"].to_numpy()
         target.append(sample_ids(ids, cfg["seed"], n=min(cfg["target_per_subtask"], ids.size)))
     target = np.concatenate(target) if target else np.zeros(0, np.int64)
-    eval_all = filter_examples(examples, splits=["test"], domains=[task])
+    eval_all = filter_examples(examples, splits=["test"], domains=None if files is not None else [task])
     eval_ids = sample_ids(eval_all, cfg["seed"], n=min(cfg["eval_size"], eval_all.size))
     for name, ids in (("pool", pool), ("target", target), ("eval", eval_ids)):
         if ids.size == 0:
@@ -308,8 +324,10 @@ def data(args) -> None:
     write_table(args.pool, ids_table(pool), IDS)
     write_table(args.target, ids_table(target), IDS)
     write_table(args.eval_ids, ids_table(eval_ids), IDS)
-    items = build_define_choice(inst, split="test", n=cfg["n_choice"], seed=cfg["seed"])
-    if not items:
+    # The define-choice task exists only for the corpus's define items; with files it is empty
+    # and `less eval` reports the target loss alone.
+    items = [] if files is not None else build_define_choice(inst, split="test", n=cfg["n_choice"], seed=cfg["seed"])
+    if not items and files is None:
         raise ValueError("less data: no define-choice items could be built from the test split")
     write_jsonl(args.choice, items)
     write_json(
@@ -331,12 +349,15 @@ def data(args) -> None:
             "n_target": int(target.size),
             "n_eval": int(eval_ids.size),
             "n_choice": len(items),
-            "target_task": task,
+            "target_task": task if files is None else sorted(set(target_rows["task"].to_pylist())),
+            "source": "corpus" if files is None else "files",
+            **({"files": file_counts} if files is not None else {}),
         },
     )
     outs = [args.instructions, *args.tokens, args.examples, args.manifest, args.pool, args.target]
-    outs += [args.eval_ids, args.subtasks, args.choice]
-    sidecars(args, "less data", outs, [args.docs, args.tokenizer], seed=cfg["seed"])
+    outs += [args.eval_ids, args.subtasks, args.choice] + ([args.rejects] if files is not None else [])
+    ins = [args.docs] if files is None else [str(files[k]) for k in ("pool", "target", "eval")]
+    sidecars(args, "less data", outs, [*ins, args.tokenizer], seed=cfg["seed"])
 
 
 def _counts(values) -> dict[str, int]:
@@ -847,16 +868,18 @@ def evaluate(args) -> None:
     for e, loss in zip(ids, losses, strict=True):
         per_sub.setdefault(sub_of[int(e)], []).append(float(loss))
     out = Path(args.out)
-    harness = run_harness(
-        Path(args.model).parent,
-        Path(args.tokenizer).parent,
-        {"define_choice": Path(args.choice).resolve()},
-        device=device,
-        batch_size=args.batch_size,
-        limit=None,
-        work_dir=out.parent / f".harness-{out.stem}",
-        trust_remote_code=args.trust_remote_code,
-    )
+    harness = {}  # an empty choice file (less.data.source: files): the target loss alone
+    if Path(args.choice).stat().st_size:
+        harness = run_harness(
+            Path(args.model).parent,
+            Path(args.tokenizer).parent,
+            {"define_choice": Path(args.choice).resolve()},
+            device=device,
+            batch_size=args.batch_size,
+            limit=None,
+            work_dir=out.parent / f".harness-{out.stem}",
+            trust_remote_code=args.trust_remote_code,
+        )
     result = {
         "target_loss": float(losses.mean()),
         "target_loss_sem": float(losses.std(ddof=1) / np.sqrt(losses.size)) if losses.size > 1 else None,
