@@ -260,16 +260,8 @@ def subset_args(wildcards):
     if spec.get("splits"):
         args += ["--splits", *spec["splits"]]
     args += [f"--domains={d}" for d in spec.get("domains") or []]
-    args += (
-        ["--n", str(spec["n"])]
-        if "n" in spec
-        else [
-            "--fraction",
-            str(spec["fraction"]),
-            "--key",
-            f"subsets.{wildcards.subset}.fraction",
-        ]
-    )
+    size = "n" if "n" in spec else "fraction"
+    args += [f"--{size}", str(spec[size]), "--key", f"subsets.{wildcards.subset}.{size}"]
     args += ["--seed", str(spec["seed"])]
     return args
 

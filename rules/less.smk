@@ -13,6 +13,8 @@ rule less_data:
     input:
         docs="results/{run}/data/docs.parquet",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
+        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
+        contract=ancient("results/{run}/data/contract.json"),
     output:
         instructions=f"{LESS_DATA}/instructions.parquet",
         tokens=expand(
