@@ -49,6 +49,12 @@ def _where(splits, domains) -> str:
     return f"{s} of {d}"
 
 
+def _subset_size(spec: dict, examples: dict) -> int:
+    """How many ids the sampler draws for ``spec`` (the contract's own checks passed)."""
+    have = _count(examples, spec.get("splits") or [], spec.get("domains") or [])
+    return spec["n"] if "n" in spec else math.floor(spec.get("fraction", 1.0) * have)
+
+
 def _check_subset(name: str, spec: dict, docs: dict, examples: dict | None, all_domains: list) -> list[str]:
     key = f"subsets.{name}"
     problems = []
@@ -114,6 +120,18 @@ def check(cfg: dict, stats: dict) -> list[str]:
                         f" (domains with train examples: {_names(d for d, n in train.items() if n)})"
                     )
 
+    mates = cfg.get("mates") or {}
+    pool = (cfg.get("subsets") or {}).get("pool")
+    if "mates" in methods and mates and pool and examples is not None and not problems:
+        # disjoint draws from the pool: the probe pool, then stage_size per stage
+        need = mates["probe_size"] + mates["stages"] * mates["stage_size"]
+        have = _subset_size(pool, examples)
+        if need > have:
+            problems.append(
+                f"mates.stage_size: {mates['stages']} stages × {mates['stage_size']} + mates.probe_size"
+                f" {mates['probe_size']} = {need} examples asked of subsets.pool, which has {have}"
+            )
+
     less_data = (cfg.get("less") or {}).get("data") or {}
     if "less" in methods and less_data:
         task = less_data.get("target_task", "define")
@@ -158,5 +176,5 @@ def config_part(config: dict) -> dict:
             k: v for k, v in (config.get("ablation") or {}).items() if k in ("column", "partitions", "seed_mix")
         },
         "less": {"data": ((config.get("less") or {}).get("data") or {})},
+        "mates": {k: v for k, v in (config.get("mates") or {}).items() if k in ("stages", "stage_size", "probe_size")},
     }
-
