@@ -261,7 +261,12 @@ def subset_args(wildcards):
         args += ["--splits", *spec["splits"]]
     args += [f"--domains={d}" for d in spec.get("domains") or []]
     size = "n" if "n" in spec else "fraction"
-    args += [f"--{size}", str(spec[size]), "--key", f"subsets.{wildcards.subset}.{size}"]
+    args += [
+        f"--{size}",
+        str(spec[size]),
+        "--key",
+        f"subsets.{wildcards.subset}.{size}",
+    ]
     args += ["--seed", str(spec["seed"])]
     return args
 

@@ -32,9 +32,9 @@ def _precheck_contract():
     ingest = _recorded(f"results/{RUN}/data/ingest.json", inputs)
     if not ingest or "split_domains" not in ingest:
         return
-    if sorted(str(Path(s)) for s in (i.get("source") for i in ingest.get("inputs", []))) != sorted(
-        str(Path(p)) for p in inputs
-    ):
+    if sorted(
+        str(Path(s)) for s in (i.get("source") for i in ingest.get("inputs", []))
+    ) != sorted(str(Path(p)) for p in inputs):
         return
     tokens = _recorded(
         f"results/{RUN}/tokens/manifest.json", [f"results/{RUN}/data/ingest.json"]

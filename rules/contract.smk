@@ -1,5 +1,6 @@
 # The data contract: fails with one message listing every config key whose data the corpus lacks
-# (names what exists instead); every job reading subsets, partitions or tasks takes its output.
+# (names what exists instead); every job reading subsets, partitions or tasks takes its output
+# (as ancient(): a gate, not data). src/winnow/data/contract.py has the checks.
 rule contract:
     input:
         ingest="results/{run}/data/ingest.json",
@@ -16,3 +17,5 @@ rule contract:
     shell:
         "python -m winnow data contract --ingest {input.ingest:q} --manifest {input.manifest:q}"
         " --config {params.config:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
+        # the message is the point of the job: on the console, not only in its log
+        " || {{ tail -n 60 {log:q} >&2; exit 1; }}"
