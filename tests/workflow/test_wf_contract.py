@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,19 @@ def _corpus(path: Path) -> Path:
                 text = " ".join(rng.choice(WORDS) for _ in range(120)) + "."
                 fh.write(json.dumps({"doc_id": f"{d}/{i}", "domain": d, "text": text}) + "\n")
     return path
+
+
+def _fixed(cfg: dict) -> dict:
+    """The user's config with every problem the contract named fixed."""
+    fixed = json.loads(json.dumps(cfg))
+    fixed["methods"] = ["random", "pds", "ablation"]
+    fixed["seeds"] = [0]
+    for key in ("pds_target", "pds_target_eval"):
+        fixed["subsets"][key].update(domains=["debdocs"], n=1)
+    fixed["subsets"]["pds_proxy"]["n"] = 64
+    fixed["subsets"]["ablation_seed"]["domains"] = ["pydoc"]
+    fixed["ablation"]["partitions"] = ["debdocs", "licenses"]
+    return fixed
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +84,21 @@ def test_the_dry_run_then_fails_at_parse_time_and_a_fixed_config_plans(user):
     assert f"subsets.pds_target.domains: shakespeare not in corpus (have: {', '.join(DOMAINS)})" in out
     assert "subsets.pds_proxy.n: 1024 examples asked" in out  # the tokens manifest is there too
 
-    fixed = json.loads(json.dumps(cfg))
-    fixed["methods"] = ["random", "pds", "ablation"]
-    fixed["seeds"] = [0]
-    for key in ("pds_target", "pds_target_eval"):
-        fixed["subsets"][key].update(domains=["debdocs"], n=1)
-    fixed["subsets"]["pds_proxy"]["n"] = 64
-    fixed["subsets"]["ablation_seed"]["domains"] = ["pydoc"]
-    fixed["ablation"]["partitions"] = ["debdocs", "licenses"]
+    fixed = _fixed(cfg)
     jobs = planned_jobs(smk(work, write_config(tmp / "fixed.yaml", fixed), "-n"))
     assert jobs["contract"] == 1 and jobs["train_lm"] == 2 and "ingest" not in jobs
+
+
+def test_the_report_covers_what_exists_and_names_what_was_not_run(user):
+    """Issue 18, item 6: ablation (and PDS) in methods but not run used to fail `--report` ("marked
+    for report but does not exist"); the report now holds what exists and a run-status section."""
+    work, tmp, cfg, _ = user
+    fixed = write_config(tmp / "report.yaml", _fixed(cfg))
+    smk(work, fixed, "results/default/data/contract.json")
+    out = tmp / "report.zip"
+    smk(work, fixed, "--report", str(out))
+    html = next(n for n in zipfile.ZipFile(out).namelist() if n.endswith("report.html"))
+    page = zipfile.ZipFile(out).read(html).decode()
+    assert "Run status" in page
+    assert "<strong>ablation</strong>: not run" in page and "<strong>pds</strong>: not run" in page
+    assert "results/default/ablation/correlation.tsv" in page
