@@ -167,3 +167,20 @@ def test_mates_stages_must_fit_the_pool():
     )
     cfg["mates"]["stage_size"] = 100
     assert contract.check(cfg, STATS) == []
+
+
+def test_the_contract_command_fails_with_the_message_or_writes_its_record(tmp_path):
+    import json
+
+    from winnow.cli import main as cli
+
+    ingest, manifest = tmp_path / "ingest.json", tmp_path / "manifest.json"
+    ingest.write_text(json.dumps({"split_domains": DOCS}))
+    manifest.write_text(json.dumps({"split_domains": EXAMPLES}))
+    args = ["data", "contract", "--ingest", str(ingest), "--manifest", str(manifest), "--out", str(tmp_path / "c.json")]
+    bad = _cfg(pds_proxy={"splits": ["train"], "n": 1024, "seed": 1})
+    with pytest.raises(SystemExit, match=r"\(1 problem\):\n  - subsets.pds_proxy.n: 1024 examples asked, 527"):
+        cli([*args, "--config", json.dumps(bad)])
+    assert not (tmp_path / "c.json").exists()
+    cli([*args, "--config", json.dumps(_cfg(pool={"splits": ["train"], "fraction": 1.0, "seed": 0}))])
+    assert json.loads((tmp_path / "c.json").read_text())["problems"] == []
