@@ -14,8 +14,8 @@ rule contract:
     params:
         config=contract_config,
         code=code("data contract"),
+    # the message is the point of the job: on the console (tail of the log), not only in its log
     shell:
         "python -m winnow data contract --ingest {input.ingest:q} --manifest {input.manifest:q}"
         " --config {params.config:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
-        # the message is the point of the job: on the console, not only in its log
         " || {{ tail -n 60 {log:q} >&2; exit 1; }}"
