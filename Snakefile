@@ -18,7 +18,10 @@ include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
 include: "rules/common_less.smk"
 include: "rules/common_bakeoff.smk"
+include: "rules/common_contract.smk"
+include: "rules/common_report.smk"
 include: "rules/data.smk"
+include: "rules/contract.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/eval.smk"
@@ -48,6 +51,7 @@ localrules:
     bakeoff_leaderboard,
     audit,
     report_plots,
+    contract,
 
 
 # A job that sbatch refuses (or that is cancelled before it starts) must not show an older run's

@@ -16,6 +16,8 @@ rule ablation_partition:
     input:
         examples="results/{run}/tokens/examples.parquet",
         docs="results/{run}/data/docs.parquet",
+        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
+        contract=ancient("results/{run}/data/contract.json"),
     output:
         ids="results/{run}/ablation/partitions/{part}/ids.parquet",
         report="results/{run}/ablation/partitions/{part}/partition.json",

@@ -12,6 +12,8 @@
 rule less_data:
     input:
         unpack(less_data_inputs),
+        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
+        contract=ancient("results/{run}/data/contract.json"),
     output:
         **LESS_DATA_EXTRA_OUT,
         instructions=f"{LESS_DATA}/instructions.parquet",

@@ -35,6 +35,8 @@ rule mates_reference:
     input:
         docs="results/{run}/data/docs.parquet",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
+        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
+        contract=ancient("results/{run}/data/contract.json"),
     output:
         tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
         examples="results/{run}/mates/reference/{split}/examples.parquet",

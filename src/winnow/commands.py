@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "data tokenize": ("winnow.data.tokenize", "winnow.data.tokenizer", "winnow.io.shards", "winnow.io.tables"),
     "data merge-examples": ("winnow.io.tables", "winnow.io.shards", "winnow.data.tokenizer"),
     "data sample-subset": ("winnow.data.subsets", "winnow.io.tables"),
+    "data contract": ("winnow.data.contract",),
     "data eval-tasks": ("winnow.data.tasks", "winnow.io.tables"),
     "select random-scores": ("winnow.io.tables",),
     "select select": ("winnow.select", "winnow.io.tables"),

@@ -14,6 +14,7 @@ SPINE_JOBS = {  # tiny.yaml: 3 shards, methods random + pds, one seed, one eval 
     "tokenizer": 1,
     "tokenize": 2,  # blocks of 2 shards: {0, 1} and {2}
     "merge_examples": 1,
+    "contract": 1,  # the data contract: every subset/partition/task reader waits for it
     "sample_subset": 2,  # pool, pds_target_eval
     "random_scores": 1,
     "select": 1,
@@ -33,7 +34,7 @@ PDS_JOBS = {
     "eval_compare": 1,
 }
 # ---- modular data ablations (tiny.yaml: 3 partitions, pairs, seed mix of 2 other domains, a macro) ----
-DATA_JOBS = {"ingest": 1, "tokenizer": 1, "tokenize": 2, "merge_examples": 1}
+DATA_JOBS = {"ingest": 1, "tokenizer": 1, "tokenize": 2, "merge_examples": 1, "contract": 1}
 ABLATION_JOBS = {
     "ablation_partition": 5,  # kjv, pydocs, shakespeare + the seed mix's fortunes, milton
     "ablation_mixture_ids": 4,  # 3 pairs + the seed mix (fortunes+milton)

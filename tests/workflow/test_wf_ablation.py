@@ -116,6 +116,7 @@ def test_adding_a_partition_plans_its_component_and_mixtures_and_retrains_nothin
     jobs = planned_jobs(smk(work, write_config(tmp_path / "p.yaml", cfg), "-n"))
     new_mixtures = 3  # kjv+wordnet, pydocs+wordnet, shakespeare+wordnet
     assert jobs == {
+        "contract": 1,  # the data contract checks the new partition (its consumers are not rerun)
         "ablation_partition": 1,  # wordnet
         "ablation_component": 1,  # wordnet
         "ablation_mixture_ids": new_mixtures,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -80,11 +81,19 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--n", type=int)
     g.add_argument("--fraction", type=float)
-    p.add_argument("--key", default="fraction", help="config key of the fraction, named when it keeps 0")
+    p.add_argument("--key", default="subset", help="config key of the size (n or fraction), named in errors")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     add_threads(p)
     p.set_defaults(func=sample_subset)
+
+    p = sub.add_parser("contract", help="check the config's data requests against ingest/tokenize counts")
+    p.add_argument("--ingest", required=True, help="data/ingest.json")
+    p.add_argument("--manifest", required=True, help="tokens/manifest.json")
+    p.add_argument("--config", required=True, help="JSON: winnow.data.contract.config_part of the config")
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=contract)
 
     p = sub.add_parser("eval-tasks", help="last-word and multiple-choice task data from held-out docs")
     p.add_argument("--docs", required=True)
@@ -231,13 +240,22 @@ def merge_examples(args) -> None:
         "layout": layout_entry(BLOCK_LAYOUT, args.shards_per_block, args.num_shards),
         "splits": dict(sorted(Counter(merged["split"].to_pylist()).items())),
         "domains": dict(sorted(Counter(merged["domain"].to_pylist()).items())),
+        # examples per split and domain: what the data contract checks subset sizes against
+        "split_domains": _split_domains(merged["split"].to_pylist(), merged["domain"].to_pylist()),
     }
     write_json(args.manifest, manifest)
     sidecars(args, "data merge-examples", [args.out, args.manifest], [*paths, args.tokenizer])
 
 
+def _split_domains(splits, domains) -> dict:
+    from collections import Counter
+
+    pairs = Counter(zip(splits, domains))
+    return {s: {d: pairs[(s, d)] for d in sorted({d for x, d in pairs if x == s})} for s in sorted({s for s, _ in pairs})}
+
+
 def sample_subset(args) -> None:
-    from winnow.data.subsets import filter_examples, ids_table, sample_ids
+    from winnow.data.subsets import draw_subset, filter_examples, ids_table
     from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
 
     examples = read_table(args.examples, EXAMPLES)
@@ -245,7 +263,7 @@ def sample_subset(args) -> None:
         np.concatenate([read_table(p, IDS)["example_id"].to_numpy() for p in args.exclude]) if args.exclude else None
     )
     pool = filter_examples(examples, args.splits, args.domains, exclude)
-    ids = sample_ids(pool, args.seed, n=args.n, fraction=args.fraction, key=args.key)
+    ids = draw_subset(pool, args.seed, n=args.n, fraction=args.fraction, key=args.key)
     write_table(args.out, ids_table(ids), IDS)
     log.info("sampled %d of %d matching examples", ids.size, pool.size)
     sidecars(
@@ -256,6 +274,23 @@ def sample_subset(args) -> None:
         seed=args.seed,
         extra={"pool_size": int(pool.size), "selected": int(ids.size)},
     )
+
+
+def contract(args) -> None:
+    from winnow.data import contract as c
+
+    ingest = json.loads(Path(args.ingest).read_text())
+    manifest = json.loads(Path(args.manifest).read_text())
+    cfg = json.loads(args.config)
+    for path, recorded in ((args.ingest, ingest), (args.manifest, manifest)):
+        if "split_domains" not in recorded:  # written by an older winnow
+            raise SystemExit(f"{path} has no split_domains counts: rerun its job (snakemake --forcerun ingest)")
+    problems = c.check(cfg, {"docs": ingest["split_domains"], "examples": manifest["split_domains"]})
+    if problems:
+        raise SystemExit(c.format(problems))
+    write_json(args.out, {"ok": True, "checked": cfg, "problems": []})
+    log.info("data contract: the corpus serves every subset, partition and task of the config")
+    sidecars(args, "data contract", [args.out], [args.ingest, args.manifest])
 
 
 def eval_tasks(args) -> None:

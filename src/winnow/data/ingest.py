@@ -374,6 +374,11 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
         "inputs": per_input,
         "domains": dict(sorted(Counter(docs["domain"]).items())),
         "splits": dict(sorted(Counter(docs["split"]).items())),
+        # documents per split and domain: what the data contract (winnow.data.contract) checks
+        "split_domains": {
+            s: dict(sorted(Counter(d for d, x in zip(docs["domain"], docs["split"]) if x == s).items()))
+            for s in sorted(set(docs["split"]))
+        },
         "warnings": warnings,
     }
     if total != docs_table.num_rows + rejects_table.num_rows:

@@ -54,6 +54,21 @@ def sample_ids(
     return ids[rng.permutation(ids.size)[:k]]
 
 
+def draw_subset(
+    ids: np.ndarray, seed: int, n: int | None = None, fraction: float | None = None, key: str = "subset"
+) -> np.ndarray:
+    """``sample_ids`` for a named subset, which is never empty: no matching example, a count < 1
+    or more than match is an error naming ``key`` (the config key of the size) and the pool size."""
+    size = np.asarray(ids).size
+    if size == 0:
+        raise ValueError(f"{key}: no example matches the subset's splits and domains: an empty subset")
+    if n is not None and n < 1:
+        raise ValueError(f"{key}: {n} examples asked: a subset is never empty ({size} match)")
+    if n is not None and n > size:
+        raise ValueError(f"{key}: {n} examples asked, {size} match the subset's splits and domains")
+    return sample_ids(ids, seed, n=n, fraction=fraction, key=key)
+
+
 def ids_table(ids: np.ndarray) -> pa.Table:
     ids = np.asarray(ids, dtype=np.int64)
     return pa.table({"example_id": ids, "rank": np.arange(ids.size, dtype=np.int64)}, schema=IDS)
