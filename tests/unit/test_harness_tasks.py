@@ -13,7 +13,14 @@ from _tiny import offline_env
 from winnow.data.example_tasks import CORPUS, OUT, SPLIT_FRACTIONS, SPLIT_SEED, build_arc
 from winnow.data.ingest import split_of
 from winnow.eval.table import item_metrics, summary_rows
-from winnow.eval.user_tasks import check_config, check_data, resolve, task_spec, write_datasets_cache
+from winnow.eval.user_tasks import (
+    check_config,
+    check_data,
+    resolve,
+    task_manager,
+    task_spec,
+    write_datasets_cache,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "data" / "tasks"
@@ -30,8 +37,6 @@ def _offline(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tm():
     """One TaskManager over lm-eval's tasks and data/tasks (indexing them takes seconds)."""
-    from winnow.eval.user_tasks import task_manager
-
     return task_manager(TASKS, include_defaults=True)
 
 
@@ -70,23 +75,23 @@ def test_missing_local_file_is_named(tmp_path):
     folder.mkdir()
     shutil.copy(ARC_YAML, folder / "arc_corpus.yaml")  # the YAML without its data file
     with pytest.raises(FileNotFoundError) as err:
-        resolve(["arc_corpus"], folder)
+        resolve(["arc_corpus"], folder, tm=task_manager(folder, include_defaults=False))
     assert "arc_corpus" in str(err.value) and "'arc_corpus.jsonl' does not exist" in str(err.value)
 
 
-def test_missing_hub_dataset_is_named_not_a_traceback(tmp_path):
+def test_missing_hub_dataset_is_named_not_a_traceback(tm, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        resolve(["arc_easy"], None, tmp_path)
+        resolve(["arc_easy"], TASKS, tmp_path, tm=tm)
     text = str(err.value)
     assert "'arc_easy'" in text and "'allenai/ai2_arc'" in text and "ARC-Easy" in text
     assert "not available offline" in text and str(tmp_path) in text
 
 
-def test_builtin_task_by_name_from_a_local_datasets_cache(tmp_path):
+def test_builtin_task_by_name_from_a_local_datasets_cache(tm, tmp_path):
     """lm-eval's own arc_easy, unchanged, reads allenai/ai2_arc from a local datasets cache."""
     split_files = {s: OUT for s in ("train", "validation", "test")}  # arc_easy's YAML names all three
     write_datasets_cache(split_files, "allenai/ai2_arc", "ARC-Easy", tmp_path)
-    out = resolve(["arc_easy"], None, tmp_path)
+    out = resolve(["arc_easy"], TASKS, tmp_path, tm=tm)
     assert out["tasks"]["arc_easy"]["builtin"]
     assert out["tasks"]["arc_easy"]["n_docs"] == len(OUT.read_text().splitlines())
 

@@ -232,11 +232,17 @@ def write_datasets_cache(
 
 
 def resolve(
-    tasks: list[str], include_path: str | os.PathLike | None, datasets_cache: str | os.PathLike | None = None
+    tasks: list[str],
+    include_path: str | os.PathLike | None,
+    datasets_cache: str | os.PathLike | None = None,
+    tm=None,
 ) -> dict[str, Any]:
-    """Resolve every name and load its data offline; ``{"tasks": {name: spec + n_docs}, ...}``."""
+    """Resolve every name and load its data offline; ``{"tasks": {name: spec + n_docs}, ...}``.
+
+    ``tm``: a ``TaskManager`` already built over ``include_path`` (default: one over it and
+    lm-eval's own tasks)."""
     with _datasets_env(datasets_cache):
-        tm = task_manager(include_path, include_defaults=True)
+        tm = tm or task_manager(include_path, include_defaults=True)
         specs = {name: task_spec(tm, name) for name in tasks}
         for spec in specs.values():
             spec["n_docs"] = check_data(tm, spec)
