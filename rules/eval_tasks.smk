@@ -13,9 +13,8 @@ _problems = _harness_config_problems(
 )
 if _problems:
     raise ValueError("\n".join(_problems))
-for _key in ("include_path", "datasets_cache"):
-    if HARNESS.get(_key):
-        check_input_path(f"eval.harness.{_key}", HARNESS[_key])
+if HARNESS.get("include_path"):  # its files are the check's inputs
+    check_input_path("eval.harness.include_path", HARNESS["include_path"])
 
 
 def harness_task_evals(base):

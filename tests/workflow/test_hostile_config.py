@@ -120,6 +120,13 @@ SETTERS = {
     ),
     "ablation.macro_merges.*[][]": lambda c, v, w: c["ablation"].update(macro_merges={"m": [[v, "pydocs"], ["kjv"]]}),
     "eval.targets[]": lambda c, v, w: c["eval"].update(targets=[v]),
+    "eval.harness.tasks[]": lambda c, v, w: c["eval"].update(harness={"tasks": [v]}),
+    "eval.harness.include_path": lambda c, v, w: c["eval"].update(
+        harness={"tasks": ["arc_corpus"], "include_path": _folder(w, v)}
+    ),
+    "eval.harness.datasets_cache": lambda c, v, w: c["eval"].update(
+        harness={"tasks": ["arc_easy"], "datasets_cache": _folder(w, v)}
+    ),
     "cluster.gpu_model": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_model=v),
     "cluster.gpu_partition": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_partition=v),
     "cluster.max_mem_mb": lambda c, v, w: c.setdefault("cluster", {}).update(max_mem_mb=v),
@@ -132,6 +139,7 @@ NAME_KEYS = {
     "run",
     "subsets.<name>",
     "eval.targets[]",
+    "eval.harness.tasks[]",  # lm-eval task names: a pattern, like the names here
     "ablation.partitions[]",
     "ablation.seed_mix",
     "ablation.seed_mix[]",
@@ -143,7 +151,7 @@ NAME_KEYS = {
 # pattern of plain characters; strings are allowed only so that `--config cluster=...` works.
 SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb", "cluster.max_runtime"}
 # Input paths: any local file, but Snakemake reads {braces} in an input path as a wildcard.
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base"}
+INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "eval.harness.include_path"}
 
 
 def test_every_string_key_of_the_schema_has_a_hostile_case():
