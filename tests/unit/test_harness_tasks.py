@@ -10,7 +10,15 @@ import pytest
 import yaml
 from _tiny import offline_env
 
-from winnow.data.example_tasks import CORPUS, OUT, SPLIT_FRACTIONS, SPLIT_SEED, build_arc
+from winnow.data.example_tasks import (
+    OUT,
+    OUT_LAMBADA,
+    SPLIT_FRACTIONS,
+    SPLIT_SEED,
+    build_arc,
+    build_lambada,
+    corpus_docs,
+)
 from winnow.data.ingest import split_of
 from winnow.eval.table import item_metrics, summary_rows
 from winnow.eval.user_tasks import (
@@ -115,17 +123,26 @@ def test_example_task_has_arc_easy_format(tm):
     assert next(iter(task.values())).doc_to_target(doc) == "ABCD".index(items[0]["answerKey"])
 
 
-def test_example_task_is_held_out_and_up_to_date():
-    import pyarrow.parquet as pq
+def test_lambada_example_has_lambada_format(tm):
+    from lm_eval.tasks._yaml_loader import load_yaml
 
-    items = [json.loads(line) for line in OUT.read_text().splitlines()]
-    assert {split_of(it["doc_id"], SPLIT_SEED, SPLIT_FRACTIONS) for it in items} == {"test"}
+    ours = load_yaml(TASKS / "lambada_corpus" / "lambada_corpus.yaml", resolve_func=False)
+    lam = load_yaml(tm.task_index["lambada_openai"].yaml_path, resolve_func=False)
+    for key in ("output_type", "test_split", "doc_to_text", "doc_to_target", "metric_list"):
+        assert ours[key] == lam[key], key
+    spec = task_spec(tm, "lambada_corpus")
+    assert spec["data_files"] == {"test": str(OUT_LAMBADA)}
+    assert check_data(tm, spec) == len(OUT_LAMBADA.read_text().splitlines())
+
+
+def test_example_tasks_are_held_out_and_up_to_date():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["corpus"]
     assert (config["split_seed"], config["split_fractions"]) == (SPLIT_SEED, SPLIT_FRACTIONS)
-    docs = pq.read_table(CORPUS, columns=["doc_id", "text", "domain"]).to_pylist()
-    for d in docs:
-        d["split"] = split_of(d["doc_id"], SPLIT_SEED, SPLIT_FRACTIONS)
-    assert build_arc(docs, len(items)) == items  # the checked-in file is what the generator makes
+    docs = corpus_docs()
+    for path, build in ((OUT, build_arc), (OUT_LAMBADA, build_lambada)):
+        items = [json.loads(line) for line in path.read_text().splitlines()]
+        assert {split_of(it["doc_id"], SPLIT_SEED, SPLIT_FRACTIONS) for it in items} == {"test"}
+        assert build(docs, len(items)) == items  # the checked-in file is what the generator makes
 
 
 def test_table_reads_task_results(tmp_path):
