@@ -154,10 +154,11 @@ def harness(args) -> None:
 
 
 def harness_check(args) -> None:
-    from winnow.eval.user_tasks import resolve
+    from winnow.eval.user_tasks import local_inputs, resolve
 
-    write_json(args.out, resolve(args.tasks, args.include_path, args.datasets_cache))
-    sidecars(args, "eval harness-check", [args.out], [])
+    resolved = resolve(args.tasks, args.include_path, args.datasets_cache)
+    write_json(args.out, resolved)
+    sidecars(args, "eval harness-check", [args.out], local_inputs(resolved))
 
 
 def harness_tasks(args) -> None:
@@ -165,7 +166,7 @@ def harness_tasks(args) -> None:
 
     import torch
 
-    from winnow.eval.user_tasks import run_tasks
+    from winnow.eval.user_tasks import local_inputs, run_tasks
 
     torch.set_num_threads(args.threads)
     resolved = json.loads(Path(args.resolved).read_text(encoding="utf-8"))
@@ -179,7 +180,8 @@ def harness_tasks(args) -> None:
         trust_remote_code=args.trust_remote_code,
     )
     write_json(args.out, result)
-    sidecars(args, "eval harness-tasks", [args.out], [args.model, args.tokenizer, args.resolved])
+    inputs = [args.model, args.tokenizer, args.resolved, *local_inputs(resolved)]
+    sidecars(args, "eval harness-tasks", [args.out], inputs)
 
 
 def table(args) -> None:

@@ -253,6 +253,16 @@ def resolve(
     }
 
 
+def local_inputs(resolved: dict[str, Any]) -> list[str]:
+    """The user's YAMLs and local data files of resolved tasks (for provenance)."""
+    files = []
+    for spec in resolved["tasks"].values():
+        if spec.get("yaml") and not spec["builtin"]:
+            files.append(spec["yaml"])
+        files += [f for f in _local_files(spec.get("data_files")) if Path(f).is_file()]
+    return sorted(set(files))
+
+
 def run_tasks(
     model_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -275,7 +285,10 @@ def run_tasks(
         from winnow.io.artifacts import check_hf_folder
 
         specs = resolved["tasks"]
-        tm = task_manager(resolved.get("include_path"), include_defaults=any(s["builtin"] for s in specs.values()))
+        # lm-eval's ~15,000 tasks are indexed only when needed: a built-in task, or a group or tag
+        # (whose members may be built-in tasks).
+        defaults = any(s["builtin"] or s["kind"] != "task" for s in specs.values())
+        tm = task_manager(resolved.get("include_path"), include_defaults=defaults)
         check_hf_folder(model_dir)
         check_hf_folder(tokenizer_dir)
         lm = HFLM(
