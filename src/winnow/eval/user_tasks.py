@@ -174,7 +174,7 @@ def check_data(tm, spec: dict[str, Any]) -> int:
     except Exception as err:  # noqa: BLE001 - reworded below, the cause kept
         text = f"{type(err).__name__}: {err}"
         causes, e = [], err
-        while e is not None:
+        while e is not None and len(causes) < 20:  # a chain may loop through __context__
             causes.append(f"{type(e).__name__}: {e}")
             e = e.__cause__ or e.__context__
         offline = any(
