@@ -58,4 +58,5 @@ def test_include_path_outside_project_fails_at_parse_time(harness_run, tmp_path)
     cfg["eval"]["harness"]["include_path"] = str(outside)
     proc = smk(work, write_config(tmp_path / "bad.yaml", cfg), "-n", check=False)
     assert proc.returncode != 0
-    assert "eval.harness.include_path" in proc.stderr and "outside the project" in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "eval.harness.include_path" in out and "outside the project" in out
