@@ -387,9 +387,11 @@ def eval_targets():
 def model_evals(wildcards):
     """Every eval file of one (method, seed): ppl, harness, and the loss on each target subset."""
     base = f"results/{wildcards.run}/eval/{wildcards.method}/s{wildcards.seed}"
-    return [f"{base}/ppl.json", f"{base}/harness.json"] + [
-        f"{base}/target-{t}.json" for t in eval_targets()
-    ]
+    return (
+        [f"{base}/ppl.json", f"{base}/harness.json"]
+        + [f"{base}/target-{t}.json" for t in eval_targets()]
+        + harness_task_evals(base)  # rules/eval_tasks.smk: eval.harness tasks
+    )
 
 
 def all_model_evals(wildcards):

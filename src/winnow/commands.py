@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "train lm": ("winnow.train.trainer", "winnow.models.build", "winnow.data.tokenizer", "winnow.io.tables"),
     "eval ppl": ("winnow.eval.perplexity", "winnow.models.build", "winnow.data.tokenizer", "winnow.io.tables"),
     "eval harness": ("winnow.eval.harness", "winnow.data.tasks"),
+    "eval harness-check": ("winnow.eval.user_tasks",),
+    "eval harness-tasks": ("winnow.eval.user_tasks",),
     "eval table": ("winnow.eval.table",),
     "eval target": ("winnow.eval.loss", "winnow.models.build", "winnow.io.tables"),
     "eval compare": ("winnow.eval.table",),

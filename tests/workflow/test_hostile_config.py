@@ -154,6 +154,13 @@ SETTERS = {
     ),
     "ablation.macro_merges.*[][]": lambda c, v, w: c["ablation"].update(macro_merges={"m": [[v, "pydocs"], ["kjv"]]}),
     "eval.targets[]": lambda c, v, w: c["eval"].update(targets=[v]),
+    "eval.harness.tasks[]": lambda c, v, w: c["eval"].update(harness={"tasks": [v]}),
+    "eval.harness.include_path": lambda c, v, w: c["eval"].update(
+        harness={"tasks": ["arc_corpus"], "include_path": _folder(w, v)}
+    ),
+    "eval.harness.datasets_cache": lambda c, v, w: c["eval"].update(
+        harness={"tasks": ["arc_easy"], "datasets_cache": _folder(w, v)}
+    ),
     "cluster.gpu_model": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_model=v),
     "cluster.gpu_partition": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_partition=v),
     "cluster.max_mem_mb": lambda c, v, w: c.setdefault("cluster", {}).update(max_mem_mb=v),
@@ -166,6 +173,7 @@ NAME_KEYS = {
     "run",
     "subsets.<name>",
     "eval.targets[]",
+    "eval.harness.tasks[]",  # lm-eval task names: a pattern, like the names here
     "ablation.partitions[]",
     "ablation.seed_mix",
     "ablation.seed_mix[]",
@@ -180,7 +188,7 @@ SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb
 # Values checked against a fixed list at parse time (LoRA targets: the base architecture's modules).
 KNOWN_NAME_KEYS = {"less.lora.target_modules[]"}
 # Model and tokenizer folders too: their files are inputs (rules/common_models.smk).
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path"} | {
+INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path", "eval.harness.include_path"} | {
     f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")
 } | {f"less.data.files.{k}" for k in ("pool", "target", "eval")}
 

@@ -39,6 +39,26 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=harness)
 
+    # eval.harness: standard lm-eval tasks and the user's task YAMLs (winnow.eval.user_tasks).
+    p = sub.add_parser("harness-check", help="resolve lm-eval task names and load their data offline")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--include-path", default=None)
+    p.add_argument("--datasets-cache", default=None)
+    p.add_argument("--out", required=True)
+    add_threads(p)
+    p.set_defaults(func=harness_check)
+    p = sub.add_parser("harness-tasks", help="lm-eval on the tasks harness-check resolved")
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--resolved", required=True, help="harness-check's output")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    add_trust(p)
+    add_threads(p)
+    p.set_defaults(func=harness_tasks)
+
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
     p.add_argument("--evals", nargs="+", required=True, help="ppl.json, harness.json, target-*.json files")
     p.add_argument("--out", required=True)
@@ -131,6 +151,37 @@ def harness(args) -> None:
     )
     write_json(out, result)
     sidecars(args, "eval harness", [out], [args.model, args.tokenizer, args.lastword, args.choice])
+
+
+def harness_check(args) -> None:
+    from winnow.eval.user_tasks import local_inputs, resolve
+
+    resolved = resolve(args.tasks, args.include_path, args.datasets_cache)
+    write_json(args.out, resolved)
+    sidecars(args, "eval harness-check", [args.out], local_inputs(resolved))
+
+
+def harness_tasks(args) -> None:
+    import json
+
+    import torch
+
+    from winnow.eval.user_tasks import local_inputs, run_tasks
+
+    torch.set_num_threads(args.threads)
+    resolved = json.loads(Path(args.resolved).read_text(encoding="utf-8"))
+    result = run_tasks(
+        Path(args.model).parent,
+        Path(args.tokenizer).parent,
+        resolved,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        limit=args.limit,
+        trust_remote_code=args.trust_remote_code,
+    )
+    write_json(args.out, result)
+    inputs = [args.model, args.tokenizer, args.resolved, *local_inputs(resolved)]
+    sidecars(args, "eval harness-tasks", [args.out], inputs)
 
 
 def table(args) -> None:

@@ -133,7 +133,7 @@ def check(cfg: dict, stats: dict) -> list[str]:
             )
 
     less_data = (cfg.get("less") or {}).get("data") or {}
-    if "less" in methods and less_data:
+    if "less" in methods and less_data and less_data.get("source", "corpus") == "corpus":
         task = less_data.get("target_task", "define")
         sources = LESS_TASK_DOMAINS.get(task, ())
         # the target's reference points come from val, its evaluation from test, the pool from train

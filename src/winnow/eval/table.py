@@ -50,6 +50,11 @@ def summary_rows(eval_paths) -> list[dict]:
                 for metric, value in sorted(metrics.items()):
                     if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
                         row[f"{task.removeprefix('winnow_')}/{metric}"] = value
+        elif name == "harness-tasks.json":  # eval.harness: lm-eval's tasks and the user's
+            for task, metrics in sorted(data["tasks"].items()):
+                for metric, value in sorted(metrics.items()):
+                    if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
+                        row[f"{task}/{metric}"] = value
         elif name.startswith("target-"):
             row[f"target/{name[len('target-') : -len('.json')]}"] = data["loss"]
         elif name == "reference.json":  # MATES's reference task (held-out last words)
@@ -89,6 +94,10 @@ def item_metrics(path: str | os.PathLike) -> dict[str, ItemMetric]:
             label = task.removeprefix("winnow_")
             for metric, values in per_task["values"].items():
                 out[f"{label}/{metric}"] = _harness_metric(metric, per_task["ids"], values)
+    elif name == "harness-tasks.json":
+        for task, per_task in sorted(items.items()):
+            for metric, values in per_task["values"].items():
+                out[f"{task}/{metric}"] = _harness_metric(metric, per_task["ids"], values)
     elif name.startswith("target-") or name == "reference.json":
         key = "reference/loss" if name == "reference.json" else f"target/{name[len('target-') : -len('.json')]}"
         out[key] = mean_metric(items["example_id"], items["loss"])

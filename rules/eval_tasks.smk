@@ -1,0 +1,48 @@
+# Standard lm-eval tasks and the user's own task YAMLs (config eval.harness; docs/evaluation.md):
+# checked once per run (names resolve, data loads offline), then run on every evaluated model.
+
+
+# Every eval.harness task resolves with lm-eval's TaskManager and its data loads offline.
+rule eval_harness_check:
+    input:
+        harness_include_files(),
+    output:
+        "results/{run}/eval/harness-tasks.json",
+    log:
+        "results/{run}/logs/eval_harness_check.log",
+    conda:
+        ENV
+    params:
+        args=verbatim(harness_check_args()),
+        code=code("eval harness-check"),
+    shell:
+        "python -m winnow eval harness-check {params.args:q} --out {output:q} > {log:q} 2>&1"
+
+
+# lm-eval on the checked eval.harness tasks; results join ppl/harness/target in the tables.
+rule eval_harness_tasks:
+    input:
+        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
+        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        resolved="results/{run}/eval/harness-tasks.json",
+    output:
+        "results/{run}/eval/{method}/s{seed}/harness-tasks.json",
+    log:
+        "results/{run}/logs/eval_harness_tasks/{method}-s{seed}.log",
+    benchmark:
+        "results/{run}/benchmarks/eval_harness_tasks/{method}-s{seed}.tsv"
+    conda:
+        ENV
+    threads: THREADS["eval"]
+    resources:
+        **job_resources("infer"),
+    params:
+        trust=model_trust(),
+        limit=harness_limit_arg(),
+        batch_size=config["eval"]["batch_size"],
+        device=eval_device(),
+        code=code("eval harness-tasks"),
+    shell:
+        "python -m winnow eval harness-tasks {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --resolved {input.resolved:q} {params.limit:q} --batch-size {params.batch_size:q}"
+        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
