@@ -43,7 +43,7 @@ def bakeoff_less_features(wildcards):
 
 def bakeoff_evals(wildcards):
     files = []
-    for arm in BAKEOFF_ARMS:
+    for arm in BAKEOFF_ARMS + EXTERNAL_ARMS:  # external score files join the leaderboard
         files += method_evals(arm, wildcards.run)
     return files
 
