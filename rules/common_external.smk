@@ -111,8 +111,10 @@ def external_args(wildcards):
 
 
 def external_targets():
+    """The external arms' evals, comparisons and reports (none unless methods include external:
+    the arms are trained as methods of the spine only then)."""
     files = []
-    for arm in EXTERNAL_ARMS or [f"external-{n}" for n in EXTERNAL]:
+    for arm in EXTERNAL_ARMS:
         files += method_targets(arm) + [
             f"results/{RUN}/external/{arm.removeprefix('external-')}/report.json"
         ]

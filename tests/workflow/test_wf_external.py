@@ -69,7 +69,7 @@ def test_external_arm_selects_its_top_scores_at_randoms_budget(external_run):
 
 
 def test_external_arm_is_trained_evaluated_and_compared_with_random(external_run):
-    work, _, _ = external_run
+    work, cfg, _ = external_run
     for f in ("ppl.json", "harness.json", "target-pds_target_eval.json"):
         assert (work / R / "eval/external-demo/s0" / f).is_file()
     assert (work / R / "models/external-demo/s0/model/model.safetensors").is_file()
@@ -81,6 +81,7 @@ def test_external_arm_is_trained_evaluated_and_compared_with_random(external_run
     assert target["verdict"]
     summary = (work / R / "eval/summary.tsv").read_text()
     assert "external-demo" in summary and "random" in summary
+    assert planned_jobs(smk(work, cfg, "-n", "external")) == {}  # the target is what `all` built
 
 
 def test_a_changed_score_file_reruns_only_the_arm(external_run, tmp_path):
