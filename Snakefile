@@ -18,6 +18,7 @@ include: "rules/common_ablation.smk"
 include: "rules/common_mates.smk"
 include: "rules/common_less.smk"
 include: "rules/common_bakeoff.smk"
+include: "rules/common_external.smk"
 include: "rules/common_contract.smk"
 include: "rules/common_report.smk"
 include: "rules/common_evaltasks.smk"
@@ -33,6 +34,7 @@ include: "rules/ablation.smk"
 include: "rules/mates.smk"
 include: "rules/less.smk"
 include: "rules/bakeoff.smk"
+include: "rules/external.smk"
 include: "rules/audit.smk"
 include: "rules/report.smk"
 
@@ -51,6 +53,7 @@ localrules:
     less_compare,
     bakeoff,
     bakeoff_leaderboard,
+    external,
     audit,
     report_plots,
     contract,
@@ -104,3 +107,9 @@ rule less:
 rule bakeoff:
     input:
         bakeoff_targets(),
+
+
+# Every external score file's arm (config external) over every seed, with its comparison to random.
+rule external:
+    input:
+        external_targets(),

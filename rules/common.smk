@@ -97,7 +97,9 @@ ENV = "../envs/winnow.yaml"
 # The bake-off adds the pool-level MATES and LESS arms (rules/bakeoff.smk) to the spine.
 BAKEOFF_ARMS = ["random", "pds", "mates_pool", "less_pool"]
 SELECTION_METHODS = [
-    m for m in config["methods"] if m not in ("ablation", "mates", "less", "bakeoff")
+    m
+    for m in config["methods"]
+    if m not in ("ablation", "mates", "less", "bakeoff", "external")
 ]
 if "bakeoff" in config["methods"]:
     SELECTION_METHODS += [m for m in BAKEOFF_ARMS if m not in SELECTION_METHODS]
@@ -197,7 +199,7 @@ wildcard_constraints:
     scorer="|".join(SCORERS) or "no-scorer",
     block=r"\d+",
     seed=r"\d+",
-    method=r"[a-z][a-z0-9_]*",
+    method=r"[a-z][a-z0-9_]*|external-[a-z0-9_]+",  # external-<name>: rules/external.smk
     subset=r"[A-Za-z0-9_]+",
     arm="mates|mrandom",
     k=r"\d+",
@@ -273,6 +275,8 @@ def subset_args(wildcards):
 
 def select_args(wildcards):
     """Arguments of `select select` for config select.{method} (a list, quoted by the rule)."""
+    if wildcards.method.startswith("external-"):
+        return external_select_args(wildcards)  # rules/common_external.smk
     spec = config["select"][wildcards.method]
     size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
     key = f"select.{wildcards.method}.{'ratio' if 'ratio' in spec else 'k'}"

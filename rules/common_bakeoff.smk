@@ -43,7 +43,8 @@ def bakeoff_less_features(wildcards):
 
 def bakeoff_evals(wildcards):
     files = []
-    for arm in BAKEOFF_ARMS:
+    # external score files (rules/common_external.smk) join the leaderboard
+    for arm in BAKEOFF_ARMS + EXTERNAL_ARMS:
         files += method_evals(arm, wildcards.run)
     return files
 

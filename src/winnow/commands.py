@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "data eval-tasks": ("winnow.data.tasks", "winnow.io.tables"),
     "select random-scores": ("winnow.io.tables",),
     "select select": ("winnow.select", "winnow.io.tables"),
+    "select external-scores": ("winnow.methods.external", "winnow.io.tables"),
+    "select heuristic-scores": ("winnow.methods.external", "winnow.io.tables"),
     "train lm": ("winnow.train.trainer", "winnow.models.build", "winnow.data.tokenizer", "winnow.io.tables"),
     "eval ppl": ("winnow.eval.perplexity", "winnow.models.build", "winnow.data.tokenizer", "winnow.io.tables"),
     "eval harness": ("winnow.eval.harness", "winnow.data.tasks"),

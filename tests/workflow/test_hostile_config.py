@@ -116,6 +116,18 @@ def _set_less_files(c, value, w, key=None, field=None):
     c["less"]["data"] = {**c["less"]["data"], "source": "files", "files": files}
 
 
+def _set_external(c, v, w, key):
+    """An external score file (a real file in the workdir) with ``v`` as its name, path or column."""
+    c["methods"].append("external")
+    (w / "scores.tsv").write_text("doc_id\tscore\n")
+    spec = {"path": "scores.tsv", "format": "tsv"}
+    if key == "path" and "{" not in v:
+        (w / v).write_text("doc_id\tscore\n")
+    if key in ("path", "score_column"):
+        spec[key] = v
+    c["external"] = {v if key == "<name>" else "demo": spec}
+
+
 SETTERS = {
     "run": lambda c, v, w: c.update(run=v),
     "corpus.inputs[]": lambda c, v, w: _set_input(c, v, w, "string"),
@@ -165,6 +177,9 @@ SETTERS = {
     "cluster.gpu_partition": lambda c, v, w: c.setdefault("cluster", {}).update(gpu_partition=v),
     "cluster.max_mem_mb": lambda c, v, w: c.setdefault("cluster", {}).update(max_mem_mb=v),
     "cluster.max_runtime": lambda c, v, w: c.setdefault("cluster", {}).update(max_runtime=v),
+    "external.<name>": lambda c, v, w: _set_external(c, v, w, "<name>"),
+    "external.*.path": lambda c, v, w: _set_external(c, v, w, "path"),
+    "external.*.score_column": lambda c, v, w: _set_external(c, v, w, "score_column"),
 }
 
 
@@ -180,6 +195,7 @@ NAME_KEYS = {
     "ablation.mixtures[][]",
     "ablation.macro_merges.<name>",
     "ablation.macro_merges.*[][]",
+    "external.<name>",
 }
 # Values that become sbatch options (the Slurm executor formats them into its command line): a
 # pattern of plain characters; strings are allowed only so that `--config cluster=...` works.
@@ -188,7 +204,7 @@ SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb
 # Values checked against a fixed list at parse time (LoRA targets: the base architecture's modules).
 KNOWN_NAME_KEYS = {"less.lora.target_modules[]"}
 # Model and tokenizer folders too: their files are inputs (rules/common_models.smk).
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path", "eval.harness.include_path"} | {
+INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path", "eval.harness.include_path", "external.*.path"} | {
     f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")
 } | {f"less.data.files.{k}" for k in ("pool", "target", "eval")}
 
@@ -334,6 +350,7 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
     cfg["ablation"]["column"] = dash
     cfg["eval"]["harness_limit"] = 5
     cfg["audit_strict"] = True
+    _set_external(cfg, dash, work, "score_column")
     config = write_config(tmp_path / "c.yaml", cfg)
     out = smk(work, config, "-n", "-p").stdout + smk(work, config, "-n", "-p", "audit").stdout
     parsed, parse = [], argparse.ArgumentParser.parse_args
@@ -363,6 +380,7 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
     ]
     assert by["eval leaderboard"].primary == dash == by["eval leaderboard"].metrics[0]
     assert by["ablation partition"].column == dash
+    assert by["select external-scores"].score_column == dash
     assert by["eval harness"].limit == 5 and by["audit verify"].strict is True
 
 

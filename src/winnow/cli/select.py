@@ -1,4 +1,4 @@
-"""``winnow select ...``: random scores (the baseline selector) and scores → ids."""
+"""``winnow select ...``: random scores (the baseline selector), external scores, and scores → ids."""
 
 from __future__ import annotations
 
@@ -34,6 +34,33 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=select)
 
+    # External scores (docs/external_scores.md): a user's score file → the shared scores table.
+    p = sub.add_parser("external-scores", help="a score file made elsewhere → validated scores of the pool")
+    p.add_argument("--scores-file", required=True, help="the user's file (jsonl, parquet, tsv, csv)")
+    p.add_argument("--examples", required=True, help="the token store's examples table")
+    p.add_argument("--pool", required=True, help="id list (IDS parquet) of the candidate pool")
+    p.add_argument("--key", choices=("doc_id", "example_id"), default="doc_id")
+    p.add_argument("--score-column", default="score")
+    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "parquet", "tsv", "csv"))
+    p.add_argument("--missing", default="error", choices=("error", "lowest", "drop"))
+    p.add_argument("--direction", choices=("higher", "lower"), default="higher")
+    p.add_argument("--where", default="external", help="config key named in errors")
+    p.add_argument("--out", required=True, help="scores table (example_id, score)")
+    p.add_argument("--rejects", required=True, help="one row per unusable record, with its reason")
+    p.add_argument("--report", required=True, help="JSON: counts per reason, coverage of the pool")
+    add_threads(p)
+    p.set_defaults(func=external_scores)
+
+    p = sub.add_parser(
+        "heuristic-scores",
+        help="DEMO: a doc_id score file from a length × type-token-ratio heuristic (not a recommended method)",
+    )
+    p.add_argument("--docs", required=True, help="the ingested documents (data/docs.parquet)")
+    p.add_argument("--out", required=True, help="the score file; its format from the suffix")
+    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "parquet", "tsv", "csv"))
+    add_threads(p)
+    p.set_defaults(func=heuristic_scores)
+
 
 def random_scores(args) -> None:
     """Score 0 for every pool id: with temperature > 0 the select step's Gumbel keys are pure
@@ -68,3 +95,51 @@ def select(args) -> None:
     write_json(args.manifest, manifest)
     log.info("selected %d of %d (%s)", ids.size, table.num_rows, params.as_dict())
     sidecars(args, "select select", [args.out, args.manifest], [args.scores], seed=args.seed)
+
+
+def external_scores(args) -> None:
+    import pyarrow.parquet as pq
+
+    from winnow.io.tables import IDS, REJECTS, SCORES, read_table, write_table
+    from winnow.methods.external import align, read_records
+
+    records, rejects = read_records(args.scores_file, args.format, args.key, args.score_column)
+    pool = read_table(args.pool, IDS)["example_id"].to_numpy()
+    examples = pq.read_table(args.examples, columns=["example_id", "doc_id"])
+    aligned = align(
+        records,
+        rejects,
+        pool,
+        examples["example_id"].to_numpy(),
+        examples["doc_id"].to_numpy(zero_copy_only=False),
+        args.key,
+        args.missing,
+        args.direction,
+        args.where,
+    )
+    write_table(args.out, pa.table({"example_id": aligned.example_ids, "score": aligned.scores}), SCORES)
+    rows = aligned.rejects
+    reject_table = pa.table(
+        {
+            "source": [str(args.scores_file)] * len(rows),
+            "record": [r.index for r in rows],
+            "reason": [r.reason for r in rows],
+            "detail": [r.detail for r in rows],
+            "raw": [r.raw for r in rows],
+        },
+        schema=REJECTS,
+    )
+    write_table(args.rejects, reject_table, REJECTS)
+    write_json(args.report, aligned.report)
+    log.info("external scores: %s", aligned.report)
+    sidecars(args, "select external-scores", [args.out, args.rejects, args.report], [args.scores_file, args.examples, args.pool])
+
+
+def heuristic_scores(args) -> None:
+    from winnow.io.tables import read_table
+    from winnow.methods.external import heuristic_score, write_scores_file
+
+    docs = read_table(args.docs).select(["doc_id", "text"]).to_pydict()
+    scores = [heuristic_score(t) for t in docs["text"]]
+    write_scores_file(args.out, docs["doc_id"], scores, "doc_id", args.format)
+    log.info("wrote %d demo heuristic scores to %s", len(scores), args.out)
