@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from winnow import PROCESS_T0
 from winnow.io.artifacts import ArtifactError
 from winnow.models import attention
 from winnow.models.checkpoint import (
@@ -43,7 +44,6 @@ from winnow.models.checkpoint import (
     save_checkpoint,
     write_checkpoint_files,
 )
-from winnow import PROCESS_T0
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, collate, epoch_step_ids, samples_before, step_ids
 from winnow.train.schedules import lr_at
