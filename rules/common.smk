@@ -1,5 +1,6 @@
 # Helpers only (no rules): config validation, wildcard constraints, named input/param helpers.
 import json
+import os
 import re
 import sys
 import time
@@ -62,6 +63,13 @@ for _input in config["corpus"]["inputs"]:
     )
 
 RUN = config["run"]
+# One torch.compile cache per run, shared by all its jobs (they inherit the environment, on Slurm
+# too): a graph compiled by the first trainer is reused by the next instead of compiled per job.
+for _var, _sub in (
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("TRITON_CACHE_DIR", "triton"),
+):
+    os.environ.setdefault(_var, str(Path("results", RUN, "cache", _sub).resolve()))
 _fractions = config["corpus"].get(
     "split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05}
 )
