@@ -163,12 +163,6 @@ def test_the_fixed_config_runs_every_arm(tutorial):
     assert set(subtasks) == {"plays", "scripture", "manuals"}
 
 
-@pytest.mark.xfail(
-    reason="at the time of writing, --report fails at parse time: NameError harness_task_evals"
-    " (rules/common_report.smk runs model_evals before the Snakefile includes common_evaltasks.smk)",
-    raises=AssertionError,
-    strict=False,
-)
 def test_the_report_builds(tutorial):
     work, _, _, _ = tutorial
     _snakemake(work, "--report", "report.zip")
