@@ -276,22 +276,12 @@ def _run(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from winnow.io.artifacts import check_hf_folder
 
     task_files, dropped = _fit_to_context(task_files, model_dir, tokenizer_dir, work_dir / "data")
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]
 
-    check_hf_folder(model_dir)  # a truncated file is named, not lost in lm-eval's traceback
-    check_hf_folder(tokenizer_dir)
-    lm = HFLM(
-        pretrained=str(model_dir),
-        tokenizer=str(tokenizer_dir),
-        device=device,
-        batch_size=batch_size,
-        dtype=dtype,
-        trust_remote_code=bool(trust_remote_code),
-    )
+    lm = load_hflm(HFLM, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code)
     task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     out = lm_eval.simple_evaluate(
         model=lm,
@@ -327,3 +317,20 @@ def _run(
     result["lm_eval_version"] = getattr(lm_eval, "__version__", "unknown")
     log.info("lm-eval: %s", json.dumps({k: result[k] for k in names}, sort_keys=True))
     return result
+
+
+def load_hflm(hflm_cls, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code):
+    """lm-eval's HF model over a local model and tokenizer folder, their files checked first (a
+    truncated file is named, not lost in lm-eval's traceback)."""
+    from winnow.io.artifacts import check_hf_folder
+
+    check_hf_folder(model_dir)
+    check_hf_folder(tokenizer_dir)
+    return hflm_cls(
+        pretrained=str(model_dir),
+        tokenizer=str(tokenizer_dir),
+        device=device,
+        batch_size=batch_size,
+        dtype=dtype,
+        trust_remote_code=bool(trust_remote_code),
+    )

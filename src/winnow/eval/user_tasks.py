@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from winnow.eval.harness import SEED, TASK_PREFIX, _harness_env, _items, _plain
+from winnow.eval.harness import SEED, TASK_PREFIX, _harness_env, _items, _plain, load_hflm
 
 log = logging.getLogger(__name__)
 
@@ -282,23 +282,13 @@ def run_tasks(
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 
-        from winnow.io.artifacts import check_hf_folder
 
         specs = resolved["tasks"]
         # lm-eval's ~15,000 tasks are indexed only when needed: a built-in task, or a group or tag
         # (whose members may be built-in tasks).
         defaults = any(s["builtin"] or s["kind"] != "task" for s in specs.values())
         tm = task_manager(resolved.get("include_path"), include_defaults=defaults)
-        check_hf_folder(model_dir)
-        check_hf_folder(tokenizer_dir)
-        lm = HFLM(
-            pretrained=str(model_dir),
-            tokenizer=str(tokenizer_dir),
-            device=device,
-            batch_size=batch_size,
-            dtype=dtype,
-            trust_remote_code=bool(trust_remote_code),
-        )
+        lm = load_hflm(HFLM, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code)
         out = lm_eval.simple_evaluate(
             model=lm,
             tasks=[_load_spec(specs[name]) for name in sorted(specs)],
