@@ -26,6 +26,27 @@ def _recorded(path, newer_than):
         return None
 
 
+def _tokens_match_config(manifest):
+    """Whether the recorded token counts are those the current config makes: the manifest's
+    seq_len and the tokenizer's recorded parameters (its provenance sidecar) against the config.
+    """
+    if manifest.get("seq_len") != config["tokenize"]["seq_len"]:
+        return False
+    prov = _recorded(f"results/{RUN}/tokenizer/tokenizer.json.prov.json", [])
+    made = (prov or {}).get("params") or {}
+    tok = config["tokenizer"]
+    if tok.get("kind", "bpe") == "local":
+        return made.get("local") not in (None, "") and Path(made["local"]) == Path(
+            tok["path"]
+        )
+    want = {  # the defaults of tokenizer_args
+        "vocab_size": tok.get("vocab_size", 8192),
+        "min_frequency": tok.get("min_frequency", 2),
+        "max_train_chars": tok.get("max_train_chars", 20000000),
+    }
+    return made.get("local") is None and all(made.get(k) == v for k, v in want.items())
+
+
 def _precheck_contract():
     # Only counts of the same inputs judge the config: a changed corpus.inputs reruns ingest.
     inputs = corpus_inputs()
@@ -37,8 +58,11 @@ def _precheck_contract():
     ) != sorted(str(Path(p)) for p in inputs):
         return
     tokens = _recorded(
-        f"results/{RUN}/tokens/manifest.json", [f"results/{RUN}/data/ingest.json"]
+        f"results/{RUN}/tokens/manifest.json",
+        [f"results/{RUN}/data/ingest.json", f"results/{RUN}/tokenizer/tokenizer.json"],
     )
+    if tokens and not _tokens_match_config(tokens):
+        tokens = None  # tokenize reruns: its contract job re-checks with the new counts
     stats = {
         "docs": ingest["split_domains"],
         "examples": (tokens or {}).get("split_domains"),

@@ -81,15 +81,17 @@ for _block in ("pds", "mates"):
 _LESS_BASE = (config.get("less") or {}).get("base", "random")
 _LESS_FOLDER = None if _LESS_BASE == "random" else _LESS_BASE
 _check_model_folder("less.base", _LESS_FOLDER)
-# LoRA targets: null takes the base architecture's attention projections (the spine's random
-# base is a GPT-NeoX); a name no module of that architecture has is refused here.
+# LoRA targets: null takes the base architecture's attention projections; a name no module of
+# that architecture has is refused here. The spine's `random` base is built from model.pretrained
+# when set (its architecture), else it is the workflow's own GPT-NeoX.
 LESS_LORA_TARGETS = None
 if config.get("less"):
-    _base_known = _LESS_FOLDER is None or (Path(_LESS_FOLDER) / "config.json").is_file()
+    _arch_folder = _LESS_FOLDER or PRETRAINED
+    _base_known = _arch_folder is None or (Path(_arch_folder) / "config.json").is_file()
     _targets = config["less"]["lora"].get("target_modules")
     if _base_known:
         LESS_LORA_TARGETS = _local.lora_targets(
-            "less.lora.target_modules", _LESS_FOLDER, _targets
+            "less.lora.target_modules", _arch_folder, _targets
         )
     else:
         LESS_LORA_TARGETS = _targets or ["q_proj", "k_proj", "v_proj", "o_proj"]

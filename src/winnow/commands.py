@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     # LESS: the instruction store, LoRA training, features, matching, the predictor, evaluation.
     "less data": (
         "winnow.data.instruct",
+        "winnow.data.instruct_files",
         "winnow.data.subsets",
         "winnow.data.tasks",
         "winnow.data.tokenize",

@@ -95,11 +95,6 @@ def test_a_changed_score_file_reruns_only_the_arm(external_run, tmp_path):
     assert jobs.get("external_scores") == 1 and jobs.get("train_lm") == 1  # the arm's model, not random's
 
 
-@pytest.mark.xfail(
-    reason="after the issue-18 merges the dry run of bakeoff/leaderboard.tsv prints no `eval leaderboard`"
-    " command (not yet diagnosed; see the stop note)",
-    strict=False,
-)
 def test_the_leaderboard_includes_external_arms_when_bakeoff_runs(external_run, tmp_path):
     work, _, scores = external_run
     cfg = all_methods_config()

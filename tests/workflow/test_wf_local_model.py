@@ -80,6 +80,13 @@ def test_a_lora_target_the_architecture_lacks_fails_at_parse_time(trained, tmp_p
     cfg["methods"] = ["random", "less"]
     proc = smk(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", "-p")
     assert '"target_modules":["q_proj","k_proj","v_proj","o_proj"]' in proc.stdout
+    # base random: the spine's random-selection model, trained from model.pretrained (a Llama)
+    cfg["less"]["base"] = "random"
+    proc = smk(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", "-p")
+    assert '"target_modules":["q_proj","k_proj","v_proj","o_proj"]' in proc.stdout
+    cfg["less"]["lora"]["target_modules"] = ["query_key_value"]
+    proc = smk(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
+    assert "'query_key_value' matches no module of a llama model" in proc.stdout + proc.stderr
 
 
 def test_rewriting_a_weight_shard_replans_its_consumers(trained):

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU preset (config/presets/gpu.yaml) run end to end on one GPU, over several device calls.
+#
+#   bash benchmarks/gpu_preset.sh setup   # carry .whl: installs the wheels into .site (see below)
+#   bash benchmarks/gpu_preset.sh run     # carry data/large_corpus: starts or follows the run
+#
+# The device image has PyTorch but not Snakemake, datasets, lm-eval (nor our transformers/peft
+# versions): they travel as wheels (.whl, 37 MB) and are installed with --no-deps into .site, an
+# ignored folder kept while the machine stays warm. The corpus (47 MB) travels in the next call,
+# since both exceed one call's carry limit together. `run` starts Snakemake detached (setsid) so
+# that it outlives one call's 10-minute limit; a later `run` follows the same process. Whatever
+# happens, $OUT/progress.tgz holds the benchmarks, logs, summaries and the GPU utilisation trace.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUN=gpu
+export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT/.site:$ROOT/src HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+  TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p .bin && printf '#!/bin/sh\nexec python3 "$@"\n' >.bin/python && chmod +x .bin/python
+export PATH=$ROOT/.bin:$PATH
+OUT=${OUT:-/tmp/gpu_preset_out}
+mkdir -p "$OUT" results/$RUN
+GPUS=${GPUS:-6}     # GPU jobs in flight on the one GPU (--resources gpu=N)
+FOLLOW=${FOLLOW:-540} # seconds this call follows the run before it packs the progress
+
+pack() {
+  nvidia-smi --query-gpu=name,clocks.sm,memory.used,utilization.gpu --format=csv >results/$RUN/gpu_last.csv 2>&1
+  cp .snakemake/log/*.snakemake.log results/$RUN/ 2>/dev/null
+  tar czf "$OUT/progress.tgz" --exclude='*.safetensors' --exclude='*.parquet' --exclude='cache' \
+    --exclude='checkpoints' results/$RUN/benchmarks results/$RUN/logs results/$RUN/*.csv \
+    results/$RUN/*.log results/$RUN/eval results/$RUN/bakeoff results/$RUN/ablation \
+    results/$RUN/mates results/$RUN/less results/$RUN/pds results/$RUN/models results/$RUN/status 2>/dev/null
+  ls -la "$OUT"
+}
+
+case ${1:-run} in
+setup)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl || exit 1
+  python3 - <<'PY'
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
+for m in ("snakemake", "datasets", "lm_eval", "transformers", "peft", "pyarrow", "winnow"):
+    mod = importlib.import_module(m)
+    print(m, getattr(mod, "__version__", "?"), mod.__file__)
+PY
+  nproc; free -g | head -2
+  ;;
+run)
+  test -f data/large_corpus/corpus.parquet || { echo "no corpus carried"; exit 1; }
+  if [ ! -f results/$RUN/snakemake.pid ] || ! kill -0 "$(cat results/$RUN/snakemake.pid)" 2>/dev/null; then
+    if [ -f results/$RUN/snakemake.pid ]; then echo "previous Snakemake ended; starting again"; fi
+    # the GPU trace: one sample a second for the whole run
+    pgrep -f "nvidia-smi --query-gpu=timestamp" >/dev/null || setsid nohup nvidia-smi \
+      --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv,noheader -l 1 \
+      >>results/$RUN/gpu_util.csv 2>/dev/null &
+    date -u +%s >>results/$RUN/started_at
+    setsid nohup python3 -m snakemake --profile profiles/local-gpu --configfile config/presets/gpu.yaml \
+      --cores "$(nproc)" --resources gpu="$GPUS" --scheduler greedy --keep-going \
+      >>results/$RUN/snakemake.console.log 2>&1 &
+    echo $! >results/$RUN/snakemake.pid
+  fi
+  pid=$(cat results/$RUN/snakemake.pid)
+  for _ in $(seq "$FOLLOW"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then echo "RUNNING"; else echo "ENDED"; date -u +%s >results/$RUN/ended_at; fi
+  grep -E "steps \(|Error|error in rule|Exiting|Nothing to be done|Complete log" results/$RUN/snakemake.console.log | tail -20
+  pack
+  ;;
+esac
