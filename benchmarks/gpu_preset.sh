@@ -5,8 +5,9 @@
 #   bash benchmarks/gpu_preset.sh run     # carry data/large_corpus: starts or follows the run
 #
 # The device image has PyTorch but not Snakemake, datasets, lm-eval (nor our transformers/peft
-# versions): they travel as wheels (.whl, 37 MB) and are installed with --no-deps into .site, an
-# ignored folder kept while the machine stays warm. The corpus (47 MB) travels in the next call,
+# versions): they travel as wheels (.whl, 37 MB) and are installed with --no-deps into /tmp/site,
+# outside the tree (the device replaces the tree's untracked files at every call; /tmp stays while
+# the machine is warm). The corpus (47 MB) travels in the next call,
 # since both exceed one call's carry limit together. `run` starts Snakemake detached (setsid) so
 # that it outlives one call's 10-minute limit; a later `run` follows the same process. Whatever
 # happens, $OUT/progress.tgz holds the benchmarks, logs, summaries and the GPU utilisation trace.
@@ -14,7 +15,7 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUN=gpu
-export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT/.site:$ROOT/src HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$ROOT/src HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p .bin && printf '#!/bin/sh\nexec python3 "$@"\n' >.bin/python && chmod +x .bin/python
 export PATH=$ROOT/.bin:$PATH
@@ -23,19 +24,22 @@ mkdir -p "$OUT" results/$RUN
 GPUS=${GPUS:-6}     # GPU jobs in flight on the one GPU (--resources gpu=N)
 FOLLOW=${FOLLOW:-540} # seconds this call follows the run before it packs the progress
 
+# kill -0 also succeeds on a zombie (an exited child nobody waited for): read its state instead
+alive() { [ -r /proc/$1/stat ] && ! grep -q '^[0-9]* ([^)]*) [ZX]' /proc/$1/stat; }
+
 pack() {
   nvidia-smi --query-gpu=name,clocks.sm,memory.used,utilization.gpu --format=csv >results/$RUN/gpu_last.csv 2>&1
   cp .snakemake/log/*.snakemake.log results/$RUN/ 2>/dev/null
-  tar czf "$OUT/progress.tgz" --exclude='*.safetensors' --exclude='*.parquet' --exclude='cache' \
-    --exclude='checkpoints' results/$RUN/benchmarks results/$RUN/logs results/$RUN/*.csv \
-    results/$RUN/*.log results/$RUN/eval results/$RUN/bakeoff results/$RUN/ablation \
-    results/$RUN/mates results/$RUN/less results/$RUN/pds results/$RUN/models results/$RUN/status 2>/dev/null
+  # small text artifacts only (one call brings back 16 MiB a file): tables, summaries, logs
+  find results/$RUN -path "*/cache" -prune -o -type f -size -2M \( -name '*.tsv' -o -name '*.json' \
+    -o -name '*.log' -o -name '*.csv' -o -name '*.txt' -o -name '*.md' \) -print >/tmp/pack.list
+  timeout 30 tar czf "$OUT/progress.tgz" -T /tmp/pack.list
   ls -la "$OUT"
 }
 
 case ${1:-run} in
 setup)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   python3 - <<'PY'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
@@ -47,7 +51,8 @@ PY
   ;;
 run)
   test -f data/large_corpus/corpus.parquet || { echo "no corpus carried"; exit 1; }
-  if [ ! -f results/$RUN/snakemake.pid ] || ! kill -0 "$(cat results/$RUN/snakemake.pid)" 2>/dev/null; then
+  python3 -c "import snakemake" || { echo "no /tmp/site: run setup first (machine not warm?)"; exit 1; }
+  if [ ! -f results/$RUN/snakemake.pid ] || ! alive "$(cat results/$RUN/snakemake.pid)"; then
     if [ -f results/$RUN/snakemake.pid ]; then echo "previous Snakemake ended; starting again"; fi
     # the GPU trace: one sample a second for the whole run
     pgrep -f "nvidia-smi --query-gpu=timestamp" >/dev/null || setsid nohup nvidia-smi \
@@ -60,8 +65,8 @@ run)
     echo $! >results/$RUN/snakemake.pid
   fi
   pid=$(cat results/$RUN/snakemake.pid)
-  for _ in $(seq "$FOLLOW"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  if kill -0 "$pid" 2>/dev/null; then echo "RUNNING"; else echo "ENDED"; date -u +%s >results/$RUN/ended_at; fi
+  for _ in $(seq "$FOLLOW"); do alive "$pid" || break; sleep 1; done
+  if alive "$pid"; then echo "RUNNING"; else echo "ENDED"; date -u +%s >results/$RUN/ended_at; fi
   grep -E "steps \(|Error|error in rule|Exiting|Nothing to be done|Complete log" results/$RUN/snakemake.console.log | tail -20
   pack
   ;;
