@@ -86,7 +86,9 @@ _check_model_folder("less.base", _LESS_FOLDER)
 # when set (its architecture), else it is the workflow's own GPT-NeoX.
 LESS_LORA_TARGETS = None
 if config.get("less"):
-    _arch_folder = _LESS_FOLDER or PRETRAINED
+    # the random base is model.pretrained's architecture only where a LESS arm trains on it
+    _less_runs = any(m in config.get("methods", []) for m in ("less", "bakeoff"))
+    _arch_folder = _LESS_FOLDER or (PRETRAINED if _less_runs else None)
     _base_known = _arch_folder is None or (Path(_arch_folder) / "config.json").is_file()
     _targets = config["less"]["lora"].get("target_modules")
     if _base_known:

@@ -19,9 +19,9 @@ rule mates_pools:
         ENV
     params:
         part=lambda wildcards: wildcards.pool.removeprefix("stage-"),
-        stage_size=lookup(dpath="mates/stage_size", within=config),
-        probe_size=lookup(dpath="mates/probe_size", within=config),
-        seed=lookup(dpath="mates/seed", within=config),
+        stage_size=lambda wildcards: MATES["stage_size"],
+        probe_size=lambda wildcards: MATES["probe_size"],
+        seed=lambda wildcards: MATES["seed"],
         code=code("mates pools"),
     shell:
         "python -m winnow mates pools --pool {input.pool:q} --part {params.part:q}"
@@ -48,7 +48,7 @@ rule mates_reference:
         ENV
     params:
         n=mates_reference_size,
-        seed=lookup(dpath="mates/seed", within=config),
+        seed=lambda wildcards: MATES["seed"],
         seq_len=config["tokenize"]["seq_len"],
         code=code("mates reference"),
     shell:
@@ -150,7 +150,7 @@ rule mates_oracle:
         **job_resources("oracle"),
     params:
         trust=model_trust(),
-        n_probe=lookup(dpath="mates/n_probe", within=config),
+        n_probe=lambda wildcards: MATES["n_probe"],
         seed=mates_probe_seed,
         oracle=as_json(config.get("mates", {}).get("oracle", {})),
         device=eval_device(),
