@@ -1026,6 +1026,45 @@ def _clear_parts(state_path: Path) -> None:
         state_path.unlink()
 
 
+def _score_fingerprint(
+    ids: np.ndarray, model_dir: Path, batch_size: int, max_len: int, device: torch.device, tag: str, compile
+) -> str:
+    """What a resumable :func:`score_ids` state must match: ids, weights, batching, device, tag."""
+    fp = hashlib.sha256()
+    fp.update(ids.tobytes())
+    fp.update(_file_sha256(model_dir / "model.safetensors").encode())
+    fp.update(f"{batch_size}|{max_len}|{device.type}|{tag}".encode())
+    if device.type == "cuda":  # compiled and eager kernels round differently: never mix their parts
+        fp.update(f"|compile={compile is not False}".encode())
+    return fp.hexdigest()[:32]
+
+
+def _resume_scores(state_path: Path, fingerprint: str, ids: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """``(scores of the finished parts, next index)`` from a matching state; else cleared, ``([], 0)``."""
+    parts: list[np.ndarray] = []
+    start = 0
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = read_json(state_path) if state_path.exists() else None
+    if state is not None and state.get("fingerprint") == fingerprint:
+        try:
+            tables = [read_table(state_path.with_name(name), SCORES) for name in state["parts"]]
+            got_ids = np.concatenate([t["example_id"].to_numpy() for t in tables]) if tables else ids[:0]
+            if int(state["next_index"]) != len(got_ids) or not np.array_equal(got_ids, ids[: len(got_ids)]):
+                raise ValueError("parts do not cover ids[:next_index]")
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("score state %s is unusable (%s); starting over", state_path, err)
+            _clear_parts(state_path)
+        else:
+            parts = [t["score"].to_numpy() for t in tables]
+            start = len(got_ids)
+            log.info("resuming scoring at %d/%d from %s", start, len(ids), state_path)
+    elif state is not None:
+        log.warning("score state %s is from other inputs; starting over", state_path)
+    if start == 0:
+        _clear_parts(state_path)  # leftovers of another run must not be mixed in
+    return parts, start
+
+
 def score_ids(
     model_dir: str | os.PathLike,
     store: ExampleStore | None,
@@ -1078,37 +1117,9 @@ def score_ids(
         encoder = store_encoder(store, max_len)
     _check_vocab(model, encoder, ids)
 
-    fp = hashlib.sha256()
-    fp.update(ids.tobytes())
-    fp.update(_file_sha256(model_dir / "model.safetensors").encode())
-    fp.update(f"{batch_size}|{max_len}|{device.type}|{tag}".encode())
-    if device.type == "cuda":  # compiled and eager kernels round differently: never mix their parts
-        fp.update(f"|compile={compile is not False}".encode())
-    fingerprint = fp.hexdigest()[:32]
-
-    parts: list[np.ndarray] = []
-    start = 0
+    fingerprint = _score_fingerprint(ids, model_dir, batch_size, max_len, device, tag, compile)
     state_path = Path(state_path) if state_path is not None else None
-    if state_path is not None:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state = read_json(state_path) if state_path.exists() else None
-        if state is not None and state.get("fingerprint") == fingerprint:
-            try:
-                tables = [read_table(state_path.with_name(name), SCORES) for name in state["parts"]]
-                got_ids = np.concatenate([t["example_id"].to_numpy() for t in tables]) if tables else ids[:0]
-                if int(state["next_index"]) != len(got_ids) or not np.array_equal(got_ids, ids[: len(got_ids)]):
-                    raise ValueError("parts do not cover ids[:next_index]")
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("score state %s is unusable (%s); starting over", state_path, err)
-                _clear_parts(state_path)
-            else:
-                parts = [t["score"].to_numpy() for t in tables]
-                start = len(got_ids)
-                log.info("resuming scoring at %d/%d from %s", start, len(ids), state_path)
-        elif state is not None:
-            log.warning("score state %s is from other inputs; starting over", state_path)
-        if start == 0:
-            _clear_parts(state_path)  # leftovers of another run must not be mixed in
+    parts, start = _resume_scores(state_path, fingerprint, ids) if state_path is not None else ([], 0)
 
     prog = Progress("score", total=len(ids), unit="examples", interval_s=log_every_s)
     prog.count = start
