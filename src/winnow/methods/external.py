@@ -168,6 +168,31 @@ class Aligned:
     report: dict = field(default_factory=dict)
 
 
+def _parse_records(
+    records: list[Record], key: str, rejects: list[Reject]
+) -> tuple[dict[object, list[tuple[Record, float]]], dict[object, float]]:
+    """``(records by parsed key, the score of each key given once)``; unusable records and every
+    copy of a repeated key are appended to ``rejects``."""
+    parsed: dict[object, list[tuple[Record, float]]] = {}
+    for r in records:
+        k, reason, detail = parse_key(r.key, key)
+        if reason is None:
+            s, reason, detail = parse_score(r.score)
+        if reason is not None:
+            rejects.append(Reject(r.index, reason, detail, r.raw))
+            continue
+        parsed.setdefault(k, []).append((r, s))
+    # A key given twice has no one score; no copy wins silently, and the key counts as missing.
+    scored: dict[object, float] = {}
+    for k, rows in parsed.items():
+        if len(rows) > 1:
+            for r, _ in rows:
+                rejects.append(Reject(r.index, "duplicate_id", f"{key} {k!r} appears {len(rows)} times", r.raw))
+        else:
+            scored[k] = rows[0][1]
+    return parsed, scored
+
+
 def align(
     records: list[Record],
     rejects: list[Reject],
@@ -193,23 +218,7 @@ def align(
         raise ValueError(f"{where}.missing must be one of {MISSING}, got {missing!r}")
     rejects = list(rejects)
     n_records = len(records) + len(rejects)
-    parsed: dict[object, list[tuple[Record, float]]] = {}
-    for r in records:
-        k, reason, detail = parse_key(r.key, key)
-        if reason is None:
-            s, reason, detail = parse_score(r.score)
-        if reason is not None:
-            rejects.append(Reject(r.index, reason, detail, r.raw))
-            continue
-        parsed.setdefault(k, []).append((r, s))
-    # A key given twice has no one score; no copy wins silently, and the key counts as missing.
-    scored: dict[object, float] = {}
-    for k, rows in parsed.items():
-        if len(rows) > 1:
-            for r, _ in rows:
-                rejects.append(Reject(r.index, "duplicate_id", f"{key} {k!r} appears {len(rows)} times", r.raw))
-        else:
-            scored[k] = rows[0][1]
+    parsed, scored = _parse_records(records, key, rejects)
 
     pool = np.unique(np.asarray(pool_ids, dtype=np.int64))
     example_ids = np.asarray(example_ids, dtype=np.int64)

@@ -456,6 +456,61 @@ def _as_ids(x, name: str) -> np.ndarray:
     return ids
 
 
+def _solve_inputs(cfg: PMPConfig, proxy_ids, target_ids, trajectory_ids):
+    """Checked ``(proxy_ids, target_ids, trajectory_ids)`` of :func:`solve` (the released variant's
+    trajectory cut to T·B ids)."""
+    cfg.validate()
+    proxy_ids = _as_ids(proxy_ids, "proxy_ids")
+    target_ids = _as_ids(target_ids, "target_ids")
+    if len(np.unique(proxy_ids)) != len(proxy_ids):
+        raise ValueError("proxy_ids contains duplicates")
+    T, B = cfg.steps, cfg.batch_size
+    if cfg.variant == "released":
+        if trajectory_ids is None:
+            raise ValueError("the released variant needs trajectory_ids (T·B ids, in order)")
+        trajectory_ids = _as_ids(trajectory_ids, "trajectory_ids")
+        if len(trajectory_ids) < T * B:
+            raise ValueError(f"need T·B = {T * B} trajectory ids, got {len(trajectory_ids)}")
+        trajectory_ids = trajectory_ids[: T * B]
+    return proxy_ids, target_ids, trajectory_ids
+
+
+def _solve_report(
+    cfg: PMPConfig,
+    proxy_ids: np.ndarray,
+    target_ids: np.ndarray,
+    seq_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    J: list[float],
+    lam_norm: list[float | None],
+    timings: dict,
+    epochs: list[dict],
+) -> dict:
+    """:func:`solve`'s report (the last epoch's J and ‖λ‖; without ``gamma``)."""
+    return {
+        "variant": cfg.variant,
+        "config": asdict(cfg),
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "interval": cfg.interval,
+        "ckpt_every": cfg.resolved_ckpt_every(),
+        "contribution_steps": list(range(0, cfg.steps, cfg.interval)),
+        "n_proxy": len(proxy_ids),
+        "n_target": len(target_ids),
+        "n_trajectory_ids": 0 if cfg.variant == "paper" else cfg.steps * cfg.batch_size,
+        "seq_len": seq_len,
+        "dtype": str(dtype),
+        "device": str(device),
+        "J": J,
+        "J_total": float(sum(J[1:])),
+        "lambda_norm": lam_norm,
+        "timings_s": timings,
+        "reused_trajectory": all(e["reused_trajectory"] for e in epochs),
+        "epochs": epochs,
+    }
+
+
 def solve(
     model: torch.nn.Module,
     store: ExampleStore,
@@ -489,19 +544,8 @@ def solve(
         and non-zero count for "paper"). For "paper" also ``report["gamma"]``: the final γ, a list of
         N floats in ``proxy_ids`` order. The report is plain JSON (``write_json`` takes it as is).
     """
-    cfg.validate()
-    proxy_ids = _as_ids(proxy_ids, "proxy_ids")
-    target_ids = _as_ids(target_ids, "target_ids")
-    if len(np.unique(proxy_ids)) != len(proxy_ids):
-        raise ValueError("proxy_ids contains duplicates")
-    T, B = cfg.steps, cfg.batch_size
-    if cfg.variant == "released":
-        if trajectory_ids is None:
-            raise ValueError("the released variant needs trajectory_ids (T·B ids, in order)")
-        trajectory_ids = _as_ids(trajectory_ids, "trajectory_ids")
-        if len(trajectory_ids) < T * B:
-            raise ValueError(f"need T·B = {T * B} trajectory ids, got {len(trajectory_ids)}")
-        trajectory_ids = trajectory_ids[: T * B]
+    proxy_ids, target_ids, trajectory_ids = _solve_inputs(cfg, proxy_ids, target_ids, trajectory_ids)
+    T = cfg.steps
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -558,27 +602,7 @@ def solve(
 
     timings = dict(sorted(timer.total.items()))
     timings["total"] = time.perf_counter() - t_start
-    report = {
-        "variant": cfg.variant,
-        "config": asdict(cfg),
-        "steps": T,
-        "lr": cfg.lr,
-        "interval": cfg.interval,
-        "ckpt_every": cfg.resolved_ckpt_every(),
-        "contribution_steps": list(range(0, T, cfg.interval)),
-        "n_proxy": len(proxy_ids),
-        "n_target": len(target_ids),
-        "n_trajectory_ids": 0 if cfg.variant == "paper" else T * B,
-        "seq_len": seq_len,
-        "dtype": str(dtype),
-        "device": str(device),
-        "J": J,
-        "J_total": float(sum(J[1:])),
-        "lambda_norm": lam_norm,
-        "timings_s": timings,
-        "reused_trajectory": all(e["reused_trajectory"] for e in epochs),
-        "epochs": epochs,
-    }
+    report = _solve_report(cfg, proxy_ids, target_ids, seq_len, dtype, device, J, lam_norm, timings, epochs)
     if cfg.variant == "paper":
         report["gamma"] = gamma.tolist()
     return grad_gamma, report
