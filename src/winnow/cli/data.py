@@ -15,6 +15,16 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
+    _add_ingest(sub)
+    _add_tokenizer(sub)
+    _add_tokenize(sub)
+    _add_merge_examples(sub)
+    _add_sample_subset(sub)
+    _add_contract(sub)
+    _add_eval_tasks(sub)
+
+
+def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="raw records → docs + rejects + manifest")
     p.add_argument("--inputs", nargs="+", required=True, help="raw corpus files (corpus.inputs): JSONL, parquet, ...")
     p.add_argument("--text-field", default="text", help="record field holding the text (corpus.text_field)")
@@ -59,6 +69,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=ingest)
 
+
+def _add_tokenizer(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE on the train docs, or copy a local one")
     p.add_argument("--docs", required=True, help="DOCS parquet; the BPE is trained on its train split")
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (tokenizer.vocab_size)")
@@ -81,6 +93,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=tokenizer)
 
+
+def _add_tokenize(sub) -> None:
     p = sub.add_parser("tokenize", help="one block of token shards + their examples, in one folder")
     p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
     add_tokenizer(p)
@@ -91,6 +105,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=tokenize)
 
+
+def _add_merge_examples(sub) -> None:
     p = sub.add_parser("merge-examples", help="per-shard examples of all blocks → examples.parquet + manifest")
     p.add_argument("--blocks", nargs="+", required=True, help="the block folders written by `data tokenize`")
     _add_layout(p)
@@ -101,6 +117,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=merge_examples)
 
+
+def _add_sample_subset(sub) -> None:
     p = sub.add_parser("sample-subset", help="a seeded id list from the examples table")
     p.add_argument("--examples", required=True, help="EXAMPLES parquet (tokens/examples.parquet)")
     p.add_argument("--splits", nargs="*", default=None, help="keep examples of these splits; default: all")
@@ -124,6 +142,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=sample_subset)
 
+
+def _add_contract(sub) -> None:
     p = sub.add_parser("contract", help="check the config's data requests against ingest/tokenize counts")
     p.add_argument("--ingest", required=True, help="data/ingest.json")
     p.add_argument("--manifest", required=True, help="tokens/manifest.json")
@@ -137,6 +157,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=contract)
 
+
+def _add_eval_tasks(sub) -> None:
     p = sub.add_parser("eval-tasks", help="last-word and multiple-choice task data from held-out docs")
     p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
     p.add_argument("--split", default="test", help="split the task items come from (eval.split); default test")

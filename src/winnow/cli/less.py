@@ -56,6 +56,19 @@ def base_input(path: str) -> str | Path:
 
 
 def register(sub) -> None:
+    _add_data(sub)
+    _add_train(sub)
+    _add_features(sub)
+    _add_match(sub)
+    _add_predict(sub)
+    _add_prefilter_sample(sub)
+    _add_prefilter_predict(sub)
+    _add_prefilter(sub)
+    _add_eval(sub)
+    _add_compare(sub)
+
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
     source = p.add_argument_group("source (corpus docs, or the user's files)")
     source.add_argument("--docs", default=None, help="DOCS parquet of the corpus (less.data.source corpus)")
@@ -92,6 +105,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=data)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="LoRA warm-up (per-epoch checkpoints) or fine-tune (merged model)")
     add_store(p, "the instruction store")
     _add_base(p)
@@ -116,6 +131,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=train)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="projected Adam (pool) and SGD (target) LoRA gradient features")
     add_store(p, "the instruction store")
     _add_base(p)
@@ -160,6 +177,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=features)
 
+
+def _add_match(sub) -> None:
     p = sub.add_parser("match", help="LESS scores: Σ_epochs w̄ cos, aggregated over the target")
     p.add_argument("--pool-features", nargs="+", required=True, help="pool-{block}.npy of every epoch and block")
     p.add_argument("--target-features", nargs="+", required=True, help="target.npy, one per epoch, in epoch order")
@@ -182,6 +201,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=match)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="learned predictor of the LESS score from hidden states")
     add_store(p, "the instruction store")
     _add_base(p)
@@ -200,6 +221,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=predict)
 
+
+def _add_prefilter_sample(sub) -> None:
     p = sub.add_parser("prefilter-sample", help="the prefilter's fit sample S of the pool")
     p.add_argument("--pool", required=True, help="IDS parquet of the pool")
     p.add_argument(
@@ -211,6 +234,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="IDS parquet of S, sorted by example id")
     p.set_defaults(func=prefilter_sample)
 
+
+def _add_prefilter_predict(sub) -> None:
     p = sub.add_parser("prefilter-predict", help="ridge fitted on S's exact scores → predictions, the top T")
     add_store(p, "the instruction store")
     _add_base(p)
@@ -231,6 +256,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=prefilter_predict)
 
+
+def _add_prefilter(sub) -> None:
     p = sub.add_parser("prefilter", help="the prefilter's scores and its report (vs full featurisation)")
     p.add_argument("--pool", required=True, help="IDS parquet of the pool")
     p.add_argument("--fit-ids", required=True, help="IDS parquet of S (prefilter-sample)")
@@ -251,6 +278,8 @@ def register(sub) -> None:
     p.add_argument("--report", required=True, help="JSON: counts featurised, savings, recall of the exact top-k")
     p.set_defaults(func=prefilter)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="target loss (overall, per subtask) and the lm-eval define choice")
     add_store(p, "the instruction store")
     add_model(p, what="the fine-tuned (merged) model")
@@ -265,6 +294,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=evaluate)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="the arms' evals over seeds → one table")
     p.add_argument("--evals", nargs="+", required=True, help=".../less/{arm}/s{seed}/eval.json")
     p.add_argument("--selections", nargs="+", required=True, help=".../less/{arm}/s{seed}/ids.parquet")
