@@ -356,8 +356,8 @@ def data(args) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from winnow.data.instruct import build_define_choice, build_instructions
-    from winnow.data.subsets import filter_examples, ids_table, sample_ids
+    from winnow.data.instruct import build_instructions, less_sets
+    from winnow.data.subsets import ids_table
     from winnow.data.tasks import write_jsonl
     from winnow.data.tokenize import tokenize_shard
     from winnow.data.tokenizer import load
@@ -401,45 +401,12 @@ def data(args) -> None:
         stats[str(shard)] = st
     examples = pa.concat_tables(parts)
     write_table(args.examples, examples, EXAMPLES)
-
-    # Subtask of every example, through its instruction row (doc_id).
-    sub_of = dict(zip(inst["doc_id"].to_pylist(), inst["subtask"].to_pylist(), strict=True))
-    task = cfg.get("target_task")
-    subtasks = pa.table(
-        {
-            "example_id": examples["example_id"],
-            "task": examples["domain"],
-            "subtask": pa.array([sub_of[d] for d in examples["doc_id"].to_pylist()], pa.string()),
-        }
-    )
-    write_table(args.subtasks, subtasks, SUBTASKS)
-    pool_all = filter_examples(examples, splits=["train"])
-    pool = sample_ids(pool_all, cfg["seed"], n=min(cfg["pool_size"], pool_all.size))
-    # The reference points: up to n per subtask of the target task, from the val split (LESS's
-    # few-shot dev sets are a handful of examples per subtask).
-    # With files, every item of the target file is a reference point (its tasks are the targets).
-    val_ids = examples.filter(pc.equal(examples["split"], "val"))["example_id"]
-    in_val = pc.is_in(subtasks["example_id"], val_ids)
-    target_rows = subtasks.filter(in_val if files is not None else pc.and_(pc.equal(subtasks["task"], task), in_val))
-    target = []
-    for name in sorted(set(target_rows["subtask"].to_pylist())):
-        ids = target_rows.filter(pc.equal(target_rows["subtask"], name))["example_id"].to_numpy()
-        target.append(sample_ids(ids, cfg["seed"], n=min(cfg["target_per_subtask"], ids.size)))
-    target = np.concatenate(target) if target else np.zeros(0, np.int64)
-    eval_all = filter_examples(examples, splits=["test"], domains=None if files is not None else [task])
-    eval_ids = sample_ids(eval_all, cfg["seed"], n=min(cfg["eval_size"], eval_all.size))
-    for name, ids in (("pool", pool), ("target", target), ("eval", eval_ids)):
-        if ids.size == 0:
-            raise ValueError(f"less data: the {name} set is empty (target_task {task!r}; check less.data)")
-    write_table(args.pool, ids_table(pool), IDS)
-    write_table(args.target, ids_table(target), IDS)
-    write_table(args.eval_ids, ids_table(eval_ids), IDS)
-    # The define-choice task exists only for the corpus's define items; with files it is empty
-    # and `less eval` reports the target loss alone.
-    items = [] if files is not None else build_define_choice(inst, split="test", n=cfg["n_choice"], seed=cfg["seed"])
-    if not items and files is None:
-        raise ValueError("less data: no define-choice items could be built from the test split")
-    write_jsonl(args.choice, items)
+    sets = less_sets(inst, examples, cfg, from_files=files is not None)
+    write_table(args.subtasks, sets.subtasks, SUBTASKS)
+    write_table(args.pool, ids_table(sets.pool), IDS)
+    write_table(args.target, ids_table(sets.target), IDS)
+    write_table(args.eval_ids, ids_table(sets.eval_ids), IDS)
+    write_jsonl(args.choice, sets.choice)
     write_json(
         args.manifest,
         {
@@ -453,14 +420,7 @@ def data(args) -> None:
             "shards": {int(t["shard"][0].as_py()): t.num_rows for t in parts if t.num_rows},
             "layout": layout_entry(FLAT_LAYOUT, 1, args.num_shards),
             "stats": stats,
-            "instructions_per_task": _counts(inst["task"].to_pylist()),
-            "pool_per_task": _counts(pc.take(examples["domain"], _rows_of(examples, pool)).to_pylist()),
-            "n_pool": int(pool.size),
-            "n_target": int(target.size),
-            "n_eval": int(eval_ids.size),
-            "n_choice": len(items),
-            "target_task": task if files is None else sorted(set(target_rows["task"].to_pylist())),
-            "source": "corpus" if files is None else "files",
+            **sets.summary,
             **({"files": file_counts} if files is not None else {}),
         },
     )
@@ -472,11 +432,6 @@ def data(args) -> None:
 
 def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
-
-
-def _rows_of(examples, ids: np.ndarray) -> np.ndarray:
-    index = {int(e): i for i, e in enumerate(examples["example_id"].to_pylist())}
-    return np.asarray([index[int(e)] for e in ids], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------- train
