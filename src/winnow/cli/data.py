@@ -323,7 +323,9 @@ def _split_domains(splits, domains) -> dict:
     from collections import Counter
 
     pairs = Counter(zip(splits, domains))
-    return {s: {d: pairs[(s, d)] for d in sorted({d for x, d in pairs if x == s})} for s in sorted({s for s, _ in pairs})}
+    return {
+        s: {d: pairs[(s, d)] for d in sorted({d for x, d in pairs if x == s})} for s in sorted({s for s, _ in pairs})
+    }
 
 
 def sample_subset(args) -> None:

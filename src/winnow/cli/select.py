@@ -165,7 +165,12 @@ def external_scores(args) -> None:
     write_table(args.rejects, reject_table, REJECTS)
     write_json(args.report, aligned.report)
     log.info("external scores: %s", aligned.report)
-    sidecars(args, "select external-scores", [args.out, args.rejects, args.report], [args.scores_file, args.examples, args.pool])
+    sidecars(
+        args,
+        "select external-scores",
+        [args.out, args.rejects, args.report],
+        [args.scores_file, args.examples, args.pool],
+    )
 
 
 def heuristic_scores(args) -> None:

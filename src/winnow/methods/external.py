@@ -29,7 +29,14 @@ FORMATS = ("jsonl", "parquet", "tsv", "csv")
 KEYS = ("doc_id", "example_id")
 MISSING = ("error", "lowest", "drop")
 REASONS = ("bad_record", "missing_key", "bad_key", "non_numeric", "not_finite", "duplicate_id", "unknown_id")
-_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".tsv": "tsv", ".csv": "csv"}
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".tsv": "tsv",
+    ".csv": "csv",
+}
 RAW_MAX = 4096
 
 
@@ -232,7 +239,9 @@ def align(
     outside = 0
     for k in list(scored):
         if k not in known:
-            rejects.append(Reject(_record_of(parsed[k]), "unknown_id", f"{key} {k!r} is not in the corpus", parsed[k][0][0].raw))
+            rejects.append(
+                Reject(_record_of(parsed[k]), "unknown_id", f"{key} {k!r} is not in the corpus", parsed[k][0][0].raw)
+            )
             del scored[k]
         elif k not in pool_docs:
             outside += 1  # a real id of the corpus (e.g. a test document): not a candidate
@@ -299,7 +308,9 @@ def heuristic_score(text: str) -> float:
     return math.log1p(len(words)) * len(set(words)) / len(words)
 
 
-def write_scores_file(path: str | Path, keys: list, scores: list[float], key: str = "doc_id", fmt: str = "auto") -> None:
+def write_scores_file(
+    path: str | Path, keys: list, scores: list[float], key: str = "doc_id", fmt: str = "auto"
+) -> None:
     """A score file in any of :data:`FORMATS` (written atomically)."""
     from winnow.io.atomic import atomic_path
 
