@@ -3,7 +3,7 @@
 #   ./dev.sh run   [snakemake args...]  create .venv, install pinned deps, run the default workflow
 #   ./dev.sh test  [pytest args...]     create .venv, install pinned deps + test tools, run the tests
 #   ./dev.sh slurm-test [pytest args]   only tests/slurm: a real single-node Slurm cluster (root; apt installs it)
-#   ./dev.sh lint                       snakemake --lint, snakefmt --check, ruff
+#   ./dev.sh lint                       snakemake --lint, snakefmt --check, ruff check, ruff format --check
 #   ./dev.sh venv                       only the set-up
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,6 +57,7 @@ case "$cmd" in
     snakemake --lint
     snakefmt --check Snakefile rules
     ruff check src tests tools
+    ruff format --check src tests tools
     ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -33,8 +33,16 @@ def main(argv=None) -> None:
     p.add_argument("--max-shard-size", default=None, help='e.g. "50KB": write a sharded checkpoint')
     a = p.parse_args(argv)
     out = make_local_model(
-        a.out, a.arch, texts_of(a.text), vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers,
-        heads=a.heads, max_pos=a.max_position_embeddings, seed=a.seed, max_shard_size=a.max_shard_size,
+        a.out,
+        a.arch,
+        texts_of(a.text),
+        vocab_size=a.vocab_size,
+        hidden=a.hidden,
+        layers=a.layers,
+        heads=a.heads,
+        max_pos=a.max_position_embeddings,
+        seed=a.seed,
+        max_shard_size=a.max_shard_size,
     )
     print(out)
 

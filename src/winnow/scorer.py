@@ -676,6 +676,217 @@ def split_ids(ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarr
     return np.sort(ids[perm[n_val:]]), np.sort(ids[perm[:n_val]])
 
 
+def _fit_split(
+    ids: Sequence[int], labels: Sequence[float], cfg: ScorerConfig, val_ids: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``(ids, labels, train_ids, val_ids)`` of :func:`fit_scorer`: explicit or seeded split."""
+    ids = np.asarray(ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if ids.shape != labels.shape or ids.ndim != 1:
+        raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be equal-length 1-D arrays")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids contain duplicates")
+    if not np.all(np.isfinite(labels)):
+        raise ValueError(f"{int((~np.isfinite(labels)).sum())} labels are not finite")
+    if val_ids is None:
+        train_ids, val = split_ids(ids, cfg.val_fraction, cfg.seed)
+    else:
+        val = np.sort(np.unique(np.asarray(val_ids, dtype=np.int64)))
+        missing = np.setdiff1d(val, ids)
+        if len(missing):
+            raise ValueError(f"{len(missing)} val ids have no label (first: {missing[:5].tolist()})")
+        train_ids = np.sort(np.setdiff1d(ids, val))
+    if len(val) < 3 or len(train_ids) < 1:
+        raise ValueError(f"need ≥ 3 validation and ≥ 1 training examples, got {len(val)} and {len(train_ids)}")
+    return ids, labels, train_ids, val
+
+
+def _fit_model(
+    cfg: ScorerConfig, tokenizer, encoder: Encoder, device: torch.device, check_ids: np.ndarray
+) -> tuple[ScorerModel, int]:
+    """The freshly initialised scorer on ``device`` in train mode, and the pad id its inputs use."""
+    pad_id, eos_id, vocab = 0, None, None
+    if tokenizer is not None:
+        eos_id, vocab = tokenizer.eos_token_id, len(tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
+    model = build_scorer(cfg, vocab, eos_id, pad_id)
+    if tokenizer is None and getattr(model.backbone.config, "pad_token_id", None) is not None:
+        pad_id = int(model.backbone.config.pad_token_id)
+    model.to(device).train()
+    _check_vocab(model, encoder, check_ids)
+    return model, pad_id
+
+
+def _adamw(model: ScorerModel, cfg: ScorerConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norms: none)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+
+
+@dataclass
+class _FitRun:
+    """What one :func:`fit_scorer` training loop works with (fixed before the first step)."""
+
+    cfg: ScorerConfig
+    model: ScorerModel
+    optimizer: torch.optim.Optimizer
+    encoder: Encoder
+    train_ids: np.ndarray
+    target_of: dict
+    val: np.ndarray
+    val_target: np.ndarray
+    pad_id: int
+    device: torch.device
+    use_bf16: bool
+    total: int
+
+
+def _fit_step(run: _FitRun, step: int) -> tuple[float, float, int]:
+    """One optimizer step: ``(loss, lr, batch size)``."""
+    cfg, model = run.cfg, run.model
+    lr = lr_at(step, cfg.lr, run.total, "cosine", cfg.warmup_steps, cfg.min_lr_ratio)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batch = step_ids(run.train_ids, step, cfg.batch_size, cfg.seed)
+    input_ids, attention = pad_batch([run.encoder(e) for e in batch], run.pad_id, cfg.max_len)
+    y = torch.tensor([run.target_of[e] for e in batch.tolist()], dtype=torch.float32, device=run.device)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        pred = model(input_ids.to(run.device), attention.to(run.device))
+    loss = F.mse_loss(pred.float(), y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"scorer loss is {float(loss)} at step {step}")
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), lr, len(batch)
+
+
+def _fit_eval(run: _FitRun, done: int, train_loss: float, lr: float, best: dict) -> tuple[dict, dict]:
+    """Evaluate after ``done`` steps: ``(curve entry, best)``, best replaced when strictly better."""
+    cfg = run.cfg
+    vp = predict(
+        run.model, run.encoder, run.val, cfg.eval_batch_size, run.pad_id, cfg.max_len, run.device, run.use_bf16
+    )
+    m = val_metrics(vp, run.val_target)
+    entry = {
+        "step": done,
+        "val_spearman": m["spearman"],
+        "val_pearson": m["pearson"],
+        "val_mse": m["mse"],
+        "val_top_precision": m["top_precision"],
+        "train_loss": train_loss,
+        "lr": lr,
+    }
+    rho = m["spearman"] if np.isfinite(m["spearman"]) else -math.inf
+    # Strictly better only: ties keep the earlier (less trained) checkpoint.
+    if rho > best["spearman"] or best["step"] is None:
+        best = {
+            "spearman": rho,
+            "step": done,
+            "state": {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()},
+            "pred": vp,
+            "metrics": m,
+        }
+    return entry, best
+
+
+def _fit_loop(run: _FitRun, eval_every: int, on_eval) -> tuple[list[dict], dict]:
+    """The training steps with an evaluation every ``eval_every`` and at the end: ``(curve, best)``."""
+    curve: list[dict] = []
+    best = {"spearman": -math.inf, "step": None, "state": None, "pred": None, "metrics": None}
+    loss_sum, loss_n = 0.0, 0
+    prog = Progress("fit scorer", total=run.total, unit="steps", interval_s=run.cfg.log_every_s)
+    for step in range(run.total):
+        loss, lr, n_batch = _fit_step(run, step)
+        loss_sum += loss
+        loss_n += 1
+        prog.update(1, examples=n_batch)
+        done = step + 1
+        if done % eval_every == 0 or done == run.total:
+            entry, best = _fit_eval(run, done, loss_sum / loss_n, lr, best)
+            curve.append(entry)
+            loss_sum, loss_n = 0.0, 0
+            log.info(
+                "%s step %d: val spearman %.4f pearson %.4f mse %.4f, train loss %.4f (best %.4f @ %d)",
+                prog.line(),
+                done,
+                entry["val_spearman"],
+                entry["val_pearson"],
+                entry["val_mse"],
+                entry["train_loss"],
+                best["spearman"],
+                best["step"],
+            )
+            if on_eval is not None:
+                on_eval(done, entry, run.model)
+    prog.done()
+    return curve, best
+
+
+def _save_fit(
+    out_dir: Path,
+    run: _FitRun,
+    curve: list[dict],
+    best: dict,
+    *,
+    norm: LabelNorm,
+    label_of: dict,
+    tokenizer,
+    inputs: str,
+    steps_per_epoch: int,
+    n_params: int,
+    wall_s: float,
+) -> dict:
+    """The report of :func:`fit_scorer`; writes the scorer folder (the best checkpoint, loaded)."""
+    m = best["metrics"]
+    report = {
+        "val_spearman": m["spearman"],
+        "val_pearson": m["pearson"],
+        "val_mse": m["mse"],
+        "val_top_precision": m["top_precision"],
+        "n_train": int(len(run.train_ids)),
+        "n_val": int(len(run.val)),
+        "best_step": int(best["step"]),
+        "steps": run.total,
+        "steps_per_epoch": steps_per_epoch,
+        "curve": curve,
+        "label_norm": norm.to_dict(),
+        "units": "z (training-label mean/std, clipped)",
+        "wall_s": wall_s,
+        "n_params": n_params,
+        "device": str(run.device),
+        "precision": "bf16" if run.use_bf16 else "fp32",
+    }
+    meta = {
+        "format": SCORER_FORMAT,
+        "config": asdict(run.cfg),
+        "label_norm": norm.to_dict(),
+        "tokenizer": tokenizer_info(tokenizer),
+        "pad_id": int(run.pad_id),
+        "inputs": inputs,
+        "best_step": report["best_step"],
+        "report": report,
+    }
+    val_table = pa.table(
+        {
+            "example_id": pa.array(run.val, pa.int64()),
+            "label": pa.array([label_of[e] for e in run.val.tolist()], pa.float64()),
+            "target": pa.array(run.val_target.astype(np.float32)),
+            "prediction": pa.array(best["pred"].astype(np.float32)),
+        }
+    )
+    _save_folder(out_dir, run.model, meta, val_table, tokenizer)
+    return report
+
+
 def fit_scorer(
     store: ExampleStore | None,
     ids: Sequence[int],
@@ -710,26 +921,8 @@ def fit_scorer(
         ``wall_s``, ``n_params``, ``device``, ``precision``.
     """
     t_start = time.monotonic()
-    ids = np.asarray(ids, dtype=np.int64)
-    labels = np.asarray(labels, dtype=np.float64)
-    if ids.shape != labels.shape or ids.ndim != 1:
-        raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be equal-length 1-D arrays")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError("ids contain duplicates")
-    if not np.all(np.isfinite(labels)):
-        raise ValueError(f"{int((~np.isfinite(labels)).sum())} labels are not finite")
+    ids, labels, train_ids, val = _fit_split(ids, labels, cfg, val_ids)
     label_of = dict(zip(ids.tolist(), labels.tolist()))
-    if val_ids is None:
-        train_ids, val = split_ids(ids, cfg.val_fraction, cfg.seed)
-    else:
-        val = np.sort(np.unique(np.asarray(val_ids, dtype=np.int64)))
-        missing = np.setdiff1d(val, ids)
-        if len(missing):
-            raise ValueError(f"{len(missing)} val ids have no label (first: {missing[:5].tolist()})")
-        train_ids = np.sort(np.setdiff1d(ids, val))
-    if len(val) < 3 or len(train_ids) < 1:
-        raise ValueError(f"need ≥ 3 validation and ≥ 1 training examples, got {len(val)} and {len(train_ids)}")
-
     norm = LabelNorm.fit(np.array([label_of[e] for e in train_ids.tolist()]), cfg.clip)
     target_of = dict(zip(ids.tolist(), norm.apply(labels).tolist()))
     val_target = np.array([target_of[e] for e in val.tolist()], dtype=np.float64)
@@ -745,24 +938,8 @@ def fit_scorer(
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     use_bf16 = _use_bf16(cfg.precision, device)
-    pad_id, eos_id, vocab = 0, None, None
-    if tokenizer is not None:
-        eos_id, vocab = tokenizer.eos_token_id, len(tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
-    model = build_scorer(cfg, vocab, eos_id, pad_id)
-    if tokenizer is None and getattr(model.backbone.config, "pad_token_id", None) is not None:
-        pad_id = int(model.backbone.config.pad_token_id)
-    model.to(device).train()
-    _check_vocab(model, encoder, np.concatenate([train_ids[:128], val[:128]]))
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
+    model, pad_id = _fit_model(cfg, tokenizer, encoder, device, np.concatenate([train_ids[:128], val[:128]]))
+    optimizer = _adamw(model, cfg)
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total = max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
     eval_every = max(int(cfg.eval_every), 1)
@@ -781,112 +958,26 @@ def fit_scorer(
     )
 
     torch.manual_seed(cfg.seed)  # dropout stream
-    curve: list[dict] = []
-    best = {"spearman": -math.inf, "step": None, "state": None, "pred": None, "metrics": None}
-    loss_sum, loss_n = 0.0, 0
-    prog = Progress("fit scorer", total=total, unit="steps", interval_s=cfg.log_every_s)
-    for step in range(total):
-        lr = lr_at(step, cfg.lr, total, "cosine", cfg.warmup_steps, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = step_ids(train_ids, step, cfg.batch_size, cfg.seed)
-        input_ids, attention = pad_batch([encoder(e) for e in batch], pad_id, cfg.max_len)
-        y = torch.tensor([target_of[e] for e in batch.tolist()], dtype=torch.float32, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = model(input_ids.to(device), attention.to(device))
-        loss = F.mse_loss(pred.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"scorer loss is {float(loss)} at step {step}")
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += float(loss.detach())
-        loss_n += 1
-        prog.update(1, examples=len(batch))
-        done = step + 1
-        if done % eval_every == 0 or done == total:
-            vp = predict(model, encoder, val, cfg.eval_batch_size, pad_id, cfg.max_len, device, use_bf16)
-            m = val_metrics(vp, val_target)
-            curve.append(
-                {
-                    "step": done,
-                    "val_spearman": m["spearman"],
-                    "val_pearson": m["pearson"],
-                    "val_mse": m["mse"],
-                    "val_top_precision": m["top_precision"],
-                    "train_loss": loss_sum / loss_n,
-                    "lr": lr,
-                }
-            )
-            loss_sum, loss_n = 0.0, 0
-            rho = m["spearman"] if np.isfinite(m["spearman"]) else -math.inf
-            # Strictly better only: ties keep the earlier (less trained) checkpoint.
-            if rho > best["spearman"] or best["step"] is None:
-                best = {
-                    "spearman": rho,
-                    "step": done,
-                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                    "pred": vp,
-                    "metrics": m,
-                }
-            log.info(
-                "%s step %d: val spearman %.4f pearson %.4f mse %.4f, train loss %.4f (best %.4f @ %d)",
-                prog.line(),
-                done,
-                m["spearman"],
-                m["pearson"],
-                m["mse"],
-                curve[-1]["train_loss"],
-                best["spearman"],
-                best["step"],
-            )
-            if on_eval is not None:
-                on_eval(done, curve[-1], model)
-    prog.done()
+    run = _FitRun(
+        cfg, model, optimizer, encoder, train_ids, target_of, val, val_target, pad_id, device, use_bf16, total
+    )
+    curve, best = _fit_loop(run, eval_every, on_eval)
     model.load_state_dict(best["state"])
     model.eval()
 
-    m = best["metrics"]
-    report = {
-        "val_spearman": m["spearman"],
-        "val_pearson": m["pearson"],
-        "val_mse": m["mse"],
-        "val_top_precision": m["top_precision"],
-        "n_train": int(len(train_ids)),
-        "n_val": int(len(val)),
-        "best_step": int(best["step"]),
-        "steps": total,
-        "steps_per_epoch": steps_per_epoch,
-        "curve": curve,
-        "label_norm": norm.to_dict(),
-        "units": "z (training-label mean/std, clipped)",
-        "wall_s": time.monotonic() - t_start,
-        "n_params": n_params,
-        "device": str(device),
-        "precision": "bf16" if use_bf16 else "fp32",
-    }
-    meta = {
-        "format": SCORER_FORMAT,
-        "config": asdict(cfg),
-        "label_norm": norm.to_dict(),
-        "tokenizer": tokenizer_info(tokenizer),
-        "pad_id": int(pad_id),
-        "inputs": inputs,
-        "best_step": report["best_step"],
-        "report": report,
-    }
-    val_table = pa.table(
-        {
-            "example_id": pa.array(val, pa.int64()),
-            "label": pa.array([label_of[e] for e in val.tolist()], pa.float64()),
-            "target": pa.array(val_target.astype(np.float32)),
-            "prediction": pa.array(best["pred"].astype(np.float32)),
-        }
+    return _save_fit(
+        Path(out_dir),
+        run,
+        curve,
+        best,
+        norm=norm,
+        label_of=label_of,
+        tokenizer=tokenizer,
+        inputs=inputs,
+        steps_per_epoch=steps_per_epoch,
+        n_params=n_params,
+        wall_s=time.monotonic() - t_start,
     )
-    _save_folder(Path(out_dir), model, meta, val_table, tokenizer)
-    return report
 
 
 def _save_folder(out_dir: Path, model: ScorerModel, meta: dict, val_table: pa.Table, tokenizer) -> None:
@@ -933,6 +1024,45 @@ def _clear_parts(state_path: Path) -> None:
         p.unlink()
     if state_path.exists():
         state_path.unlink()
+
+
+def _score_fingerprint(
+    ids: np.ndarray, model_dir: Path, batch_size: int, max_len: int, device: torch.device, tag: str, compile
+) -> str:
+    """What a resumable :func:`score_ids` state must match: ids, weights, batching, device, tag."""
+    fp = hashlib.sha256()
+    fp.update(ids.tobytes())
+    fp.update(_file_sha256(model_dir / "model.safetensors").encode())
+    fp.update(f"{batch_size}|{max_len}|{device.type}|{tag}".encode())
+    if device.type == "cuda":  # compiled and eager kernels round differently: never mix their parts
+        fp.update(f"|compile={compile is not False}".encode())
+    return fp.hexdigest()[:32]
+
+
+def _resume_scores(state_path: Path, fingerprint: str, ids: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """``(scores of the finished parts, next index)`` from a matching state; else cleared, ``([], 0)``."""
+    parts: list[np.ndarray] = []
+    start = 0
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = read_json(state_path) if state_path.exists() else None
+    if state is not None and state.get("fingerprint") == fingerprint:
+        try:
+            tables = [read_table(state_path.with_name(name), SCORES) for name in state["parts"]]
+            got_ids = np.concatenate([t["example_id"].to_numpy() for t in tables]) if tables else ids[:0]
+            if int(state["next_index"]) != len(got_ids) or not np.array_equal(got_ids, ids[: len(got_ids)]):
+                raise ValueError("parts do not cover ids[:next_index]")
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("score state %s is unusable (%s); starting over", state_path, err)
+            _clear_parts(state_path)
+        else:
+            parts = [t["score"].to_numpy() for t in tables]
+            start = len(got_ids)
+            log.info("resuming scoring at %d/%d from %s", start, len(ids), state_path)
+    elif state is not None:
+        log.warning("score state %s is from other inputs; starting over", state_path)
+    if start == 0:
+        _clear_parts(state_path)  # leftovers of another run must not be mixed in
+    return parts, start
 
 
 def score_ids(
@@ -987,37 +1117,9 @@ def score_ids(
         encoder = store_encoder(store, max_len)
     _check_vocab(model, encoder, ids)
 
-    fp = hashlib.sha256()
-    fp.update(ids.tobytes())
-    fp.update(_file_sha256(model_dir / "model.safetensors").encode())
-    fp.update(f"{batch_size}|{max_len}|{device.type}|{tag}".encode())
-    if device.type == "cuda":  # compiled and eager kernels round differently: never mix their parts
-        fp.update(f"|compile={compile is not False}".encode())
-    fingerprint = fp.hexdigest()[:32]
-
-    parts: list[np.ndarray] = []
-    start = 0
+    fingerprint = _score_fingerprint(ids, model_dir, batch_size, max_len, device, tag, compile)
     state_path = Path(state_path) if state_path is not None else None
-    if state_path is not None:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state = read_json(state_path) if state_path.exists() else None
-        if state is not None and state.get("fingerprint") == fingerprint:
-            try:
-                tables = [read_table(state_path.with_name(name), SCORES) for name in state["parts"]]
-                got_ids = np.concatenate([t["example_id"].to_numpy() for t in tables]) if tables else ids[:0]
-                if int(state["next_index"]) != len(got_ids) or not np.array_equal(got_ids, ids[: len(got_ids)]):
-                    raise ValueError("parts do not cover ids[:next_index]")
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("score state %s is unusable (%s); starting over", state_path, err)
-                _clear_parts(state_path)
-            else:
-                parts = [t["score"].to_numpy() for t in tables]
-                start = len(got_ids)
-                log.info("resuming scoring at %d/%d from %s", start, len(ids), state_path)
-        elif state is not None:
-            log.warning("score state %s is from other inputs; starting over", state_path)
-        if start == 0:
-            _clear_parts(state_path)  # leftovers of another run must not be mixed in
+    parts, start = _resume_scores(state_path, fingerprint, ids) if state_path is not None else ([], 0)
 
     prog = Progress("score", total=len(ids), unit="examples", interval_s=log_every_s)
     prog.count = start

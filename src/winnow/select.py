@@ -1,18 +1,13 @@
 """Scores → selected example ids (shared by every method).
 
-Selection is top-k over a *goodness* g = score (direction "higher") or g = −score ("lower").
+Top-k over a *goodness* g = score (direction "higher") or g = −score ("lower"). Temperature τ = 0:
+deterministic top-k, ties broken by smaller ``example_id``. τ > 0: Gumbel-top-k, an exact sample of
+k items without replacement from softmax(g/τ) (keys g_i/τ + G_i, G_i ~ Gumbel(0, 1), the k
+largest; Kool et al. 2019), not the reversed-noise variant of MATES's released code. Noise is drawn
+in ``example_id`` order from ``numpy.random.default_rng(seed)``, so the result does not depend on
+the row order of the scores table.
 
-* temperature τ = 0: deterministic top-k by g; ties broken by smaller ``example_id`` (an explicit
-  key, not sort stability).
-* τ > 0: Gumbel-top-k, i.e. an exact sample of k items *without replacement* from
-  softmax(g/τ): keys_i = g_i/τ + G_i with G_i ~ Gumbel(0, 1) i.i.d., take the k largest keys
-  (Kool et al. 2019, "Stochastic Beams and Where to Find Them").
-
-MATES's released code ranks p/τ + G ascending for lower-is-better scores, which samples with
-*reversed* Gumbel noise (not softmax(−p/τ)); see METHODS.md §1b. We implement the exact sampler.
-
-Noise is drawn in ``example_id`` order from ``numpy.random.default_rng(seed)``, so the result
-does not depend on the row order of the scores table.
+See docs/methods/README.md.
 """
 
 from __future__ import annotations

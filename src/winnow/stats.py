@@ -1,10 +1,12 @@
 """Statistics used across Winnow: correlations and the paired bootstrap of method-vs-baseline
-differences. One module, backed by scipy (pinned in requirements.txt), so every table follows
-the same edge rules.
+differences. One module, backed by scipy (pinned in requirements.txt, envs/winnow.yaml and
+pyproject.toml; imported without a fallback), so every table follows the same edge rules.
 
 Edge rules: a correlation of fewer than 3 points or of a constant input is nan (two points always
-correlate ±1; a constant has no ranks to compare). A bootstrap whose resampled differences are all
-equal (e.g. identical models) has the zero-width interval at that value.
+correlate ±1; a constant has no ranks to compare); inputs that are not two 1-d arrays of one
+length raise ValueError; a NaN among the inputs gives nan (scipy's propagation). A bootstrap
+whose resampled differences are all equal (e.g. identical models) has the zero-width interval at
+that value.
 
 See docs/statistics.md for the definitions and why items (not seeds) are resampled.
 """

@@ -84,7 +84,13 @@ def test_bad_records_are_rejected_with_their_reason(tmp_path):
         (9, "bad_record"),
     ]
     assert out.report["records"] == 10 and out.report["accepted"] == 2
-    assert out.report["rejected"] == {"bad_record": 2, "missing_key": 1, "non_numeric": 3, "not_finite": 1, "unknown_id": 1}
+    assert out.report["rejected"] == {
+        "bad_record": 2,
+        "missing_key": 1,
+        "non_numeric": 3,
+        "not_finite": 1,
+        "unknown_id": 1,
+    }
     assert out.scores.tolist() == [1, 1, 2, 2]
     assert json.loads(out.rejects[0].raw) == {"doc_id": "zzz", "score": 3.0}  # the record's own bytes
 
@@ -137,7 +143,17 @@ def test_heuristic_cli_writes_a_file_the_external_reader_accepts(tmp_path):
     pq.write_table(docs, tmp_path / "docs.parquet")
     out = tmp_path / "demo.tsv"
     subprocess.run(
-        [sys.executable, "-m", "winnow", "select", "heuristic-scores", "--docs", str(tmp_path / "docs.parquet"), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "winnow",
+            "select",
+            "heuristic-scores",
+            "--docs",
+            str(tmp_path / "docs.parquet"),
+            "--out",
+            str(out),
+        ],
         check=True,
     )
     scored = _align(out)

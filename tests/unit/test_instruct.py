@@ -21,6 +21,7 @@ from winnow.data.instruct import (
     _pos_of,
     build_define_choice,
     build_instructions,
+    less_sets,
     target_subtasks,
 )
 from winnow.data.tasks import write_jsonl
@@ -242,3 +243,47 @@ def test_tokenized_loss_is_on_the_response(inst, tmp_path_factory):
         if ex["length"] < seq_len:  # nothing cut: the loss region is exactly the response
             assert response == full[len(prompts[ex["doc_id"]]) :]
             assert tok.decode(piece[:-1]) == full
+
+
+def _one_example_per_row(inst: pa.Table) -> pa.Table:
+    """An EXAMPLES-like table: example i is instruction row i (what tokenize_shard gives short items)."""
+    return pa.table(
+        {
+            "example_id": pa.array(range(inst.num_rows), pa.int64()),
+            "doc_id": inst["doc_id"],
+            "domain": inst["domain"],
+            "split": inst["split"],
+        }
+    )
+
+
+@pytest.mark.parametrize("from_files", [False, True])
+def test_less_sets(inst, from_files):
+    examples = _one_example_per_row(inst)
+    cfg = {"seed": 0, "pool_size": 50, "target_per_subtask": 2, "eval_size": 8, "target_task": "define", "n_choice": 5}
+    sets = less_sets(inst, examples, cfg, from_files=from_files)
+    row = {r["example_id"]: r for r in examples.to_pylist()}
+    sub = dict(zip(inst["doc_id"].to_pylist(), inst["subtask"].to_pylist(), strict=True))
+    assert sets.subtasks["example_id"].to_pylist() == list(range(inst.num_rows))
+    assert sets.subtasks["subtask"].to_pylist() == [sub[row[e]["doc_id"]] for e in range(inst.num_rows)]
+    assert sets.pool.size == 50 and {row[e]["split"] for e in sets.pool.tolist()} == {"train"}
+    assert {row[e]["split"] for e in sets.target.tolist()} == {"val"}
+    assert {row[e]["split"] for e in sets.eval_ids.tolist()} == {"test"}
+    assert max(Counter(sub[row[e]["doc_id"]] for e in sets.target.tolist()).values()) <= 2
+    if from_files:  # every task is a target; no define-choice task
+        assert sets.choice == [] and sets.summary["source"] == "files"
+        assert sets.summary["target_task"] == sorted({r["domain"] for r in row.values() if r["split"] == "val"})
+    else:
+        assert {row[e]["domain"] for e in [*sets.target.tolist(), *sets.eval_ids.tolist()]} == {"define"}
+        assert len(sets.choice) == 5 and sets.summary["target_task"] == "define"
+    assert sets.summary["n_pool"] == 50 and sets.summary["n_choice"] == len(sets.choice)
+    assert sum(sets.summary["pool_per_task"].values()) == 50
+    again = less_sets(inst, examples, cfg, from_files=from_files)
+    assert again.pool.tolist() == sets.pool.tolist() and again.target.tolist() == sets.target.tolist()
+
+
+def test_less_sets_empty_set_is_an_error(inst):
+    examples = _one_example_per_row(inst)
+    cfg = {"seed": 0, "pool_size": 5, "target_per_subtask": 2, "eval_size": 8, "target_task": "nope", "n_choice": 5}
+    with pytest.raises(ValueError, match="the target set is empty"):
+        less_sets(inst, examples, cfg, from_files=False)

@@ -87,7 +87,9 @@ def test_special_id_beyond_the_embedding_is_refused(folders, tmp_path):
     cfg = json.loads((copy / "config.json").read_text())
     cfg["pad_token_id"] = cfg["vocab_size"] + 5
     (copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=rf"pad_token_id is {cfg['vocab_size'] + 5}, beyond the embedding's {cfg['vocab_size']} rows"):
+    with pytest.raises(
+        ValueError, match=rf"pad_token_id is {cfg['vocab_size'] + 5}, beyond the embedding's {cfg['vocab_size']} rows"
+    ):
         local.check_vocab("model.pretrained", copy, 10)
     with pytest.raises(ValueError, match="eos_token has id 400"):
         local.check_vocab("less.base", folders["single"], 10, {"eos_token": 400})
@@ -116,7 +118,10 @@ def test_a_module_name_of_another_architecture_is_refused_naming_the_key(folders
         local.lora_targets("less.lora.target_modules", folders["single"], ["q_proj", "query_key_value"])
     msg = str(e.value)
     assert "config key less.lora.target_modules" in msg and "'query_key_value'" in msg and "llama" in msg
-    assert local.lora_targets("less.lora.target_modules", folders["single"], ["q_proj", "v_proj"]) == ["q_proj", "v_proj"]
+    assert local.lora_targets("less.lora.target_modules", folders["single"], ["q_proj", "v_proj"]) == [
+        "q_proj",
+        "v_proj",
+    ]
 
 
 def test_a_folder_without_weights_or_config_is_named(tmp_path):
@@ -136,8 +141,24 @@ def test_tool_builds_a_sharded_qwen2_folder(tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "q"
-    tool.main(["--arch", "qwen2", "--text", str(text), "--out", str(out), "--vocab-size", "280",
-               "--hidden", "16", "--layers", "1", "--max-shard-size", "10KB"])
+    tool.main(
+        [
+            "--arch",
+            "qwen2",
+            "--text",
+            str(text),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "280",
+            "--hidden",
+            "16",
+            "--layers",
+            "1",
+            "--max-shard-size",
+            "10KB",
+        ]
+    )
     assert local.model_type(out) == "qwen2"
     assert len([p for p in local.model_files(out) if p.name.startswith("model-")]) > 1
     from transformers import AutoTokenizer

@@ -123,3 +123,59 @@ def test_correlations_are_scipys_with_one_edge_rule():
     np.testing.assert_array_equal(rankdata(y), sps.rankdata(y))
     for bad in ((x[:2], y[:2]), (np.ones(5), y[:5]), (x[:5], np.zeros(5))):
         assert math.isnan(pearson(*bad)) and math.isnan(spearman(*bad))
+
+
+# ------------------------------------------------------------- correlations by hand (no scipy)
+def _hand_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, each tie group given the mean of the positions it spans: a plain loop."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    out = np.empty(len(v))
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def _hand_pearson(x: np.ndarray, y: np.ndarray) -> float:
+    dx, dy = x - x.mean(), y - y.mean()
+    return float((dx * dy).sum() / math.sqrt((dx**2).sum() * (dy**2).sum()))
+
+
+def test_correlations_match_the_textbook_formulas():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=25)
+    y = 0.6 * x + rng.normal(size=25)
+    x[[2, 7, 9]] = x[0]  # a three-way tie
+    y[[4, 5]] = y[1]
+    np.testing.assert_array_equal(rankdata(x), _hand_ranks(x))
+    np.testing.assert_array_equal(rankdata([3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0])
+    assert pearson(x, y) == pytest.approx(_hand_pearson(x, y), abs=1e-12)
+    assert spearman(x, y) == pytest.approx(_hand_pearson(_hand_ranks(x), _hand_ranks(y)), abs=1e-12)
+    # without ties Spearman is 1 − 6Σd² / (n(n² − 1))
+    u, v = rng.permutation(10).astype(float), rng.permutation(10).astype(float)
+    d = _hand_ranks(u) - _hand_ranks(v)
+    assert spearman(u, v) == pytest.approx(1 - 6 * (d**2).sum() / (10 * 99), abs=1e-12)
+
+
+def test_the_edge_rule_by_hand():
+    """Three points are enough; two, a constant input or a NaN give nan; misshapen inputs raise."""
+    assert pearson([1.0, 2.0, 4.0], [1.0, 3.0, 2.0]) == pytest.approx(
+        _hand_pearson(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0])), abs=1e-12
+    )
+    assert spearman([1.0, 2.0, 4.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5, abs=1e-12)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0, abs=1e-12)
+    for f in (pearson, spearman):
+        assert math.isnan(f([1.0, 2.0], [2.0, 1.0]))  # 2 points: always ±1, reported nan
+        assert math.isnan(f([], []))
+        assert math.isnan(f([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0]))
+        assert math.isnan(f([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]))
+        assert math.isnan(f([1.0, 2.0, float("nan"), 4.0], [1.0, 2.0, 3.0, 4.0]))
+        with pytest.raises(ValueError):
+            f([1.0, 2.0, 3.0], [1.0, 2.0])
+        with pytest.raises(ValueError):
+            f(np.ones((3, 2)), np.ones((3, 2)))

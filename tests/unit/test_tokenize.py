@@ -320,7 +320,9 @@ def test_vectorised_path_equals_the_loop_on_the_corpus(tok):
     for shard in range(2):
         _assert_same(tokenize_shard(corpus, tok, shard, 2, 128), _loop_tokenize_shard(corpus, tok, shard, 2, 128))
     # an empty shard
-    _assert_same(tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128), _loop_tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128))
+    _assert_same(
+        tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128), _loop_tokenize_shard(corpus.slice(0, 0), tok, 0, 2, 128)
+    )
 
 
 def test_blocks_of_shards_through_the_cli_equal_tokenize_shard(docs, tok, tok_dir, shards, tmp_path):

@@ -296,8 +296,17 @@ def test_resume_from_loads_the_exact_optimizer_state(data, tmp_path, monkeypatch
     ids = read_table(data["ids"], IDS)["example_id"].to_numpy()
     model = build_model(MODEL, len(tok), tok.eos_token_id, tok.pad_token_id, seed=123)
     cfg = trainer.TrainConfig(seq_len=64, **_train_cfg(steps=1, schedule="constant", warmup_steps=0))
-    trainer.train(model, store, np.asarray(ids), cfg, tmp_path / "next/model", tmp_path / "next/ckpt", tok.pad_token_id,
-                  init="resume", resume_from=prev / "model")
+    trainer.train(
+        model,
+        store,
+        np.asarray(ids),
+        cfg,
+        tmp_path / "next/model",
+        tmp_path / "next/ckpt",
+        tok.pad_token_id,
+        init="resume",
+        resume_from=prev / "model",
+    )
     assert captured.keys() == saved.keys() and captured
     for k in saved:
         assert torch.equal(captured[k], saved[k]), k

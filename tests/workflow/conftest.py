@@ -103,7 +103,11 @@ def all_methods_config() -> dict:
     cfg["seeds"] = [0, 1]
     cfg["bakeoff"] = {"n_probe": 16}
     for arm, direction, temperature in (("mates_pool", "lower", 0.5), ("less_pool", "higher", 0.0)):
-        cfg["select"][arm] = {"direction": direction, "ratio": cfg["select"]["pds"]["ratio"], "temperature": temperature}
+        cfg["select"][arm] = {
+            "direction": direction,
+            "ratio": cfg["select"]["pds"]["ratio"],
+            "temperature": temperature,
+        }
     return cfg
 
 

@@ -161,7 +161,11 @@ def test_ten_thousand_shards_plan_jobs_per_block_with_short_commands(tmp_path: P
     cfg["methods"] = ["random", "pds", "ablation", "mates", "less", "bakeoff"]
     cfg["bakeoff"] = {"n_probe": 16}
     for arm, direction, temperature in (("mates_pool", "lower", 0.5), ("less_pool", "higher", 0.0)):
-        cfg["select"][arm] = {"direction": direction, "ratio": cfg["select"]["pds"]["ratio"], "temperature": temperature}
+        cfg["select"][arm] = {
+            "direction": direction,
+            "ratio": cfg["select"]["pds"]["ratio"],
+            "temperature": temperature,
+        }
     cfg["tokenize"] = {"seq_len": 64, "num_shards": 10_000}  # shards_per_block: the default
     proc = smk(work, write_config(tmp_path / "c.yaml", cfg), "-n", "-p")
     jobs = planned_jobs(proc)
@@ -265,7 +269,7 @@ def test_a_local_target_file_is_an_input_with_split_target(tmp_path: Path):
     cfg["subsets"]["pds_target"] = {"splits": ["target"], "domains": ["qa"], "n": 2, "seed": 0}
     proc = smk(work, write_config(tmp_path / "t.yaml", cfg), "-n", "-p")
     assert planned_jobs(proc) == ALL_JOBS
-    assert '--input-options \'{"' in proc.stdout and '"split":"target"' in proc.stdout
+    assert "--input-options '{\"" in proc.stdout and '"split":"target"' in proc.stdout
 
 
 def test_too_many_blocks_fail_at_parse_time_naming_the_key(tmp_path: Path):
@@ -287,7 +291,9 @@ def test_too_many_blocks_fail_at_parse_time_naming_the_key(tmp_path: Path):
             ["eval.targets (pds_target_eval)", "subsets.pds_target"],
         ),
         (
-            lambda c: c.update(methods=[*c["methods"], "bakeoff"], bakeoff={"n_probe": 8, "primary": "target/pds_target"}),
+            lambda c: c.update(
+                methods=[*c["methods"], "bakeoff"], bakeoff={"n_probe": 8, "primary": "target/pds_target"}
+            ),
             ["bakeoff.primary", "subsets.pds_target"],
         ),
     ],

@@ -26,22 +26,26 @@ def _check(first, second, must: list[str], min_judged: int) -> None:
     assert summary["identical"] == summary["judged"] > min_judged
 
 
-MUST = [
-    "scores/pds/scores.parquet",
-    "pds/gamma.parquet",
-    "ablation/merges/kjv+pydocs/model/model.safetensors",
-    "mates/mates/s1/stage-1/oracle.parquet",
-    "less/s0/scores.parquet",
-    "less/less/s1/ids.parquet",
-    "less/less/s0/model/model.safetensors",
-    "bakeoff/mates_pool/oracle.parquet",
-    "bakeoff/less_pool/labels.parquet",
-] + [
-    f"{kind}/{arm}/s{seed}/{name}"
-    for arm in ("random", "pds", "mates_pool", "less_pool")
-    for seed in (0, 1)
-    for kind, name in (("selected", "ids.parquet"), ("models", "model/model.safetensors"))
-] + [f"scores/{arm}/scores.parquet" for arm in ("mates_pool", "less_pool")]
+MUST = (
+    [
+        "scores/pds/scores.parquet",
+        "pds/gamma.parquet",
+        "ablation/merges/kjv+pydocs/model/model.safetensors",
+        "mates/mates/s1/stage-1/oracle.parquet",
+        "less/s0/scores.parquet",
+        "less/less/s1/ids.parquet",
+        "less/less/s0/model/model.safetensors",
+        "bakeoff/mates_pool/oracle.parquet",
+        "bakeoff/less_pool/labels.parquet",
+    ]
+    + [
+        f"{kind}/{arm}/s{seed}/{name}"
+        for arm in ("random", "pds", "mates_pool", "less_pool")
+        for seed in (0, 1)
+        for kind, name in (("selected", "ids.parquet"), ("models", "model/model.safetensors"))
+    ]
+    + [f"scores/{arm}/scores.parquet" for arm in ("mates_pool", "less_pool")]
+)
 
 
 def test_two_clean_runs_of_every_method_are_byte_identical(tiny_all_finished, tmp_path):

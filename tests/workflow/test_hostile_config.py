@@ -204,9 +204,19 @@ SBATCH_KEYS = {"cluster.gpu_model", "cluster.gpu_partition", "cluster.max_mem_mb
 # Values checked against a fixed list at parse time (LoRA targets: the base architecture's modules).
 KNOWN_NAME_KEYS = {"less.lora.target_modules[]"}
 # Model and tokenizer folders too: their files are inputs (rules/common_models.smk).
-INPUT_PATH_KEYS = {"corpus.inputs[]", "corpus.inputs[].path", "less.base", "model.pretrained", "tokenizer.path", "eval.harness.include_path", "external.*.path"} | {
-    f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")
-} | {f"less.data.files.{k}" for k in ("pool", "target", "eval")}
+INPUT_PATH_KEYS = (
+    {
+        "corpus.inputs[]",
+        "corpus.inputs[].path",
+        "less.base",
+        "model.pretrained",
+        "tokenizer.path",
+        "eval.harness.include_path",
+        "external.*.path",
+    }
+    | {f"{b}.scorer.{k}" for b in ("pds", "mates") for k in ("pretrained", "tokenizer")}
+    | {f"less.data.files.{k}" for k in ("pool", "target", "eval")}
+)
 
 
 def test_every_string_key_of_the_schema_has_a_hostile_case():

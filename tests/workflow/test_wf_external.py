@@ -106,7 +106,10 @@ def test_the_leaderboard_includes_external_arms_when_bakeoff_runs(external_run, 
     # one budget: an external arm's own ratio must be the bake-off's
     cfg["external"]["demo"]["select"] = {"ratio": 0.25}
     proc = smk(work, write_config(tmp_path / "b2.yaml", cfg), "-n", check=False)
-    assert proc.returncode != 0 and "external.demo.select.ratio must equal select.random.ratio" in proc.stdout + proc.stderr
+    assert (
+        proc.returncode != 0
+        and "external.demo.select.ratio must equal select.random.ratio" in proc.stdout + proc.stderr
+    )
 
 
 @pytest.mark.parametrize(

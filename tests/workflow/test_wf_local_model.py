@@ -30,10 +30,28 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("local_model")
     folder = base / "tiny-llama"
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "make_local_model.py"), "--arch", "llama",
-         "--text", str(ROOT / "tests" / "data" / "tiny_corpus.jsonl.gz"), "--out", str(folder),
-         "--vocab-size", "400", "--hidden", "32", "--layers", "2", "--heads", "2", "--max-shard-size", "20KB"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "make_local_model.py"),
+            "--arch",
+            "llama",
+            "--text",
+            str(ROOT / "tests" / "data" / "tiny_corpus.jsonl.gz"),
+            "--out",
+            str(folder),
+            "--vocab-size",
+            "400",
+            "--hidden",
+            "32",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--max-shard-size",
+            "20KB",
+        ],
+        check=True,
+        capture_output=True,
     )
     assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
     work = base / "work"

@@ -26,7 +26,11 @@ def test_a_thousand_shards_run_in_four_blocks(tmp_path):
     smk(work, cfg_path, *TARGETS, timeout=1800)
 
     manifest = json.loads((work / R / "tokens/manifest.json").read_text())
-    assert manifest["layout"] == {"tokens": "block-{block}/tokens-{shard}.bin", "shards_per_block": 250, "num_shards": 1000}
+    assert manifest["layout"] == {
+        "tokens": "block-{block}/tokens-{shard}.bin",
+        "shards_per_block": 250,
+        "num_shards": 1000,
+    }
     examples = pq.read_table(work / R / "tokens/examples.parquet")
     assert sum(manifest["shards"].values()) == examples.num_rows == manifest["examples"]
     assert len(manifest["shards"]) > 250  # documents spread over many shards of every block

@@ -16,7 +16,20 @@ import sys
 
 from winnow import __version__
 
-GROUPS = ("data", "select", "train", "eval", "scorer", "pds", "mates", "ablation", "less", "audit", "report")
+# Each group (a module winnow.cli.<name> with ``register(sub)``) and its one-line help.
+GROUPS: dict[str, str] = {
+    "data": "ingest the corpus, train or copy a tokenizer, tokenize into shards, id subsets, the data contract",
+    "select": "scores → selected ids; random, external (user file) and heuristic scores",
+    "train": "train a causal LM on an id list (one GPU, or several through torchrun)",
+    "eval": "perplexity, lm-eval tasks, target-set loss; per-model tables, method comparisons, leaderboard",
+    "scorer": "fit a small data scorer to labels (PDS gamma, MATES oracle) and score the pool with it",
+    "pds": "PDS: the PMP solver that gives proxy examples their data-quality labels (gamma)",
+    "mates": "MATES: stage pools, last-word reference set, exact one-step oracle, stage-by-stage comparison",
+    "ablation": "modular data ablations: partition id lists, mixtures, model merges, merged-vs-mixture report",
+    "less": "LESS: instruction store, LoRA warm-up, gradient features, matching, predictor/prefilter, eval",
+    "audit": "re-check a run's artifacts against their provenance sidecars; compare two runs",
+    "report": "figures and tables of what each method scored and selected",
+}
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -60,31 +73,28 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from winnow.cli import ablation, audit, data, less, mates, pds, report, scorer, select, train
-    from winnow.cli import eval as evaluate
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argument tree: one subparser per group in ``GROUPS``, its commands from the group
+    module's ``register``."""
+    import importlib
 
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("--log-level", default="INFO")
-    groups = parser.add_subparsers(dest="group", required=True)
-    groups_ = (
-        ("data", data),
-        ("select", select),
-        ("train", train),
-        ("eval", evaluate),
-        ("scorer", scorer),
-        ("pds", pds),
-        ("mates", mates),
-        ("ablation", ablation),
-        ("less", less),
-        ("audit", audit),
-        ("report", report),
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="logging level of the job's log (DEBUG, INFO, WARNING, ERROR); default INFO",
     )
-    for name, module in groups_:
-        sub = groups.add_parser(name).add_subparsers(dest="command", required=True)
-        module.register(sub)
-    args = parser.parse_args(argv)
+    groups = parser.add_subparsers(dest="group", required=True)
+    for name, text in GROUPS.items():
+        module = importlib.import_module(f"winnow.cli.{name}")
+        group = groups.add_parser(name, help=text, description=text)
+        module.register(group.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     # Offline by construction: nothing in a run may reach a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -29,7 +29,46 @@ def add_trust(p: argparse.ArgumentParser, key: str = "model.trust_remote_code") 
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (the rule's threads)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads to use (the rule's threads); default 1")
+
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
+
+
+def config_help(block: str, note: str = "") -> str:
+    """Help of a JSON option that carries one block of the workflow config."""
+    return f"the `{block}` block of the workflow config as one JSON object{note}; keys in {SCHEMA}"
+
+
+def add_store(p: argparse.ArgumentParser, what: str = "the corpus token store") -> None:
+    """``--examples`` and ``--manifest``: a token store (examples table + manifest with its layout)."""
+    p.add_argument("--examples", required=True, help=f"EXAMPLES parquet of {what} (tokens/examples.parquet)")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        help=f"manifest.json of {what} (seq_len, dtype, pad id, shard layout of the token files)",
+    )
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda when the job sees a GPU, else cpu), cpu, cuda; default auto",
+    )
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int, what: str = "examples per forward pass") -> None:
+    p.add_argument("--batch-size", type=int, default=default, help=f"{what}; default {default}")
+
+
+def add_model(p: argparse.ArgumentParser, flag: str = "--model", what: str = "the model to evaluate") -> None:
+    """A model given as the model.safetensors of an HF model folder (the folder is what is loaded)."""
+    p.add_argument(flag, required=True, help=f"model.safetensors of {what}, in an HF model folder (config.json beside)")
+
+
+def add_tokenizer(p: argparse.ArgumentParser, what: str = "the corpus tokenizer") -> None:
+    p.add_argument("--tokenizer", required=True, help=f"tokenizer.json of {what}, in an HF tokenizer folder")
 
 
 def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:

@@ -13,9 +13,11 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("partition", help="the ids of one partition (a value of a docs/examples column)")
-    p.add_argument("--examples", required=True)
+    p.add_argument("--examples", required=True, help="EXAMPLES parquet (tokens/examples.parquet)")
     p.add_argument("--docs", required=True, help="docs.parquet (for a column the examples table lacks)")
-    p.add_argument("--column", default="domain")
+    p.add_argument(
+        "--column", default="domain", help="docs/examples column whose values are the partitions (ablation.column)"
+    )
     p.add_argument("--value", required=True, help="the partition: rows whose column equals this")
     p.add_argument("--splits", nargs="+", default=["train"], help="splits whose ids are written")
     p.add_argument("--out", required=True, help="IDS parquet")
@@ -26,8 +28,8 @@ def register(sub) -> None:
     p = sub.add_parser("mix", help="equal shares of several id lists (small ones repeated)")
     p.add_argument("--parts", nargs="+", required=True, help="IDS parquet files, one per partition")
     p.add_argument("--per-part", type=int, default=None, help="entries per partition (default: the largest)")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, required=True, help="seed of the equal-share draws (ablation.seed)")
+    p.add_argument("--out", required=True, help="IDS parquet written: the mixture")
     add_threads(p)
     p.set_defaults(func=mix)
 
@@ -40,9 +42,15 @@ def register(sub) -> None:
 
     p = sub.add_parser("correlate", help="merged vs mixture perplexity: table, JSON and a plot")
     p.add_argument("--evals", nargs="+", required=True, help=".../ablation/eval/**/ppl.json")
-    p.add_argument("--spec", type=json_arg, required=True, help='{"partitions", "mixtures", "macros", "metric"}')
+    p.add_argument(
+        "--spec",
+        type=json_arg,
+        required=True,
+        help='JSON {"partitions", "mixtures", "macros", "metric"}: the resolved `ablation` block of the'
+        " workflow config (ablation.partitions, mixtures, macro_merges, metric)",
+    )
     p.add_argument("--table", required=True, help="TSV: one row per (proxy, domain)")
-    p.add_argument("--json", required=True)
+    p.add_argument("--json", required=True, help="JSON written: the correlations and their settings")
     p.add_argument("--points", required=True, help="TSV: one row per (mixture, domain)")
     p.add_argument("--ppl", required=True, help="parquet: every model × domain")
     p.add_argument("--plot", required=True, help="PNG scatter")

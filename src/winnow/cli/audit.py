@@ -48,11 +48,15 @@ def register_compare(sub) -> None:
     p = sub.add_parser("compare", help="two runs of one config: identical, close (GPU steps) or different")
     p.add_argument("--a", required=True, help="results/{run} of the first run")
     p.add_argument("--b", required=True, help="results/{run} of the second run")
-    p.add_argument("--out", required=True)
-    p.add_argument("--summary", required=True)
-    p.add_argument("--rtol", type=float, default=1e-4)
-    p.add_argument("--atol", type=float, default=1e-6)
-    p.add_argument("--strict", action="store_true")
+    p.add_argument("--out", required=True, help="TSV, one row per artifact of either run")
+    p.add_argument("--summary", required=True, help="JSON: counts per verdict and the differing artifacts")
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="relative tolerance of a close number (|a-b| ≤ atol + rtol·|b|)"
+    )
+    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance of a close number")
+    p.add_argument(
+        "--strict", action="store_true", help="exit non-zero when any artifact differs (after writing both files)"
+    )
     p.set_defaults(func=compare)
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import add_threads, add_trust, resolve_device, sidecars
+from winnow.cli._common import (
+    add_batch_size,
+    add_device,
+    add_model,
+    add_store,
+    add_threads,
+    add_tokenizer,
+    add_trust,
+    resolve_device,
+    sidecars,
+)
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -13,85 +23,96 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("ppl", help="rolling-window perplexity per domain on held-out docs")
-    p.add_argument("--model", required=True, help="model.safetensors in an HF model folder")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--docs", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-docs-per-domain", type=int, default=100)
-    p.add_argument("--max-len", type=int, default=None, help="window length (default: the model's context)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    add_trust(p)
-    add_threads(p)
+    _add_model_args(p, batch_size=8)
+    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
+    p.add_argument("--split", default="test", help="split of the docs to evaluate on (eval.split); default test")
+    p.add_argument(
+        "--max-docs-per-domain",
+        type=int,
+        default=100,
+        help="at most this many docs per domain (eval.max_docs_per_domain); default 100",
+    )
+    p.add_argument("--max-len", type=int, default=None, help="window length in tokens (default: the model's context)")
+    p.add_argument("--out", required=True, help="ppl.json: token/word/char perplexity and bits per byte per domain")
     p.set_defaults(func=ppl)
 
     p = sub.add_parser("harness", help="lm-eval on locally generated tasks")
-    p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--lastword", required=True)
-    p.add_argument("--choice", required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    add_trust(p)
-    add_threads(p)
+    _add_model_args(p)
+    p.add_argument("--lastword", required=True, help="last-word task JSONL (data eval-tasks --lastword)")
+    p.add_argument("--choice", required=True, help="multiple-choice task JSONL (data eval-tasks --choice)")
+    _add_limit(p)
+    p.add_argument("--out", required=True, help="harness.json: lm-eval metrics per task")
     p.set_defaults(func=harness)
 
     # eval.harness: standard lm-eval tasks and the user's task YAMLs (winnow.eval.user_tasks).
     p = sub.add_parser("harness-check", help="resolve lm-eval task names and load their data offline")
-    p.add_argument("--tasks", nargs="+", required=True)
-    p.add_argument("--include-path", default=None)
-    p.add_argument("--datasets-cache", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", nargs="+", required=True, help="lm-eval task, group or tag names (eval.harness.tasks)")
+    p.add_argument("--include-path", default=None, help="folder of the user's task YAMLs (eval.harness.include_path)")
+    p.add_argument(
+        "--datasets-cache",
+        default=None,
+        help="local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)",
+    )
+    p.add_argument("--out", required=True, help="JSON: the resolved tasks (read by harness-tasks)")
     add_threads(p)
     p.set_defaults(func=harness_check)
     p = sub.add_parser("harness-tasks", help="lm-eval on the tasks harness-check resolved")
-    p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
+    _add_model_args(p)
     p.add_argument("--resolved", required=True, help="harness-check's output")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    add_trust(p)
-    add_threads(p)
+    _add_limit(p)
+    p.add_argument("--out", required=True, help="harness-tasks.json: lm-eval metrics per task")
     p.set_defaults(func=harness_tasks)
 
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
     p.add_argument("--evals", nargs="+", required=True, help="ppl.json, harness.json, target-*.json files")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="TSV: one row per (method, seed), one column per metric")
     add_threads(p)
     p.set_defaults(func=table)
 
     p = sub.add_parser("target", help="mean per-example loss on an id list (e.g. the PDS target set)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--examples", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--ids", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    add_model(p)
+    add_store(p)
+    p.add_argument("--ids", required=True, help="IDS parquet: the examples whose loss is averaged")
+    add_batch_size(p, 16)
+    add_device(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="target-{name}.json: mean per-example loss (token-mean cross-entropy, nats) and the items",
+    )
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=target)
 
-    p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95% bootstrap CI")
+    p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95%% bootstrap CI")
     p.add_argument("--evals", nargs="+", required=True, help="eval files of the method and the baseline")
-    p.add_argument("--baseline", default="random")
-    p.add_argument("--out", required=True)
+    p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
+    p.add_argument("--out", required=True, help="TSV: one row per (method, metric)")
     add_threads(p)
     p.set_defaults(func=compare)
     p = sub.add_parser("leaderboard", help="bake-off: mean ± sd over seeds per method, ranked by one metric")
     p.add_argument("--evals", nargs="+", required=True, help="eval files of every bake-off method and seed")
     p.add_argument("--primary", required=True, help="the ranking metric, e.g. target/pds_target")
     p.add_argument("--metrics", nargs="+", action="extend", required=True, help="columns of the HTML table, in order")
-    p.add_argument("--baseline", default="random")
+    p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
     p.add_argument("--out", required=True, help="TSV: one row per method")
     p.add_argument("--html", required=True, help="the same table as a page (for the report)")
     add_threads(p)
     p.set_defaults(func=leaderboard)
+
+
+def _add_model_args(p, batch_size: int = 16) -> None:
+    """The model under evaluation and how it runs: shared by ppl, harness and harness-tasks."""
+    add_model(p)
+    add_tokenizer(p)
+    add_batch_size(p, batch_size, "examples (windows, requests) per forward pass")
+    add_device(p)
+    add_trust(p)
+    add_threads(p)
+
+
+def _add_limit(p) -> None:
+    p.add_argument("--limit", type=int, default=None, help="items per task at most (eval.harness_limit); default: all")
 
 
 def ppl(args) -> None:

@@ -31,11 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
+from winnow.cli._common import (
+    add_batch_size,
+    add_device,
+    add_model,
+    add_store,
+    add_threads,
+    add_tokenizer,
+    add_trust,
+    config_help,
+    json_arg,
+    resolve_device,
+    sidecars,
+)
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
-
 
 
 def base_input(path: str) -> str | Path:
@@ -45,35 +56,73 @@ def base_input(path: str) -> str | Path:
 
 
 def register(sub) -> None:
+    _add_data(sub)
+    _add_train(sub)
+    _add_features(sub)
+    _add_match(sub)
+    _add_predict(sub)
+    _add_prefilter_sample(sub)
+    _add_prefilter_predict(sub)
+    _add_prefilter(sub)
+    _add_eval(sub)
+    _add_compare(sub)
+
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
-    p.add_argument("--docs", default=None, help="DOCS parquet (source corpus)")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--files-config", type=json_arg, default=None, help="less.data.files (source files), as JSON")
-    p.add_argument("--rejects", default=None, help="REJECTS parquet of the files' malformed records (source files)")
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--num-shards", type=int, required=True)
-    p.add_argument("--data-config", type=json_arg, required=True)
-    p.add_argument("--instructions", required=True)
-    p.add_argument("--tokens", nargs="+", required=True, help="tokens-{shard}.bin, one per shard, in order")
-    p.add_argument("--examples", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--eval-ids", required=True)
-    p.add_argument("--subtasks", required=True)
-    p.add_argument("--choice", required=True)
+    source = p.add_argument_group("source (corpus docs, or the user's files)")
+    source.add_argument("--docs", default=None, help="DOCS parquet of the corpus (less.data.source corpus)")
+    source.add_argument(
+        "--files-config",
+        type=json_arg,
+        default=None,
+        help=config_help("less.data.files", " (pool/target/eval paths, fields, chat_template)")
+        + "; replaces --docs (less.data.source files)",
+    )
+    source.add_argument(
+        "--rejects",
+        default=None,
+        help="REJECTS parquet written with the files' malformed records (with --files-config)",
+    )
+    add_tokenizer(p)
+    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
+    p.add_argument("--num-shards", type=int, required=True, help="token shards of the instruction store")
+    p.add_argument("--data-config", type=json_arg, required=True, help=config_help("less.data"))
+    out = p.add_argument_group("outputs")
+    out.add_argument("--instructions", required=True, help="INSTRUCTIONS parquet: the built instruction items")
+    out.add_argument(
+        "--tokens", nargs="+", required=True, help="tokens-{shard}.bin, one per shard, in order, next to --manifest"
+    )
+    out.add_argument("--examples", required=True, help="EXAMPLES parquet of the instruction store")
+    out.add_argument("--manifest", required=True, help="manifest.json of the instruction store (layout, counts)")
+    out.add_argument("--pool", required=True, help="IDS parquet: the pool LESS selects from (train split)")
+    out.add_argument("--target", required=True, help="IDS parquet: the target's reference points (val split)")
+    out.add_argument(
+        "--eval-ids", required=True, help="IDS parquet: held-out items the arms are judged on (test split)"
+    )
+    out.add_argument("--subtasks", required=True, help="SUBTASKS parquet: task and subtask of every example")
+    out.add_argument("--choice", required=True, help="define-choice task JSONL for lm-eval (empty with --files-config)")
     add_threads(p)
     p.set_defaults(func=data)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="LoRA warm-up (per-epoch checkpoints) or fine-tune (merged model)")
-    _store_args(p)
-    p.add_argument("--base", required=True, help="model.safetensors (or config.json) of the base model folder")
+    add_store(p, "the instruction store")
+    _add_base(p)
     p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
-    p.add_argument("--fraction", type=float, default=None, help="train on a seeded fraction of --ids")
-    p.add_argument("--lora-config", type=json_arg, required=True)
-    p.add_argument("--train-config", type=json_arg, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--ckpt-root", required=True)
+    p.add_argument(
+        "--fraction", type=float, default=None, help="train on a seeded fraction (0-1] of --ids (less.warmup.fraction)"
+    )
+    _add_lora(p)
+    p.add_argument(
+        "--train-config",
+        type=json_arg,
+        required=True,
+        help=config_help("less.train", " (the LoRA recipe; epochs = less.warmup.epochs for the warm-up)"),
+    )
+    p.add_argument("--seed", type=int, required=True, help="seed of the LoRA init, the data order and --fraction")
+    p.add_argument("--ckpt-root", required=True, help="folder of the intermediate (per-epoch) checkpoints")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--epochs-out", nargs="+", help="epoch-{e}/model.safetensors for e = 1..E (warm-up)")
     mode.add_argument("--merged-out", help="model.safetensors of the merged model (fine-tune)")
@@ -82,91 +131,139 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=train)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="projected Adam (pool) and SGD (target) LoRA gradient features")
-    _store_args(p)
-    p.add_argument("--base", required=True)
+    add_store(p, "the instruction store")
+    _add_base(p)
     p.add_argument("--checkpoint", required=True, help="model.safetensors of one warm-up epoch")
-    p.add_argument("--lora-config", type=json_arg, required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--dim", type=int, default=None, help="required here or in --features-config")
-    p.add_argument("--proj-seed", type=int, default=None, help="required here or in --features-config")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--method", default="hooks", choices=["hooks", "vmap"], help="per-example gradients")
-    p.add_argument("--device", default="auto")
+    _add_lora(p)
+    p.add_argument("--pool", required=True, help="IDS parquet of the pool examples to featurise (Adam features)")
+    p.add_argument("--target", required=True, help="IDS parquet of the target examples (SGD features)")
+    p.add_argument(
+        "--dim", type=int, default=None, help="projected feature dimension; required here or in --features-config"
+    )
+    p.add_argument(
+        "--proj-seed",
+        type=int,
+        default=None,
+        help="seed of the random projection; required here or in --features-config",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="dtype of the stored features; default float16",
+    )
+    add_batch_size(p, 16)
+    p.add_argument(
+        "--method",
+        default="hooks",
+        choices=["hooks", "vmap"],
+        help="per-example gradients: one batched backward with hooks, or vmap(grad); default hooks",
+    )
+    add_device(p)
     p.add_argument("--pool-out", nargs="+", required=True, help="pool-{block}.npy, one per block of token shards")
-    p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers")
-    p.add_argument("--target-out", required=True)
+    p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers; default 1")
+    p.add_argument("--target-out", required=True, help="target.npy: the target's features")
     p.add_argument(
         "--features-config",
         type=json_arg,
         default=None,
-        help=f"JSON object that replaces the flags of these keys: {sorted(_FEATURES_KEYS)}",
+        help=config_help("less.features", " (plus eval.device and shards_per_block)")
+        + f"; replaces the flags of these keys: {sorted(_FEATURES_KEYS)}",
     )
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=features)
 
+
+def _add_match(sub) -> None:
     p = sub.add_parser("match", help="LESS scores: Σ_epochs w̄ cos, aggregated over the target")
-    p.add_argument("--pool-features", nargs="+", required=True)
-    p.add_argument("--target-features", nargs="+", required=True, help="one per epoch, in epoch order")
+    p.add_argument("--pool-features", nargs="+", required=True, help="pool-{block}.npy of every epoch and block")
+    p.add_argument("--target-features", nargs="+", required=True, help="target.npy, one per epoch, in epoch order")
     p.add_argument("--warmup", required=True, help="warm-up report (each epoch's mean lr)")
     p.add_argument("--subtasks", default=None, help="SUBTASKS parquet; without it the target is one subtask")
-    p.add_argument("--aggregate", default="subtask_max", choices=["subtask_max", "mean", "max", "min"])
-    p.add_argument("--match-config", type=json_arg, default=None, help='JSON {"aggregate": ...}, replaces the flag')
-    p.add_argument("--out", required=True)
-    p.add_argument("--report", required=True)
+    p.add_argument(
+        "--aggregate",
+        default="subtask_max",
+        choices=["subtask_max", "mean", "max", "min"],
+        help="how a pool example's similarities to the target points are combined; default subtask_max",
+    )
+    p.add_argument(
+        "--match-config",
+        type=json_arg,
+        default=None,
+        help='JSON {"aggregate": ...} (less.aggregate of the workflow config); replaces --aggregate',
+    )
+    p.add_argument("--out", required=True, help="SCORES parquet: the LESS score of every pool example")
+    p.add_argument("--report", required=True, help="JSON: counts, epoch weights, score quantiles")
     add_threads(p)
     p.set_defaults(func=match)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="learned predictor of the LESS score from hidden states")
-    _store_args(p)
-    p.add_argument("--base", required=True)
-    p.add_argument("--pool", required=True)
+    add_store(p, "the instruction store")
+    _add_base(p)
+    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
     p.add_argument("--scores", required=True, help="exact LESS scores of the whole pool")
-    p.add_argument("--fit-fraction", type=float, required=True)
-    p.add_argument("--ratio", type=float, required=True, help="selection ratio for the overlap")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--fit-fraction", type=float, required=True, help="fraction (0-1) of the pool the ridge is fitted on"
+    )
+    p.add_argument("--ratio", type=float, required=True, help="selection ratio (0-1] for the overlap")
+    p.add_argument("--seed", type=int, required=True, help="seed of the fit sample and the ridge's CV folds")
+    add_batch_size(p, 32)
+    add_device(p)
     p.add_argument("--out", required=True, help="scores table: exact on the fit sample, predicted elsewhere")
-    p.add_argument("--report", required=True)
+    p.add_argument("--report", required=True, help="JSON: held-out R²/Spearman, selection overlaps")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=predict)
 
+
+def _add_prefilter_sample(sub) -> None:
     p = sub.add_parser("prefilter-sample", help="the prefilter's fit sample S of the pool")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--predictor-config", type=json_arg, required=True, help='JSON {"fit_fraction", "seed"}')
+    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
+    p.add_argument(
+        "--predictor-config",
+        type=json_arg,
+        required=True,
+        help='JSON {"fit_fraction", "seed"}: ' + config_help("less.predictor", " (these keys)"),
+    )
     p.add_argument("--out", required=True, help="IDS parquet of S, sorted by example id")
     p.set_defaults(func=prefilter_sample)
 
+
+def _add_prefilter_predict(sub) -> None:
     p = sub.add_parser("prefilter-predict", help="ridge fitted on S's exact scores → predictions, the top T")
-    _store_args(p)
-    p.add_argument("--base", required=True)
-    p.add_argument("--pool", required=True)
+    add_store(p, "the instruction store")
+    _add_base(p)
+    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
     p.add_argument("--fit-ids", required=True, help="S (prefilter-sample)")
     p.add_argument("--fit-scores", required=True, help="exact LESS scores of S (match over S's features)")
     p.add_argument(
         "--predictor-config",
         type=json_arg,
         required=True,
-        help='JSON {"featurize_fraction", "seed", "device", "batch_size" (default 32)}',
+        help='JSON {"featurize_fraction", "seed", "device", "batch_size" (default 32)}: '
+        + config_help("less.predictor", " (these keys, device from eval.device)"),
     )
     p.add_argument("--predicted", required=True, help="scores table: exact on S, predicted elsewhere")
     p.add_argument("--top-ids", required=True, help="IDS parquet of T, best predicted first")
-    p.add_argument("--report", required=True)
+    p.add_argument("--report", required=True, help="JSON: counts, ridge lambda, fit quality")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=prefilter_predict)
 
+
+def _add_prefilter(sub) -> None:
     p = sub.add_parser("prefilter", help="the prefilter's scores and its report (vs full featurisation)")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--fit-ids", required=True)
-    p.add_argument("--fit-scores", required=True)
-    p.add_argument("--top-ids", required=True)
-    p.add_argument("--top-scores", required=True)
+    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
+    p.add_argument("--fit-ids", required=True, help="IDS parquet of S (prefilter-sample)")
+    p.add_argument("--fit-scores", required=True, help="exact LESS scores of S")
+    p.add_argument("--top-ids", required=True, help="IDS parquet of T (prefilter-predict)")
+    p.add_argument("--top-scores", required=True, help="exact LESS scores of T")
     p.add_argument("--predicted", required=True, help="prefilter-predict's table (exact on S, predicted elsewhere)")
     p.add_argument("--fit-match", required=True, help="match report of S (its epoch count)")
     p.add_argument("--full-scores", default=None, help="exact scores of the whole pool, when the run has them")
@@ -174,33 +271,51 @@ def register(sub) -> None:
         "--predictor-config",
         type=json_arg,
         required=True,
-        help='JSON {"mode", "fit_fraction", "featurize_fraction", "ratio"}',
+        help='JSON {"mode", "fit_fraction", "featurize_fraction", "ratio"}: '
+        + config_help("less.predictor", " (these keys, ratio from select.less.ratio)"),
     )
     p.add_argument("--out", required=True, help="scores table: exact on S ∪ T, the rest ranked below")
-    p.add_argument("--report", required=True)
+    p.add_argument("--report", required=True, help="JSON: counts featurised, savings, recall of the exact top-k")
     p.set_defaults(func=prefilter)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="target loss (overall, per subtask) and the lm-eval define choice")
-    _store_args(p)
-    p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--eval-ids", required=True)
-    p.add_argument("--subtasks", required=True)
-    p.add_argument("--choice", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    add_store(p, "the instruction store")
+    add_model(p, what="the fine-tuned (merged) model")
+    add_tokenizer(p)
+    p.add_argument("--eval-ids", required=True, help="IDS parquet: the held-out items (less data --eval-ids)")
+    p.add_argument("--subtasks", required=True, help="SUBTASKS parquet (less data --subtasks)")
+    p.add_argument("--choice", required=True, help="define-choice task JSONL (empty: the target loss alone)")
+    add_batch_size(p, 16)
+    add_device(p)
+    p.add_argument("--out", required=True, help="eval.json: target loss overall and per subtask, define-choice acc")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=evaluate)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="the arms' evals over seeds → one table")
     p.add_argument("--evals", nargs="+", required=True, help=".../less/{arm}/s{seed}/eval.json")
     p.add_argument("--selections", nargs="+", required=True, help=".../less/{arm}/s{seed}/ids.parquet")
-    p.add_argument("--examples", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--composition", required=True)
+    p.add_argument("--examples", required=True, help="EXAMPLES parquet of the instruction store (tasks of the ids)")
+    p.add_argument("--out", required=True, help="TSV: each arm against random over seeds")
+    p.add_argument("--composition", required=True, help="TSV: task shares of each arm's selection")
     p.set_defaults(func=compare)
+
+
+def _add_base(p) -> None:
+    p.add_argument("--base", required=True, help="model.safetensors (or config.json) of the base model folder")
+
+
+def _add_lora(p) -> None:
+    p.add_argument(
+        "--lora-config",
+        type=json_arg,
+        required=True,
+        help=config_help("less.lora", " (target_modules resolved for the base)"),
+    )
 
 
 # `less features` JSON keys → argument names (the rules pass config values as one JSON object).
@@ -224,11 +339,6 @@ def _apply_config(args, cfg: dict | None, keys: dict[str, str], flag: str) -> No
         setattr(args, keys[key], value)
 
 
-def _store_args(p) -> None:
-    p.add_argument("--examples", required=True)
-    p.add_argument("--manifest", required=True)
-
-
 def _store(args):
     from winnow.train.batches import open_store
 
@@ -246,8 +356,8 @@ def data(args) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from winnow.data.instruct import build_define_choice, build_instructions
-    from winnow.data.subsets import filter_examples, ids_table, sample_ids
+    from winnow.data.instruct import build_instructions, less_sets
+    from winnow.data.subsets import ids_table
     from winnow.data.tasks import write_jsonl
     from winnow.data.tokenize import tokenize_shard
     from winnow.data.tokenizer import load
@@ -291,45 +401,12 @@ def data(args) -> None:
         stats[str(shard)] = st
     examples = pa.concat_tables(parts)
     write_table(args.examples, examples, EXAMPLES)
-
-    # Subtask of every example, through its instruction row (doc_id).
-    sub_of = dict(zip(inst["doc_id"].to_pylist(), inst["subtask"].to_pylist(), strict=True))
-    task = cfg.get("target_task")
-    subtasks = pa.table(
-        {
-            "example_id": examples["example_id"],
-            "task": examples["domain"],
-            "subtask": pa.array([sub_of[d] for d in examples["doc_id"].to_pylist()], pa.string()),
-        }
-    )
-    write_table(args.subtasks, subtasks, SUBTASKS)
-    pool_all = filter_examples(examples, splits=["train"])
-    pool = sample_ids(pool_all, cfg["seed"], n=min(cfg["pool_size"], pool_all.size))
-    # The reference points: up to n per subtask of the target task, from the val split (LESS's
-    # few-shot dev sets are a handful of examples per subtask).
-    # With files, every item of the target file is a reference point (its tasks are the targets).
-    val_ids = examples.filter(pc.equal(examples["split"], "val"))["example_id"]
-    in_val = pc.is_in(subtasks["example_id"], val_ids)
-    target_rows = subtasks.filter(in_val if files is not None else pc.and_(pc.equal(subtasks["task"], task), in_val))
-    target = []
-    for name in sorted(set(target_rows["subtask"].to_pylist())):
-        ids = target_rows.filter(pc.equal(target_rows["subtask"], name))["example_id"].to_numpy()
-        target.append(sample_ids(ids, cfg["seed"], n=min(cfg["target_per_subtask"], ids.size)))
-    target = np.concatenate(target) if target else np.zeros(0, np.int64)
-    eval_all = filter_examples(examples, splits=["test"], domains=None if files is not None else [task])
-    eval_ids = sample_ids(eval_all, cfg["seed"], n=min(cfg["eval_size"], eval_all.size))
-    for name, ids in (("pool", pool), ("target", target), ("eval", eval_ids)):
-        if ids.size == 0:
-            raise ValueError(f"less data: the {name} set is empty (target_task {task!r}; check less.data)")
-    write_table(args.pool, ids_table(pool), IDS)
-    write_table(args.target, ids_table(target), IDS)
-    write_table(args.eval_ids, ids_table(eval_ids), IDS)
-    # The define-choice task exists only for the corpus's define items; with files it is empty
-    # and `less eval` reports the target loss alone.
-    items = [] if files is not None else build_define_choice(inst, split="test", n=cfg["n_choice"], seed=cfg["seed"])
-    if not items and files is None:
-        raise ValueError("less data: no define-choice items could be built from the test split")
-    write_jsonl(args.choice, items)
+    sets = less_sets(inst, examples, cfg, from_files=files is not None)
+    write_table(args.subtasks, sets.subtasks, SUBTASKS)
+    write_table(args.pool, ids_table(sets.pool), IDS)
+    write_table(args.target, ids_table(sets.target), IDS)
+    write_table(args.eval_ids, ids_table(sets.eval_ids), IDS)
+    write_jsonl(args.choice, sets.choice)
     write_json(
         args.manifest,
         {
@@ -343,14 +420,7 @@ def data(args) -> None:
             "shards": {int(t["shard"][0].as_py()): t.num_rows for t in parts if t.num_rows},
             "layout": layout_entry(FLAT_LAYOUT, 1, args.num_shards),
             "stats": stats,
-            "instructions_per_task": _counts(inst["task"].to_pylist()),
-            "pool_per_task": _counts(pc.take(examples["domain"], _rows_of(examples, pool)).to_pylist()),
-            "n_pool": int(pool.size),
-            "n_target": int(target.size),
-            "n_eval": int(eval_ids.size),
-            "n_choice": len(items),
-            "target_task": task if files is None else sorted(set(target_rows["task"].to_pylist())),
-            "source": "corpus" if files is None else "files",
+            **sets.summary,
             **({"files": file_counts} if files is not None else {}),
         },
     )
@@ -362,11 +432,6 @@ def data(args) -> None:
 
 def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
-
-
-def _rows_of(examples, ids: np.ndarray) -> np.ndarray:
-    index = {int(e): i for i, e in enumerate(examples["example_id"].to_pylist())}
-    return np.asarray([index[int(e)] for e in ids], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------- train

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
+from winnow.cli._common import (
+    add_device,
+    add_store,
+    add_threads,
+    add_tokenizer,
+    add_trust,
+    config_help,
+    json_arg,
+    resolve_device,
+    sidecars,
+)
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -19,52 +29,61 @@ REFERENCE_SHARD = 1_000_000
 
 def register(sub) -> None:
     p = sub.add_parser("pools", help="one of the disjoint pools: the probe pool or a stage's pool")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--stage-size", type=int, required=True)
-    p.add_argument("--probe-size", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--pool", required=True, help="IDS parquet of the whole pool the disjoint pools are cut from")
+    p.add_argument("--stage-size", type=int, required=True, help="examples in each stage's pool (mates.stage_size)")
+    p.add_argument("--probe-size", type=int, required=True, help="examples in the probe pool (mates.probe_size)")
+    p.add_argument("--seed", type=int, required=True, help="seed of the split into pools (mates.seed)")
     p.add_argument("--part", required=True, help="probe, or a stage number k")
     p.add_argument("--out", required=True, help="IDS parquet")
     add_threads(p)
     p.set_defaults(func=pools)
 
     p = sub.add_parser("reference", help="LAMBADA-style last-word reference examples (loss on the word)")
-    p.add_argument("--docs", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--split", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--tokens", required=True)
-    p.add_argument("--examples", required=True)
-    p.add_argument("--ids", required=True)
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
+    add_tokenizer(p)
+    p.add_argument("--split", required=True, help="split of the docs: val (the oracle's reference) or test (evals)")
+    p.add_argument(
+        "--n", type=int, required=True, help="last-word items (mates.reference.n, or n_eval for the test split)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the item draw (mates.seed); default 0")
+    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
+    p.add_argument("--tokens", required=True, help="token file written (the reference store's one shard)")
+    p.add_argument("--examples", required=True, help="EXAMPLES parquet written (the reference store)")
+    p.add_argument("--ids", required=True, help="IDS parquet written: the reference items")
+    p.add_argument("--manifest", required=True, help="manifest.json written (the reference store)")
     add_threads(p)
     p.set_defaults(func=reference)
 
     p = sub.add_parser("oracle", help="exact one-step AdamW oracle influence of probe candidates")
     p.add_argument("--ckpt", required=True, help="model.safetensors of the stage's final checkpoint")
-    p.add_argument("--examples", required=True)
-    p.add_argument("--manifest", required=True)
+    add_store(p)
     # Without --reference-examples/--reference-tokens the reference ids live in the corpus store
     # (the bake-off's MATES arm: the PDS target); with them, in a store of their own (last words).
-    p.add_argument("--reference-examples", default=None)
-    p.add_argument("--reference-tokens", default=None)
-    p.add_argument("--reference-ids", required=True)
+    p.add_argument(
+        "--reference-examples", default=None, help="EXAMPLES parquet of the reference store (mates reference)"
+    )
+    p.add_argument("--reference-tokens", default=None, help="token file of the reference store (mates reference)")
+    p.add_argument("--reference-ids", required=True, help="IDS parquet: the reference items whose loss is the target")
     p.add_argument("--probe", required=True, help="probe pool (IDS parquet)")
-    p.add_argument("--n-probe", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--oracle-config", type=json_arg, default={})
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--report", required=True)
+    p.add_argument(
+        "--n-probe", type=int, required=True, help="oracle points: candidates drawn from --probe (mates.n_probe)"
+    )
+    p.add_argument("--seed", type=int, required=True, help="seed of the candidate draw")
+    p.add_argument("--oracle-config", type=json_arg, default={}, help=config_help("mates.oracle") + "; default {}")
+    add_device(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="ORACLE parquet written: per candidate, the reference loss change after one AdamW step on it",
+    )
+    p.add_argument("--report", required=True, help="JSON written: counts, reference loss, delta statistics, timings")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=oracle)
 
     p = sub.add_parser("compare", help="MATES vs random, stage by stage and seed by seed")
     p.add_argument("--evals", nargs="+", required=True, help="eval files of mates_k{k} and mrandom_k{k} models")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="TSV written: MATES minus random per stage and seed")
     add_threads(p)
     p.set_defaults(func=compare)
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import add_threads, add_trust, json_arg, resolve_device, sidecars
+from winnow.cli._common import (
+    add_device,
+    add_store,
+    add_threads,
+    add_trust,
+    config_help,
+    json_arg,
+    resolve_device,
+    sidecars,
+)
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -15,17 +24,20 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("solve", help="PMP solver: trajectory, costates, per-example contributions")
-    p.add_argument("--examples", required=True)
-    p.add_argument("--manifest", required=True)
+    add_store(p)
     p.add_argument("--init", required=True, help="model.safetensors of θ0 (an HF model folder)")
     p.add_argument("--pool", required=True, help="ids the trajectory batches are drawn from")
     p.add_argument("--proxy", required=True, help="ids to score (gamma)")
     p.add_argument("--target", required=True, help="ids whose mean loss is J")
-    p.add_argument("--solver-config", type=json_arg, required=True)
+    p.add_argument("--solver-config", type=json_arg, required=True, help=config_help("pds.solver"))
     p.add_argument("--work-dir", required=True, help="trajectory files (θ every k steps, batches)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--gamma", required=True)
-    p.add_argument("--report", required=True)
+    add_device(p)
+    p.add_argument(
+        "--gamma",
+        required=True,
+        help="parquet written: grad_gamma of every proxy id (and gamma, variant paper): the scorer's labels",
+    )
+    p.add_argument("--report", required=True, help="JSON written: the solver's settings, objective and timings")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=solve)

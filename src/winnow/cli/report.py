@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--scores", nargs="*", default=[], help="NAME=scores.parquet, one per score table")
     p.add_argument("--mates-evals", nargs="*", default=[], help=".../eval/{mates|mrandom}_k{k}/s{seed}/reference.json")
     p.add_argument("--curves", nargs="*", default=[], help="NAME=trainer_state.json, NAME = {method}_s{seed}")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="folder the figures (PNG) and tables (TSV) are written to")
     p.set_defaults(func=plots)
 
 

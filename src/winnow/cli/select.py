@@ -16,21 +16,28 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("random-scores", help="equal scores for a pool: Gumbel-top-k on them is uniform sampling")
     p.add_argument("--pool", required=True, help="id list (IDS parquet) to score")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="SCORES parquet written: every pool id with score 0")
     add_threads(p)
     p.set_defaults(func=random_scores)
 
     p = sub.add_parser("select", help="scores table → selected ids (top-k or Gumbel-top-k)")
-    p.add_argument("--scores", required=True)
-    p.add_argument("--direction", choices=("higher", "lower"), required=True)
+    p.add_argument("--scores", required=True, help="SCORES parquet (example_id, score)")
+    p.add_argument(
+        "--direction", choices=("higher", "lower"), required=True, help="which scores are better (select.<method>)"
+    )
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ratio", type=float)
-    g.add_argument("--k", type=int)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    g.add_argument("--ratio", type=float, help="fraction (0-1] of the scored ids to keep (select.<method>.ratio)")
+    g.add_argument("--k", type=int, help="number of ids to keep (select.<method>.k)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="Gumbel-top-k temperature (≥ 0; 0: deterministic top-k) (select.<method>.temperature); default 0",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (the run's seed); default 0")
     p.add_argument("--key", default=None, help="config key of the ratio / k, named when it keeps 0 examples")
-    p.add_argument("--out", required=True)
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="IDS parquet written: the selected ids")
+    p.add_argument("--manifest", required=True, help="JSON written: counts and the selection parameters")
     add_threads(p)
     p.set_defaults(func=select)
 
@@ -39,11 +46,32 @@ def register(sub) -> None:
     p.add_argument("--scores-file", required=True, help="the user's file (jsonl, parquet, tsv, csv)")
     p.add_argument("--examples", required=True, help="the token store's examples table")
     p.add_argument("--pool", required=True, help="id list (IDS parquet) of the candidate pool")
-    p.add_argument("--key", choices=("doc_id", "example_id"), default="doc_id")
-    p.add_argument("--score-column", default="score")
-    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "parquet", "tsv", "csv"))
-    p.add_argument("--missing", default="error", choices=("error", "lowest", "drop"))
-    p.add_argument("--direction", choices=("higher", "lower"), default="higher")
+    p.add_argument(
+        "--key",
+        choices=("doc_id", "example_id"),
+        default="doc_id",
+        help="what a row scores: a document (all its pool examples) or one example (external.<name>.key)",
+    )
+    p.add_argument("--score-column", default="score", help="field holding the score (external.<name>.score_column)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "jsonl", "parquet", "tsv", "csv"),
+        help="format of the score file: auto (from the suffix), jsonl, parquet, tsv, csv; default auto",
+    )
+    p.add_argument(
+        "--missing",
+        default="error",
+        choices=("error", "lowest", "drop"),
+        help="pool examples without a score: fail, rank below every scored one, or never select"
+        " (external.<name>.missing); default error",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("higher", "lower"),
+        default="higher",
+        help="which scores are better; with --missing lowest, where the worst end is; default higher",
+    )
     p.add_argument("--where", default="external", help="config key named in errors")
     p.add_argument("--out", required=True, help="scores table (example_id, score)")
     p.add_argument("--rejects", required=True, help="one row per unusable record, with its reason")
@@ -57,7 +85,12 @@ def register(sub) -> None:
     )
     p.add_argument("--docs", required=True, help="the ingested documents (data/docs.parquet)")
     p.add_argument("--out", required=True, help="the score file; its format from the suffix")
-    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "parquet", "tsv", "csv"))
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "jsonl", "parquet", "tsv", "csv"),
+        help="format of the score file: auto (from the suffix), jsonl, parquet, tsv, csv; default auto",
+    )
     add_threads(p)
     p.set_defaults(func=heuristic_scores)
 
@@ -132,7 +165,12 @@ def external_scores(args) -> None:
     write_table(args.rejects, reject_table, REJECTS)
     write_json(args.report, aligned.report)
     log.info("external scores: %s", aligned.report)
-    sidecars(args, "select external-scores", [args.out, args.rejects, args.report], [args.scores_file, args.examples, args.pool])
+    sidecars(
+        args,
+        "select external-scores",
+        [args.out, args.rejects, args.report],
+        [args.scores_file, args.examples, args.pool],
+    )
 
 
 def heuristic_scores(args) -> None:

@@ -15,19 +15,28 @@ import shlex
 import sys
 from pathlib import Path
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_store, add_threads, add_tokenizer, config_help, json_arg, sidecars
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
     p = sub.add_parser("lm", help="train a causal LM on exactly the ids given")
-    p.add_argument("--examples", required=True, help="examples.parquet")
-    p.add_argument("--manifest", required=True, help="tokenized manifest.json (dtype, seq_len)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.json in an HF tokenizer folder")
+    add_store(p)
+    add_tokenizer(p)
     p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
-    p.add_argument("--model-config", type=json_arg, required=True)
-    p.add_argument("--train-config", type=json_arg, required=True)
+    p.add_argument(
+        "--model-config",
+        type=json_arg,
+        required=True,
+        help=config_help("model", " (architecture sizes, or pretrained: a local HF model folder)"),
+    )
+    p.add_argument(
+        "--train-config",
+        type=json_arg,
+        required=True,
+        help=config_help("train", " (steps, batch sizes, lr and schedule; plus seed, set per job)"),
+    )
     p.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
     p.add_argument("--ckpt-root", required=True, help="folder for intermediate checkpoints")
     p.add_argument("--out", required=True, help="final model.safetensors (folder gets the rest)")

@@ -238,6 +238,78 @@ def _as_text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _document(obj: dict, opts: IngestOptions, namespace: str, stem: str, forced: dict, source: str):
+    """One record's document: ``((text, prompt, doc_id, duplicate reason, domain, source), None)``,
+    or ``(None, (reason, detail, object kept as raw))`` when it is rejected (duplicates aside)."""
+    prompt = None
+    try:
+        if "messages" in obj and opts.text_field not in obj:
+            try:
+                prompt, response = render_messages(obj["messages"])
+            except ValueError as err:
+                return None, ("bad_messages", str(err), obj)
+            text = prompt + response
+            if not response.strip():
+                return None, ("empty_text", "empty assistant response", obj)
+        elif "prompt" in obj and "response" in obj and opts.text_field not in obj:
+            prompt, response = _as_text(obj["prompt"]), _as_text(obj["response"])
+            if prompt is None or response is None:
+                return None, ("missing_text", "prompt/response not strings", obj)
+            text = prompt + response
+            if not response.strip():
+                return None, ("empty_text", "empty response", obj)
+        else:
+            text = _as_text(obj.get(opts.text_field))
+    except UnicodeDecodeError as err:
+        return None, ("invalid_utf8", str(err), {k: repr(v)[:200] for k, v in obj.items()})
+    if text is None:
+        return None, ("missing_text", f"no string field {opts.text_field!r}", obj)
+    if not text.strip():
+        return None, ("empty_text", "", obj)
+    if len(text) > opts.max_chars:
+        return None, ("over_length", f"{len(text)} > {opts.max_chars} chars", obj)
+    rid = obj.get(opts.id_field) if opts.id_field else None
+    if rid is None or rid == "":
+        doc_id, dup_reason = content_id(text, prompt), "duplicate_text"
+    else:
+        doc_id, dup_reason = (f"{namespace}/{rid}" if namespace else str(rid)), "duplicate_id"
+    domain = obj.get(opts.domain_field) if opts.domain_field else None
+    if not isinstance(domain, str) or not domain:
+        domain = opts.default_domain or stem
+    domain = forced.get("domain") or domain
+    doc_source = str(obj.get("source") or source)
+    try:  # JSON "\ud800" escapes parse to lone surrogates, which Arrow cannot store
+        for value in (text, doc_id, domain, doc_source):
+            value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return None, ("invalid_utf8", str(err), obj)
+    return (text, prompt, doc_id, dup_reason, domain, doc_source), None
+
+
+def _manifest(docs: dict, docs_table: pa.Table, rejects_table: pa.Table, per_input: list, warnings: list) -> dict:
+    """The ingest manifest: record counts per input and reason, domains and splits of the docs."""
+    total = sum(p["records"] for p in per_input)
+    reasons = Counter()
+    for p in per_input:
+        reasons.update(p["reasons"])
+    manifest = {
+        "records": total,
+        "accepted": docs_table.num_rows,
+        "rejected": rejects_table.num_rows,
+        "reasons": dict(sorted(reasons.items())),
+        "inputs": per_input,
+        "domains": dict(sorted(Counter(docs["domain"]).items())),
+        "splits": dict(sorted(Counter(docs["split"]).items())),
+        # documents per split and domain: what the data contract (winnow.data.contract) checks
+        "split_domains": {
+            s: dict(sorted(Counter(d for d, x in zip(docs["domain"], docs["split"]) if x == s).items()))
+            for s in sorted(set(docs["split"]))
+        },
+        "warnings": warnings,
+    }
+    return manifest
+
+
 def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
     """Read every input; return docs, rejects and a manifest whose counts add up."""
     docs: dict[str, list] = {f.name: [] for f in DOCS}
@@ -277,57 +349,11 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 if not isinstance(obj, dict):
                     reject(i, raw, "not_an_object", type(obj).__name__, obj)
                     continue
-                prompt = None
-                try:
-                    if "messages" in obj and opts.text_field not in obj:
-                        try:
-                            prompt, response = render_messages(obj["messages"])
-                        except ValueError as err:
-                            reject(i, raw, "bad_messages", str(err), obj)
-                            continue
-                        text = prompt + response
-                        if not response.strip():
-                            reject(i, raw, "empty_text", "empty assistant response", obj)
-                            continue
-                    elif "prompt" in obj and "response" in obj and opts.text_field not in obj:
-                        prompt, response = _as_text(obj["prompt"]), _as_text(obj["response"])
-                        if prompt is None or response is None:
-                            reject(i, raw, "missing_text", "prompt/response not strings", obj)
-                            continue
-                        text = prompt + response
-                        if not response.strip():
-                            reject(i, raw, "empty_text", "empty response", obj)
-                            continue
-                    else:
-                        text = _as_text(obj.get(opts.text_field))
-                except UnicodeDecodeError as err:
-                    reject(i, raw, "invalid_utf8", str(err), {k: repr(v)[:200] for k, v in obj.items()})
+                doc, rejected = _document(obj, opts, namespace, stem, forced, source)
+                if rejected is not None:
+                    reject(i, raw, *rejected)
                     continue
-                if text is None:
-                    reject(i, raw, "missing_text", f"no string field {opts.text_field!r}", obj)
-                    continue
-                if not text.strip():
-                    reject(i, raw, "empty_text", "", obj)
-                    continue
-                if len(text) > opts.max_chars:
-                    reject(i, raw, "over_length", f"{len(text)} > {opts.max_chars} chars", obj)
-                    continue
-                rid = obj.get(opts.id_field) if opts.id_field else None
-                if rid is None or rid == "":
-                    doc_id, dup_reason = content_id(text, prompt), "duplicate_text"
-                else:
-                    doc_id, dup_reason = (f"{namespace}/{rid}" if namespace else str(rid)), "duplicate_id"
-                domain = obj.get(opts.domain_field) if opts.domain_field else None
-                if not isinstance(domain, str) or not domain:
-                    domain = opts.default_domain or stem
-                domain = forced.get("domain") or domain
-                doc_source = str(obj.get("source") or source)
-                try:  # JSON "\ud800" escapes parse to lone surrogates, which Arrow cannot store
-                    for value in (text, doc_id, domain, doc_source):
-                        value.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    reject(i, raw, "invalid_utf8", str(err), obj)
-                    continue
+                text, prompt, doc_id, dup_reason, domain, doc_source = doc
                 if doc_id in seen:
                     reject(i, raw, dup_reason, f"{doc_id}: same as {seen[doc_id]}", obj)
                     continue
@@ -362,25 +388,8 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
 
     docs_table = pa.table(docs, schema=DOCS)
     rejects_table = pa.table(rejects, schema=REJECTS)
-    total = sum(p["records"] for p in per_input)
-    reasons = Counter()
-    for p in per_input:
-        reasons.update(p["reasons"])
-    manifest = {
-        "records": total,
-        "accepted": docs_table.num_rows,
-        "rejected": rejects_table.num_rows,
-        "reasons": dict(sorted(reasons.items())),
-        "inputs": per_input,
-        "domains": dict(sorted(Counter(docs["domain"]).items())),
-        "splits": dict(sorted(Counter(docs["split"]).items())),
-        # documents per split and domain: what the data contract (winnow.data.contract) checks
-        "split_domains": {
-            s: dict(sorted(Counter(d for d, x in zip(docs["domain"], docs["split"]) if x == s).items()))
-            for s in sorted(set(docs["split"]))
-        },
-        "warnings": warnings,
-    }
+    manifest = _manifest(docs, docs_table, rejects_table, per_input, warnings)
+    total = manifest["records"]
     if total != docs_table.num_rows + rejects_table.num_rows:
         raise AssertionError(f"lost records: {total} != {docs_table.num_rows} + {rejects_table.num_rows}")
     result = IngestResult(docs_table, rejects_table, manifest)

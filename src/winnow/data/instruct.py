@@ -28,7 +28,10 @@ candidates depend on its text only, and each (task, split) keeps the first ``max
 candidates in the order of a seeded hash of their ``doc_id`` (``continue`` round-robins over its
 three domains so that none crowds the others out).
 
-Pure Python + pyarrow: no torch.
+``less_sets`` then turns the tokenized instruction store (from these builders or from
+``winnow.data.instruct_files``) into LESS's pool, target and evaluation id lists.
+
+Pure Python + numpy + pyarrow: no torch.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ from __future__ import annotations
 import random
 import re
 import textwrap
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from winnow.data.subsets import filter_examples, sample_ids
 from winnow.data.tasks import _distractors, _interleave_domains, _rows, _seeded_int
 from winnow.io.tables import INSTRUCTIONS
 
@@ -368,3 +375,97 @@ def build_define_choice(instructions: pa.Table, split: str, n: int, seed: int) -
             }
         )
     return items
+
+
+# ------------------------------------------------------------------------------------------ LESS sets
+@dataclass
+class LessSets:
+    """What ``less_sets`` builds: the SUBTASKS table, the three id lists, the define-choice items
+    and ``summary``, the instruction store manifest's fields about them."""
+
+    subtasks: pa.Table
+    pool: np.ndarray
+    target: np.ndarray
+    eval_ids: np.ndarray
+    choice: list[dict]
+    summary: dict[str, Any]
+
+
+def less_sets(instructions: pa.Table, examples: pa.Table, cfg: dict, from_files: bool) -> LessSets:
+    """LESS's sets from the instruction store.
+
+    Inputs: ``instructions`` (INSTRUCTIONS rows: ``build_instructions`` or
+    ``instruct_files.build_from_files``), ``examples`` (the EXAMPLES table ``tokenize_shard`` made
+    of them, all shards, ``doc_id`` = the instruction's), ``cfg`` (``less.data``: ``seed``,
+    ``pool_size``, ``target_per_subtask``, ``eval_size``, and for the corpus ``target_task`` and
+    ``n_choice``) and ``from_files`` (the instructions came from the user's files).
+
+    Outputs (a ``LessSets``):
+
+    * ``subtasks``: SUBTASKS rows (``example_id``, ``task`` = the example's domain, ``subtask`` =
+      its instruction's) of every example;
+    * ``pool``: a seeded sample of ``pool_size`` train-split examples (all of them if fewer);
+    * ``target``: the reference points, up to ``target_per_subtask`` val-split examples per subtask
+      (LESS's few-shot dev sets), subtasks in sorted order; of ``target_task`` only for the corpus,
+      of every task with files (the target file's tasks are the targets);
+    * ``eval_ids``: a seeded sample of ``eval_size`` test-split examples (of ``target_task`` for
+      the corpus, of every task with files);
+    * ``choice``: the define-choice items (``build_define_choice`` on the test split, ``n_choice``
+      of them) for the corpus; empty with files (``less eval`` then reports the target loss alone);
+    * ``summary``: ``instructions_per_task``, ``pool_per_task``, ``n_pool``, ``n_target``,
+      ``n_eval``, ``n_choice``, ``target_task`` (the configured one, or with files the sorted tasks
+      of the target) and ``source`` (``corpus`` or ``files``).
+
+    An empty pool, target or eval set, or (corpus) no define-choice item, is a ValueError.
+    Deterministic given ``cfg["seed"]``.
+    """
+    seed = cfg["seed"]
+    # Subtask of every example, through its instruction row (doc_id).
+    sub_of = dict(zip(instructions["doc_id"].to_pylist(), instructions["subtask"].to_pylist(), strict=True))
+    task = cfg.get("target_task")
+    subtasks = pa.table(
+        {
+            "example_id": examples["example_id"],
+            "task": examples["domain"],
+            "subtask": pa.array([sub_of[d] for d in examples["doc_id"].to_pylist()], pa.string()),
+        }
+    )
+    pool_all = filter_examples(examples, splits=["train"])
+    pool = sample_ids(pool_all, seed, n=min(cfg["pool_size"], pool_all.size))
+    # The reference points: up to n per subtask of the target task, from the val split (LESS's
+    # few-shot dev sets are a handful of examples per subtask).
+    # With files, every item of the target file is a reference point (its tasks are the targets).
+    val_ids = examples.filter(pc.equal(examples["split"], "val"))["example_id"]
+    in_val = pc.is_in(subtasks["example_id"], val_ids)
+    target_rows = subtasks.filter(in_val if from_files else pc.and_(pc.equal(subtasks["task"], task), in_val))
+    target = []
+    for name in sorted(set(target_rows["subtask"].to_pylist())):
+        ids = target_rows.filter(pc.equal(target_rows["subtask"], name))["example_id"].to_numpy()
+        target.append(sample_ids(ids, seed, n=min(cfg["target_per_subtask"], ids.size)))
+    target = np.concatenate(target) if target else np.zeros(0, np.int64)
+    eval_all = filter_examples(examples, splits=["test"], domains=None if from_files else [task])
+    eval_ids = sample_ids(eval_all, seed, n=min(cfg["eval_size"], eval_all.size))
+    for name, ids in (("pool", pool), ("target", target), ("eval", eval_ids)):
+        if ids.size == 0:
+            raise ValueError(f"less data: the {name} set is empty (target_task {task!r}; check less.data)")
+    # The define-choice task exists only for the corpus's define items.
+    choice = [] if from_files else build_define_choice(instructions, split="test", n=cfg["n_choice"], seed=seed)
+    if not choice and not from_files:
+        raise ValueError("less data: no define-choice items could be built from the test split")
+    row_of = {int(e): i for i, e in enumerate(examples["example_id"].to_pylist())}
+    pool_rows = np.asarray([row_of[int(e)] for e in pool], dtype=np.int64)
+    summary = {
+        "instructions_per_task": _counts(instructions["task"].to_pylist()),
+        "pool_per_task": _counts(pc.take(examples["domain"], pool_rows).to_pylist()),
+        "n_pool": int(pool.size),
+        "n_target": int(target.size),
+        "n_eval": int(eval_ids.size),
+        "n_choice": len(choice),
+        "target_task": sorted(set(target_rows["task"].to_pylist())) if from_files else task,
+        "source": "files" if from_files else "corpus",
+    }
+    return LessSets(subtasks, pool, target, eval_ids, choice, summary)
+
+
+def _counts(values) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))

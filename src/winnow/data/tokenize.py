@@ -90,7 +90,9 @@ def tokenize_shard(docs: pa.Table, tokenizer, shard: int, num_shards: int, seq_l
     piece_doc = np.repeat(np.arange(len(rows)), n_pieces)
     first_piece = np.cumsum(n_pieces) - n_pieces
     k = np.arange(len(piece_doc)) - first_piece[piece_doc]  # index of the piece in its doc
-    piece_len = np.where(prompt_doc[piece_doc], doc_len[piece_doc], np.minimum(seq_len, doc_len[piece_doc] - k * seq_len))
+    piece_len = np.where(
+        prompt_doc[piece_doc], doc_len[piece_doc], np.minimum(seq_len, doc_len[piece_doc] - k * seq_len)
+    )
     piece_loss = loss_start[piece_doc]
     keep = (piece_len >= 2) & (piece_loss < piece_len)
     tokens = flat[np.repeat(keep, piece_len)]

@@ -276,7 +276,6 @@ def _run(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-
     task_files, dropped = _fit_to_context(task_files, model_dir, tokenizer_dir, work_dir / "data")
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]

@@ -282,7 +282,6 @@ def run_tasks(
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 
-
         specs = resolved["tasks"]
         # lm-eval's ~15,000 tasks are indexed only when needed: a built-in task, or a group or tag
         # (whose members may be built-in tasks).

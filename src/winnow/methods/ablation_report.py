@@ -1,14 +1,12 @@
 """How well merged models predict mixture models: the perplexity table, correlations and a plot.
 
-For every evaluation domain d and configured mixture S, the *truth* is y = PPL_d(θ_S^mix) (the model
-trained on the mixture); the proxies are x = PPL_d(θ̄_S) (the uniform merge of S's components), the
-naive x = mean_{k∈S} PPL_d(θ_k) (mean of the components' perplexities), and, where configured, a
-macro merge whose members cover exactly S. Pearson and Spearman (average ranks for ties) are taken
-across mixtures per domain, over the whole test split (``__all__``), and pooled over every
-(mixture, domain) point (also over partition domains and held-out domains separately).
-
-Eval files are found by path: ``.../ablation/eval/seed/ppl.json`` and
+Per evaluation domain, across mixtures: Pearson and Spearman (average ranks for ties) of the mixture
+model's perplexity against the merge's, the naive mean of the components' perplexities and, where
+configured, a covering macro merge; also over the whole test split (``__all__``) and pooled over
+(mixture, domain) points. Eval files are found by path: ``.../ablation/eval/seed/ppl.json`` and
 ``.../ablation/eval/{components|mixtures|merges|macros}/{name}/ppl.json``.
+
+See docs/methods/ablation.md.
 """
 
 from __future__ import annotations

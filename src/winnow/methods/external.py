@@ -29,7 +29,14 @@ FORMATS = ("jsonl", "parquet", "tsv", "csv")
 KEYS = ("doc_id", "example_id")
 MISSING = ("error", "lowest", "drop")
 REASONS = ("bad_record", "missing_key", "bad_key", "non_numeric", "not_finite", "duplicate_id", "unknown_id")
-_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".tsv": "tsv", ".csv": "csv"}
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".tsv": "tsv",
+    ".csv": "csv",
+}
 RAW_MAX = 4096
 
 
@@ -168,6 +175,31 @@ class Aligned:
     report: dict = field(default_factory=dict)
 
 
+def _parse_records(
+    records: list[Record], key: str, rejects: list[Reject]
+) -> tuple[dict[object, list[tuple[Record, float]]], dict[object, float]]:
+    """``(records by parsed key, the score of each key given once)``; unusable records and every
+    copy of a repeated key are appended to ``rejects``."""
+    parsed: dict[object, list[tuple[Record, float]]] = {}
+    for r in records:
+        k, reason, detail = parse_key(r.key, key)
+        if reason is None:
+            s, reason, detail = parse_score(r.score)
+        if reason is not None:
+            rejects.append(Reject(r.index, reason, detail, r.raw))
+            continue
+        parsed.setdefault(k, []).append((r, s))
+    # A key given twice has no one score; no copy wins silently, and the key counts as missing.
+    scored: dict[object, float] = {}
+    for k, rows in parsed.items():
+        if len(rows) > 1:
+            for r, _ in rows:
+                rejects.append(Reject(r.index, "duplicate_id", f"{key} {k!r} appears {len(rows)} times", r.raw))
+        else:
+            scored[k] = rows[0][1]
+    return parsed, scored
+
+
 def align(
     records: list[Record],
     rejects: list[Reject],
@@ -193,23 +225,7 @@ def align(
         raise ValueError(f"{where}.missing must be one of {MISSING}, got {missing!r}")
     rejects = list(rejects)
     n_records = len(records) + len(rejects)
-    parsed: dict[object, list[tuple[Record, float]]] = {}
-    for r in records:
-        k, reason, detail = parse_key(r.key, key)
-        if reason is None:
-            s, reason, detail = parse_score(r.score)
-        if reason is not None:
-            rejects.append(Reject(r.index, reason, detail, r.raw))
-            continue
-        parsed.setdefault(k, []).append((r, s))
-    # A key given twice has no one score; no copy wins silently, and the key counts as missing.
-    scored: dict[object, float] = {}
-    for k, rows in parsed.items():
-        if len(rows) > 1:
-            for r, _ in rows:
-                rejects.append(Reject(r.index, "duplicate_id", f"{key} {k!r} appears {len(rows)} times", r.raw))
-        else:
-            scored[k] = rows[0][1]
+    parsed, scored = _parse_records(records, key, rejects)
 
     pool = np.unique(np.asarray(pool_ids, dtype=np.int64))
     example_ids = np.asarray(example_ids, dtype=np.int64)
@@ -223,7 +239,9 @@ def align(
     outside = 0
     for k in list(scored):
         if k not in known:
-            rejects.append(Reject(_record_of(parsed[k]), "unknown_id", f"{key} {k!r} is not in the corpus", parsed[k][0][0].raw))
+            rejects.append(
+                Reject(_record_of(parsed[k]), "unknown_id", f"{key} {k!r} is not in the corpus", parsed[k][0][0].raw)
+            )
             del scored[k]
         elif k not in pool_docs:
             outside += 1  # a real id of the corpus (e.g. a test document): not a candidate
@@ -290,7 +308,9 @@ def heuristic_score(text: str) -> float:
     return math.log1p(len(words)) * len(set(words)) / len(words)
 
 
-def write_scores_file(path: str | Path, keys: list, scores: list[float], key: str = "doc_id", fmt: str = "auto") -> None:
+def write_scores_file(
+    path: str | Path, keys: list, scores: list[float], key: str = "doc_id", fmt: str = "auto"
+) -> None:
     """A score file in any of :data:`FORMATS` (written atomically)."""
     from winnow.io.atomic import atomic_path
 

@@ -1,35 +1,17 @@
 """LESS: LoRA gradient features, their projection and matching, and a learned score predictor.
 
-METHODS.md §3. Notation: θ_i the LoRA checkpoint i (base weights frozen), (m_i, v_i) its AdamW
-moments, ℓ(z, θ) the per-example loss (token-mean next-token CE over the example's response
-positions, :mod:`winnow.grads`), P the number of trainable LoRA values, d the projected dimension.
+Features per example and warm-up checkpoint: Adam-preconditioned LoRA gradients for the pool, plain
+gradients for the target, projected by a seeded ±1 matrix (:class:`RademacherProjector`, ``(P,) →
+(d,)``) and L2-normalised; per-example gradients are batched (hooks or ``vmap(grad)``).
+:func:`less_scores` gives each pool example its lr-weighted cosine with the target, aggregated over
+the target examples (``(N,)`` float32). :func:`fit_ridge` / :func:`mean_hidden_states`: the
+predictor from the frozen base's mean hidden states (used by :mod:`winnow.methods.less_prefilter`).
+Checkpoint weights and moments are keyed by peft's parameter names
+(``base_model.model.<module>.lora_A.default.weight``; moments under ``<name>.exp_avg`` /
+``.exp_avg_sq``).
 
-Features (one per example and checkpoint):
-
-- pool ("adam"): one simulated Adam step from the checkpoint's moments, no bias correction
-      g = ∇_LoRA ℓ(z; θ_i),  m' = β1 m_i + (1−β1) g,  v' = β2 v_i + (1−β2) g²,  Γ = m' / √(v' + ε)
-  (ε inside the square root, as LESS's code);
-- target ("sgd"): the plain gradient g;
-- then Φ(x) = x R / √d with R ∈ {±1}^{P×d} (:class:`RademacherProjector`) and L2 normalisation.
-
-Per-example gradients are batched instead of LESS's one-example ``loss.backward()`` loop: one
-batched backward with hooks on the LoRA factors (:func:`per_example_lora_grads_hooks`, the
-default) or ``vmap(grad)`` (:func:`per_example_lora_grads`); both equal the loop's
-(tests/unit/test_less.py).
-
-Matching (:func:`less_scores`): Inf(z, z') = Σ_i w_i ⟨φ_i(z), φ_i(z')⟩ with w_i = η̄_i / Σ_j η̄_j,
-aggregated over the target examples (LESS: mean within a subtask, max over subtasks).
-
-Predictor: ridge regression (:func:`fit_ridge`) from a cheap per-example input — the frozen base
-model's mean last-layer hidden state (:func:`mean_hidden_states`) — to a score, so the expensive
-gradient features need only be computed on a sample of the pool; :mod:`winnow.methods.less_prefilter`
-uses it to featurise a sample and the predicted top of the rest only.
-
-LoRA naming (peft 0.21, checked): ``get_peft_model`` wraps the model, so parameter names read
-``base_model.model.<original module path>.lora_A.default.weight`` (and ``lora_B``; base weights
-become ``...<module>.base_layer.weight``). The trainer's checkpoints (:mod:`winnow.models.checkpoint`)
-key both weights and moments by exactly these names, so a LoRA checkpoint's moments are found under
-``<lora param name>.exp_avg`` / ``.exp_avg_sq``.
+See docs/methods/less.md for the equations, the differences from LESS's released code and the
+checks.
 """
 
 from __future__ import annotations

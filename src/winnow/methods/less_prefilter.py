@@ -1,22 +1,11 @@
 """The LESS prefilter (``less.predictor.mode``): exact gradient features for a fitted sample and the
 predicted top of the rest only.
 
-Steps (rules/less.smk, ``winnow less prefilter-*``):
-
-1. S = :func:`prefilter_fit_ids`: a seeded sample of the pool (``less.predictor.fit_fraction``);
-   its exact LESS features (every warm-up epoch) and scores come from the same feature and matching
-   code as the whole pool's.
-2. The ridge predictor (:func:`winnow.methods.less.fit_ridge` on the frozen base's mean hidden
-   states) is fitted on S's exact scores and predicts every other pool example;
-   T = :func:`prefilter_top_ids`: the best-predicted ``featurize_fraction`` of the pool outside S,
-   which gets exact features and scores too.
-3. :func:`prefilter_scores`: exact scores on S ∪ T, everything else ranked below them by
-   prediction, so a top-k selection takes featurised examples only while k ≤ |S ∪ T|.
-4. :func:`prefilter_comparison`: with full features of the whole pool in the run, the recall of
-   the exact top-k by the prefilter's top-k (and by the predict-only path: exact on S, predicted
-   elsewhere, no refinement), and Spearman correlations.
-
-The prefilter is Winnow's addition, not part of the LESS paper.
+:func:`prefilter_fit_ids` (S, a seeded sample of the pool), :func:`prefilter_top_ids` (T, the
+best-predicted ``featurize_fraction`` outside S), :func:`prefilter_scores` (exact on S ∪ T, the rest
+ranked below them by prediction) and :func:`prefilter_comparison` (recall of the exact top-k and
+Spearman correlations, when the whole pool's features exist). Winnow's addition, not part of the
+LESS paper; see docs/methods/less.md.
 """
 
 from __future__ import annotations

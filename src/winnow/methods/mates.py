@@ -1,58 +1,16 @@
-"""MATES oracle influence: one AdamW step on one candidate, then the reference loss (METHODS.md §1b).
+"""MATES oracle influence: one AdamW step on one candidate, then the reference loss.
 
-Notation: θ the checkpoint's parameters, (m, v, s) its AdamW moments and step count (per
-parameter, as torch keeps them), η the learning rate the trainer would use for its next step,
-ℓ(x, θ) the per-example loss (token-mean next-token CE over the example's target positions,
-:mod:`winnow.grads`), and the reference loss
+For each candidate x: delta(x) = ℒ_ref(θ'_x) − ℒ_ref(θ), with θ'_x one step of the trainer's AdamW
+(its parameter groups, moments, step count, clipping and next learning rate) on x alone; lower =
+the step helps the reference task. Losses are token-mean next-token CE in nats. Three ways:
+:func:`sequential_oracle` (a real ``torch.optim.AdamW``, the reference), :func:`batched_oracle` (the
+same numbers for K candidates at a time, functional; peak ≈ 2·K·|θ| values plus activations) and
+:func:`first_order_oracle` (an approximation, flagged in the result; :func:`first_order_agreement`
+reports its rank correlation with the exact oracle). :func:`load_state` reads a checkpoint of
+:mod:`winnow.models.checkpoint` once; nothing touches the disk inside the probe loops.
 
-    ℒ_ref(θ) = (1/N) Σ_r ℓ(r, θ)      over the N reference examples (as :mod:`winnow.eval.loss`).
-
-For a candidate x the probe takes one step of the trainer's optimizer on x alone:
-
-    g   = ∇_θ ℓ(x, θ) · min(1, c / (‖g‖ + 1e-6))        (global-norm clipping, torch's formula)
-    m'  = m + (1 − β1)(g − m),   v' = β2 v + (1 − β2) g²,   s' = s + 1
-    θ'  = θ (1 − η λ_p) − (η / (1 − β1^s')) · m' / (√v' / √(1 − β2^s') + ε)
-
-with decoupled weight decay λ_p = weight_decay on ≥ 2-D tensors and 0 on the others (the
-trainer's two parameter groups), and reports
-
-    delta(x) = ℒ_ref(θ'_x) − ℒ_ref(θ)         (lower = the step on x helps the reference task).
-
-MATES's code (upstream issue #5) scores ℒ_ref(θ'_x) and drops the constant ℒ_ref(θ); we keep
-the difference and report both terms (``ref_loss_before``, ``ref_loss_after``).
-
-Three ways to compute it:
-
-- :func:`sequential_oracle`: the plain reference. A real ``torch.optim.AdamW`` with the
-  trainer's parameter groups, parameters and optimizer state restored in memory (``copy_``)
-  before every candidate, the trainer's loss, ``clip_grad_norm_`` and ``optimizer.step()``, then
-  the reference loss with ordinary model forwards.
-- :func:`batched_oracle`: the same numbers for ``candidates_per_batch`` = K candidates at a
-  time, purely functional (θ, m, v are never written): per-candidate gradients by
-  ``vmap(grad)`` (K × |θ|), per-candidate clip coefficients, the AdamW update above written out
-  on the stacked gradients (op for op as torch's single-tensor AdamW: bit-identical to
-  ``optimizer.step()`` given the same gradient), giving K parameter copies (K × |θ|), then the
-  reference loss of the K updated models, the reference micro-batch shared: K
-  ``functional_call`` calls (``reference_mode="loop"``, default) or one ``vmap`` of
-  ``functional_call`` over the stacked parameters (``"vmap"``; slower on an H200: the vmapped
-  linears add their bias in a separate broadcast pass). Gradients are freed tensor by tensor as
-  the update consumes them, so the peak is ≈ 2·K·|θ| values plus activations.
-  Exact speed-ups of the reference forward: the LM head only projects the hidden states of the
-  target positions (``head_at_targets``; a LAMBADA-style reference predicts one word per
-  example, so most of the (tokens × vocab) logits are skipped; checked against the full forward
-  once per call, switched off if they disagree); SDPA attention (``reference_attention``) with
-  the padding mask dropped for right-padded rows, where it is redundant under the causal mask
-  (so the fused causal kernels run). The gradients use eager attention (``vmap`` over per-
-  candidate masks does not go through transformers' SDPA path).
-- :func:`first_order_oracle` (``cfg.first_order``), an APPROXIMATION, flagged as such in the
-  result: delta(x) ≈ ⟨∇ℒ_ref(θ), θ'_x − θ⟩ (the METHODS.md form −⟨∇ℒ_ref, Δθ⟩ with Δθ the step
-  θ − θ'_x), one reference gradient per call and no reference forward per candidate.
-  :func:`first_order_agreement` reports its rank correlation with the exact oracle.
-
-Everything runs in the model's device and dtype (``cfg.amp = "bf16"``: bf16 autocast over
-fp32 parameters, as the trainer on GPU); the model runs in eval mode (dropout off). Nothing is
-read from or written to disk inside the probe loops; :func:`load_state` reads a checkpoint of
-:mod:`winnow.models.checkpoint` once.
+See docs/methods/mates.md for the equations, the differences from MATES's released code and the
+checks.
 """
 
 from __future__ import annotations

@@ -1,42 +1,14 @@
-"""PDS: data weights from Pontryagin's maximum principle (the PMP solver; METHODS.md §2b).
+"""PDS: data weights from Pontryagin's maximum principle (the PMP solver).
 
-Notation: θ_t model parameters after t SGD steps (θ_0 = the model given), η the SGD learning
-rate, ℓ(x, θ) the per-example loss (token-mean next-token CE, :mod:`winnow.grads`),
-J(θ) = mean of ℓ over the target examples, proxy examples x_1..x_N.
+:func:`solve` runs a T-step SGD trajectory from the model given (θ_0), the costates λ_t backwards
+with Hessian-vector products, and returns ``grad_gamma`` ``(N,)`` float64, one score per proxy
+example (higher = better; with ``interval`` 1 it is −dJ_total/dγ_n), with a plain-JSON report.
+Variants (``PMPConfig.variant``): "released" (one pass on uniformly weighted trajectory batches, as
+microsoft/LMOps computes) and "paper" (Algorithm 1: projected-simplex epochs on the γ-weighted proxy
+set; the final γ is ``report["gamma"]``). The trajectory is stored in ``work_dir`` with √T
+checkpointing and reused when its fingerprint matches.
 
-Costate (adjoint) recursion, run backwards from the end of a T-step trajectory:
-    λ_T = ∇J(θ_T),   λ_t = λ_{t+1} + ∇J(θ_t) − η H_t λ_{t+1}   (t = T−1 … 1)
-and the score of proxy example n:
-    grad_gamma_n = η Σ_{t ∈ C} ⟨∇ℓ(x_n, θ_t), λ_{t+1}⟩,   C = {0, interval, 2·interval, …} ∩ [0, T)
-(λ_0 is never needed and is not computed.) With interval 1 this is exactly −dJ_total/dγ_n,
-J_total = Σ_{t=1..T} J(θ_t), for the dynamics θ_{t+1} = θ_t − η ∇_θ[L_t(θ_t) + Σ_n γ_n ℓ(x_n, θ_t)]
-where γ enters as below. Higher grad_gamma = better example.
-
-Variants (``PMPConfig.variant``):
-- "released" (what microsoft/LMOps data_selection computes): one pass; L_t = mean of ℓ over the
-  B trajectory examples of step t (``trajectory_ids[t·B:(t+1)·B]``, in the order given), γ = 0,
-  so H_t is the Hessian of that batch mean and the proxy set only enters through the
-  contributions ⟨∇ℓ_n, λ_{t+1}⟩.
-- "paper" (Algorithm 1): γ starts uniform on the simplex over the proxy set; each outer epoch
-  runs T steps of full-batch SGD on L(θ, γ) = Σ_n γ_n ℓ(x_n, θ) (no trajectory ids; examples with
-  γ_n = 0 are skipped), backward with H_t = ∇²L(θ_t, γ), g = grad_gamma as above (= −dJ_total/dγ:
-  ``interval`` must be 1, :meth:`PMPConfig.validate` refuses any other), then
-  γ ← Proj_simplex(γ + α g). Returns the last epoch's g; the final γ is ``report["gamma"]``
-  (a list, so that the report stays plain JSON).
-
-Per-example contributions use one forward-mode JVP per proxy micro-batch (no per-example
-gradients); H_t λ is forward-over-reverse. Both need eager attention, so ``solve`` switches the
-model with :func:`winnow.grads.functional_model` while it runs (same function).
-
-Storage (√T checkpointing, as the released solver): the forward writes to the trajectory folder
-(``work_dir`` for "released", ``work_dir/epoch-{e:03d}`` for "paper")
-    batches.parquet               step, example_id, weight: what each SGD step trained on
-    theta-{t:06d}.safetensors     θ_t for t = 0, k, 2k, … and T   (k = ckpt_every)
-    trajectory.json               fingerprint + saved steps; written last, marks completeness
-The backward walks the segments from last to first: reload θ at the segment start, recompute the
-≤ k−1 θ_t inside it, then step λ back through it; at most k θ's are in memory. A rerun whose
-fingerprint (θ_0 bytes, step ids/weights, their tokens, T, η, k, micro-batching, seq_len, pad,
-dtype) matches a complete trajectory reuses it instead of re-running the forward.
+See docs/methods/pds.md for the equations, the storage layout and the checks.
 """
 
 from __future__ import annotations
@@ -484,6 +456,61 @@ def _as_ids(x, name: str) -> np.ndarray:
     return ids
 
 
+def _solve_inputs(cfg: PMPConfig, proxy_ids, target_ids, trajectory_ids):
+    """Checked ``(proxy_ids, target_ids, trajectory_ids)`` of :func:`solve` (the released variant's
+    trajectory cut to T·B ids)."""
+    cfg.validate()
+    proxy_ids = _as_ids(proxy_ids, "proxy_ids")
+    target_ids = _as_ids(target_ids, "target_ids")
+    if len(np.unique(proxy_ids)) != len(proxy_ids):
+        raise ValueError("proxy_ids contains duplicates")
+    T, B = cfg.steps, cfg.batch_size
+    if cfg.variant == "released":
+        if trajectory_ids is None:
+            raise ValueError("the released variant needs trajectory_ids (T·B ids, in order)")
+        trajectory_ids = _as_ids(trajectory_ids, "trajectory_ids")
+        if len(trajectory_ids) < T * B:
+            raise ValueError(f"need T·B = {T * B} trajectory ids, got {len(trajectory_ids)}")
+        trajectory_ids = trajectory_ids[: T * B]
+    return proxy_ids, target_ids, trajectory_ids
+
+
+def _solve_report(
+    cfg: PMPConfig,
+    proxy_ids: np.ndarray,
+    target_ids: np.ndarray,
+    seq_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    J: list[float],
+    lam_norm: list[float | None],
+    timings: dict,
+    epochs: list[dict],
+) -> dict:
+    """:func:`solve`'s report (the last epoch's J and ‖λ‖; without ``gamma``)."""
+    return {
+        "variant": cfg.variant,
+        "config": asdict(cfg),
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "interval": cfg.interval,
+        "ckpt_every": cfg.resolved_ckpt_every(),
+        "contribution_steps": list(range(0, cfg.steps, cfg.interval)),
+        "n_proxy": len(proxy_ids),
+        "n_target": len(target_ids),
+        "n_trajectory_ids": 0 if cfg.variant == "paper" else cfg.steps * cfg.batch_size,
+        "seq_len": seq_len,
+        "dtype": str(dtype),
+        "device": str(device),
+        "J": J,
+        "J_total": float(sum(J[1:])),
+        "lambda_norm": lam_norm,
+        "timings_s": timings,
+        "reused_trajectory": all(e["reused_trajectory"] for e in epochs),
+        "epochs": epochs,
+    }
+
+
 def solve(
     model: torch.nn.Module,
     store: ExampleStore,
@@ -517,19 +544,8 @@ def solve(
         and non-zero count for "paper"). For "paper" also ``report["gamma"]``: the final γ, a list of
         N floats in ``proxy_ids`` order. The report is plain JSON (``write_json`` takes it as is).
     """
-    cfg.validate()
-    proxy_ids = _as_ids(proxy_ids, "proxy_ids")
-    target_ids = _as_ids(target_ids, "target_ids")
-    if len(np.unique(proxy_ids)) != len(proxy_ids):
-        raise ValueError("proxy_ids contains duplicates")
-    T, B = cfg.steps, cfg.batch_size
-    if cfg.variant == "released":
-        if trajectory_ids is None:
-            raise ValueError("the released variant needs trajectory_ids (T·B ids, in order)")
-        trajectory_ids = _as_ids(trajectory_ids, "trajectory_ids")
-        if len(trajectory_ids) < T * B:
-            raise ValueError(f"need T·B = {T * B} trajectory ids, got {len(trajectory_ids)}")
-        trajectory_ids = trajectory_ids[: T * B]
+    proxy_ids, target_ids, trajectory_ids = _solve_inputs(cfg, proxy_ids, target_ids, trajectory_ids)
+    T = cfg.steps
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -586,27 +602,7 @@ def solve(
 
     timings = dict(sorted(timer.total.items()))
     timings["total"] = time.perf_counter() - t_start
-    report = {
-        "variant": cfg.variant,
-        "config": asdict(cfg),
-        "steps": T,
-        "lr": cfg.lr,
-        "interval": cfg.interval,
-        "ckpt_every": cfg.resolved_ckpt_every(),
-        "contribution_steps": list(range(0, T, cfg.interval)),
-        "n_proxy": len(proxy_ids),
-        "n_target": len(target_ids),
-        "n_trajectory_ids": 0 if cfg.variant == "paper" else T * B,
-        "seq_len": seq_len,
-        "dtype": str(dtype),
-        "device": str(device),
-        "J": J,
-        "J_total": float(sum(J[1:])),
-        "lambda_norm": lam_norm,
-        "timings_s": timings,
-        "reused_trajectory": all(e["reused_trajectory"] for e in epochs),
-        "epochs": epochs,
-    }
+    report = _solve_report(cfg, proxy_ids, target_ids, seq_len, dtype, device, J, lam_norm, timings, epochs)
     if cfg.variant == "paper":
         report["gamma"] = gamma.tolist()
     return grad_gamma, report

@@ -4,8 +4,7 @@ transformers' ``sdpa`` implementation hands SDPA ``is_causal=True`` (no mask ten
 padding mask is absent, so that the fused causal kernels run. Under ``torch.compile`` with torch
 < 2.14 it never does: dynamo reports every compiled region as an export, and
 ``masking_utils._ignore_causal_mask_sdpa`` then builds the full ``(b, 1, t, t)`` boolean mask,
-which sends SDPA to its masked kernels. On an H200 those took 17.7 ms of a 78.6 ms Pythia-160M
-training step (32 × 1024 tokens) and 6.7 ms of a 33 ms scorer batch (benchmarks/RESULTS.md).
+which sends SDPA to its masked kernels (what that costs: benchmarks/RESULTS.md).
 
 :data:`CAUSAL_SDPA` is the same attention function (transformers' ``sdpa_attention_forward``)
 with a mask function that returns no mask exactly when the skip is valid whatever the tracing

@@ -68,9 +68,7 @@ def weight_files(folder: str | os.PathLike, key: str = "model folder") -> list[P
     single = folder / "model.safetensors"
     if single.is_file():
         return [single]
-    raise FileNotFoundError(
-        f"config key {key}: {folder} has neither model.safetensors nor {INDEX} (safetensors only)"
-    )
+    raise FileNotFoundError(f"config key {key}: {folder} has neither model.safetensors nor {INDEX} (safetensors only)")
 
 
 def tokenizer_files(folder: str | os.PathLike, key: str = "tokenizer folder") -> list[Path]:
@@ -79,7 +77,9 @@ def tokenizer_files(folder: str | os.PathLike, key: str = "tokenizer folder") ->
         raise FileNotFoundError(f"config key {key}: {folder} is not a local folder (no hub downloads)")
     files = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
     if not files:
-        raise FileNotFoundError(f"config key {key}: {folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+        raise FileNotFoundError(
+            f"config key {key}: {folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)"
+        )
     return files
 
 
@@ -120,8 +120,13 @@ def tokenizer_size(folder: str | os.PathLike) -> tuple[int, dict[str, int]]:
     return (max(ids) + 1 if ids else 0), {**specials, **named}
 
 
-def check_vocab(key: str, model_folder: str | os.PathLike, n_tokens: int, special_ids: dict | None = None,
-                tokenizer_key: str = "the tokenizer") -> None:
+def check_vocab(
+    key: str,
+    model_folder: str | os.PathLike,
+    n_tokens: int,
+    special_ids: dict | None = None,
+    tokenizer_key: str = "the tokenizer",
+) -> None:
     """Refuse a model whose embedding cannot hold every token id (or whose own pad/eos/bos ids lie
     outside its embedding): training or scoring would index past it, or learn rows nobody reads."""
     cfg = _read_json(Path(model_folder) / "config.json")
@@ -136,7 +141,9 @@ def check_vocab(key: str, model_folder: str | os.PathLike, n_tokens: int, specia
         )
     for name, tid in (special_ids or {}).items():
         if tid is not None and tid >= rows:
-            raise ValueError(f"config key {key}: {tokenizer_key}'s {name} has id {tid}, beyond the embedding's {rows} rows")
+            raise ValueError(
+                f"config key {key}: {tokenizer_key}'s {name} has id {tid}, beyond the embedding's {rows} rows"
+            )
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         tids = cfg.get(name)
         for tid in tids if isinstance(tids, list) else [tids]:
@@ -185,8 +192,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=[EOS, PAD, BOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[EOS, PAD, BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=BOS)
@@ -197,9 +207,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def hf_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_pos: int, tok):
     ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=4 * hidden,
-                  max_position_embeddings=max_pos, tie_word_embeddings=False, **ids)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=False,
+        **ids,
+    )
     if arch == "llama":
         from transformers import LlamaConfig
 
@@ -232,9 +249,18 @@ def texts_of(paths: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
-def make_local_model(out: str | os.PathLike, arch: str, texts: Iterable[str], vocab_size: int = 512,
-                     hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 256,
-                     seed: int = 0, max_shard_size: str | None = None) -> Path:
+def make_local_model(
+    out: str | os.PathLike,
+    arch: str,
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_pos: int = 256,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+) -> Path:
     """Write a randomly initialised ``arch`` model with its own BPE tokenizer (trained on ``texts``)
     and chat template to ``out``, an HF folder that loads offline; sharded when ``max_shard_size``
     (e.g. "50KB") is smaller than the weights. The embedding has exactly the tokenizer's size."""

@@ -85,9 +85,7 @@ def collate(store: ExampleStore, ids, seq_len: int, pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
-def open_store(
-    examples_path, manifest_path, extra: tuple | None = None, only_shards=None
-) -> tuple[ExampleStore, dict]:
+def open_store(examples_path, manifest_path, extra: tuple | None = None, only_shards=None) -> tuple[ExampleStore, dict]:
     """The store of a tokenized corpus and its manifest; the shards' files come from the manifest.
 
     ``extra = (examples parquet, {shard: tokens file})`` adds examples that live outside the

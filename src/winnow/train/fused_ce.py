@@ -13,10 +13,8 @@ logits come out of the GEMM in the compute dtype (bf16 under autocast), the soft
 are taken in fp32, the logit gradient is cast back to the compute dtype for its two GEMMs (what
 autograd does under autocast), and W's gradient is accumulated in fp32.
 
-Status: measured, not the trainer's default. On an H200 (Pythia-160M shape, 32 × 1024 tokens, the
-compiled fast path) it gave the same step time as the plain head (68.6 vs 69.2 ms; 67.8 vs 67.9
-in another run) and 3.6 GiB less peak memory (benchmarks/RESULTS.md, `bench_train.py --variants
-fused`): inductor already fuses the plain head's softmax passes, and the GEMMs are the same.
+Status: measured, not the trainer's default (same step time as the plain head, less peak memory:
+benchmarks/RESULTS.md, ``bench_train.py --variants fused``).
 """
 
 from __future__ import annotations

@@ -141,6 +141,162 @@ def fast_path(cfg: TrainConfig, device: torch.device) -> bool:
     return bool(cfg.compile) and device.type == "cuda"
 
 
+def _adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, fast: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; fused on the fast path, foreach on CUDA."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        **({"fused": True} if fast else {"foreach": device.type == "cuda"}),
+    )
+
+
+@dataclass
+class _TrainRun:
+    """What :func:`train`'s steps work with (fixed before the first step)."""
+
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: object
+    store: ExampleStore
+    ids: np.ndarray
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    pad_id: int
+    use_bf16: bool
+    fast: bool
+
+
+def _train_step(run: _TrainRun, step: int) -> tuple[float, float, int]:
+    """One optimizer step (this rank's micro-batches, accumulated): ``(loss per target token, lr,
+    this rank's tokens)``."""
+    model, ddp_model, optimizer, loss_fn = run.model, run.ddp_model, run.optimizer, run.loss_fn
+    store, ids, cfg, rank, world, device = run.store, run.ids, run.cfg, run.rank, run.world, run.device
+    pad_id, use_bf16, fast = run.pad_id, run.use_bf16, run.fast
+    lr = lr_at(step, cfg.lr, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac, cfg.half_life)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch_of = epoch_step_ids if cfg.epoch_batches else step_ids
+    batch_ids = batch_of(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
+    n_targets = sum(store.n_loss_tokens(e) for e in batch_ids)
+    chunks = [batch_ids[i : i + cfg.micro_batch_size] for i in range(0, len(batch_ids), cfg.micro_batch_size)]
+    mine = chunks[rank::world]
+    # An epoch's partial last batch can leave a rank without a micro-batch; under DDP it still
+    # joins the gradient all-reduce, with a zero-weight backward of one example.
+    idle = not mine
+    if idle:
+        mine = [batch_ids[:1]]
+    loss_sum = torch.zeros((), device=device)
+    step_tokens = 0
+    for j, chunk in enumerate(mine):
+        batch = {k: v.to(device) for k, v in collate(store, chunk, cfg.seq_len, pad_id).items()}
+        sync = j == len(mine) - 1
+        ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
+        with ctx:
+            mask = batch["attention_mask"]
+            if fast and bool(mask.all()):
+                mask = None  # no padding: SDPA's causal kernel instead of an explicit mask
+            ce = loss_fn(ddp_model, batch["input_ids"], mask, batch["loss_mask"], use_bf16)
+            # DDP averages gradients over ranks; × world turns that back into a sum.
+            (ce * (0 if idle else world) / max(n_targets, 1)).backward()
+        if not idle:
+            loss_sum += ce.detach()
+            step_tokens += int(batch["attention_mask"].sum())
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        torch.distributed.all_reduce(loss_sum)
+    loss_value = float(loss_sum) / max(n_targets, 1)
+    if not np.isfinite(loss_value):
+        raise FloatingPointError(f"loss is {loss_value} at step {step}")
+    return loss_value, lr, step_tokens
+
+
+def _summary(
+    run: _TrainRun,
+    start_step: int,
+    loss_value: float,
+    n_params: int,
+    tokens_seen: int,
+    t0: float,
+    t_first: float | None,
+    tokens_first: int,
+) -> dict:
+    """:func:`train`'s summary, timed now (the end of the loop)."""
+    cfg, world, device, use_bf16, fast = run.cfg, run.world, run.device, run.use_bf16, run.fast
+    t_end = time.monotonic()
+    wall = t_end - t0
+    steady = None
+    if t_first is not None and t_end > t_first and tokens_seen > tokens_first:
+        steady = (tokens_seen - tokens_first) * world / (t_end - t_first)
+    summary = {
+        "final_loss": loss_value,
+        "steps": cfg.steps,
+        "resumed_at": start_step,
+        "tokens_this_run": tokens_seen * world,
+        "wall_s": wall,
+        "tokens_per_s": tokens_seen * world / wall if wall > 0 else None,
+        "n_params": n_params,
+        "world_size": world,
+        "device": str(device),
+        "precision": "bf16" if use_bf16 else "fp32",
+        "compiled": fast,
+        # where a short job's time goes: imports, data and model before the loop; the first step
+        # (torch.compile's tracing and codegen on the fast path); the steps after it
+        "startup_s": t0 - PROCESS_T0,
+        "first_step_s": (t_first - t0) if t_first is not None else None,
+        "steady_tokens_per_s": steady,
+    }
+    return summary
+
+
+def _start(
+    ckpt_root: Path, fingerprint: str, model, optimizer, device: torch.device, rank: int, resume_from, seed: int
+) -> tuple[int, list[list[float]]]:
+    """``(first step, history so far)``: this configuration's newest checkpoint (weights, optimizer,
+    RNGs), else ``resume_from``'s weights and optimizer; a run from step 0 seeds torch with ``seed``."""
+    start_step = 0
+    history: list[list[float]] = []
+    resumed = _resume(ckpt_root, fingerprint, model, optimizer, device, rank)
+    if resumed is not None:
+        latest, state = resumed
+        start_step = int(state["step"])
+        history = [list(r) for r in state.get("history", []) if r[0] <= start_step]
+        log.info("resumed from %s at step %d", latest, start_step)
+    elif resume_from is not None:
+        load_checkpoint(resume_from, model, optimizer)
+        log.info("initialised weights and optimizer state from %s", resume_from)
+    if start_step == 0:
+        torch.manual_seed(seed)
+    return start_step, history
+
+
+def _wrap(model: torch.nn.Module, world: int, device: torch.device, fast: bool):
+    """``(model to call, loss function)``: DDP over several ranks; compiled loss on the fast path."""
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    loss_fn = forward_ce_sum
+    if fast:
+        # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, which
+        # cost 13% of an H200 step (winnow.models.attention); a padded batch still gets its mask
+        attention.use_causal_sdpa(model)
+        loss_fn = torch.compile(forward_ce_sum)
+    return ddp_model, loss_fn
+
+
 def train(
     model: torch.nn.Module,
     store: ExampleStore,
@@ -176,46 +332,13 @@ def train(
 
     model.to(device)
     model.train()
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
     fast = fast_path(cfg, device)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        **({"fused": True} if fast else {"foreach": device.type == "cuda"}),
-    )
+    optimizer = _adamw(model, cfg, device, fast)
 
-    start_step = 0
     # One row per optimizer step, [step, loss, lr]: the training curve, kept in trainer_state.json
     # (checkpoints too, so a resumed run's curve is the uninterrupted one).
-    history: list[list[float]] = []
-    resumed = _resume(ckpt_root, fingerprint, model, optimizer, device, rank)
-    if resumed is not None:
-        latest, state = resumed
-        start_step = int(state["step"])
-        history = [list(r) for r in state.get("history", []) if r[0] <= start_step]
-        log.info("resumed from %s at step %d", latest, start_step)
-    elif resume_from is not None:
-        load_checkpoint(resume_from, model, optimizer)
-        log.info("initialised weights and optimizer state from %s", resume_from)
-    if start_step == 0:
-        torch.manual_seed(cfg.seed)
-
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    loss_fn = forward_ce_sum
-    if fast:
-        # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, which
-        # cost 13% of an H200 step (winnow.models.attention); a padded batch still gets its mask
-        attention.use_causal_sdpa(model)
-        loss_fn = torch.compile(forward_ce_sum)
+    start_step, history = _start(ckpt_root, fingerprint, model, optimizer, device, rank, resume_from, cfg.seed)
+    ddp_model, loss_fn = _wrap(model, world, device, fast)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
@@ -229,54 +352,16 @@ def train(
         device,
         "bf16" if use_bf16 else "fp32",
     )
+    run = _TrainRun(model, ddp_model, optimizer, loss_fn, store, ids, cfg, rank, world, device, pad_id, use_bf16, fast)
     prog = Progress("train", total=cfg.steps, unit="steps", interval_s=cfg.log_every_s)
     prog.count = start_step
     t0 = time.monotonic()
     t_first = None  # end of the first step: start-up plus compilation plus one step
-    tokens_seen = 0
+    tokens_seen = tokens_first = 0
     loss_value = float("nan")
     for step in range(start_step, cfg.steps):
-        lr = lr_at(
-            step, cfg.lr, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_frac, cfg.half_life
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch_of = epoch_step_ids if cfg.epoch_batches else step_ids
-        batch_ids = batch_of(ids, step, cfg.batch_size, cfg.seed, cfg.shuffle)
-        n_targets = sum(store.n_loss_tokens(e) for e in batch_ids)
-        chunks = [batch_ids[i : i + cfg.micro_batch_size] for i in range(0, len(batch_ids), cfg.micro_batch_size)]
-        mine = chunks[rank::world]
-        # An epoch's partial last batch can leave a rank without a micro-batch; under DDP it still
-        # joins the gradient all-reduce, with a zero-weight backward of one example.
-        idle = not mine
-        if idle:
-            mine = [batch_ids[:1]]
-        loss_sum = torch.zeros((), device=device)
-        step_tokens = 0
-        for j, chunk in enumerate(mine):
-            batch = {k: v.to(device) for k, v in collate(store, chunk, cfg.seq_len, pad_id).items()}
-            sync = j == len(mine) - 1
-            ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
-            with ctx:
-                mask = batch["attention_mask"]
-                if fast and bool(mask.all()):
-                    mask = None  # no padding: SDPA's causal kernel instead of an explicit mask
-                ce = loss_fn(ddp_model, batch["input_ids"], mask, batch["loss_mask"], use_bf16)
-                # DDP averages gradients over ranks; × world turns that back into a sum.
-                (ce * (0 if idle else world) / max(n_targets, 1)).backward()
-            if not idle:
-                loss_sum += ce.detach()
-                step_tokens += int(batch["attention_mask"].sum())
+        loss_value, lr, step_tokens = _train_step(run, step)
         tokens_seen += step_tokens
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum)
-        loss_value = float(loss_sum) / max(n_targets, 1)
-        if not np.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at step {step}")
         prog.update(1, tokens=step_tokens * world)
         if t_first is None:
             t_first, tokens_first = time.monotonic(), tokens_seen
@@ -289,29 +374,7 @@ def train(
         if done % max(1, cfg.steps // 20) == 0 or done == cfg.steps:
             log.info("step %d/%d loss %.4f lr %.2e", done, cfg.steps, loss_value, lr)
     prog.done()
-    t_end = time.monotonic()
-    wall = t_end - t0
-    steady = None
-    if t_first is not None and t_end > t_first and tokens_seen > tokens_first:
-        steady = (tokens_seen - tokens_first) * world / (t_end - t_first)
-    summary = {
-        "final_loss": loss_value,
-        "steps": cfg.steps,
-        "resumed_at": start_step,
-        "tokens_this_run": tokens_seen * world,
-        "wall_s": wall,
-        "tokens_per_s": tokens_seen * world / wall if wall > 0 else None,
-        "n_params": n_params,
-        "world_size": world,
-        "device": str(device),
-        "precision": "bf16" if use_bf16 else "fp32",
-        "compiled": fast,
-        # where a short job's time goes: imports, data and model before the loop; the first step
-        # (torch.compile's tracing and codegen on the fast path); the steps after it
-        "startup_s": t0 - PROCESS_T0,
-        "first_step_s": (t_first - t0) if t_first is not None else None,
-        "steady_tokens_per_s": steady,
-    }
+    summary = _summary(run, start_step, loss_value, n_params, tokens_seen, t0, t_first, tokens_first)
     if device.type == "cuda":
         summary["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if rank == 0:
