@@ -402,7 +402,9 @@ def shell_templates() -> dict[str, str]:
         for block in re.split(r"^(?=rule )", path.read_text(), flags=re.M)[1:]:
             m = re.match(r"rule (\w+):\n(?:.*\n)*?    shell:\n((?:        .+\n)+)", block)
             # a `run:` block's shell(...) call: the string literals inside its parentheses
-            m = m or re.match(r"rule (\w+):\n(?:.*\n)*?    run:\n(?:.*\n)*?        shell\(\n((?:            \".+\n)+)", block)
+            m = m or re.match(
+                r"rule (\w+):\n(?:.*\n)*?    run:\n(?:.*\n)*?        shell\(\n((?:            \".+\n)+)", block
+            )
             assert m, f"{path.name}: a rule without a shell command: {block[:80]}"
             out[m.group(1)] = "".join(ast.literal_eval(line.strip()) for line in m.group(2).splitlines())
     return out
