@@ -15,6 +15,7 @@ import torch
 from _tiny import offline_env, train_tokenizer
 
 from winnow import scorer as S
+from winnow.scorer import inference
 from winnow.io.atomic import read_json
 from winnow.io.shards import token_dtype, write_shard
 from winnow.io.tables import EXAMPLES
@@ -229,7 +230,7 @@ def _kill_after(monkeypatch, n_batches: int) -> None:
         calls["n"] += 1
         return real(*args, **kw)
 
-    monkeypatch.setattr(S, "_predict_batch", dying)
+    monkeypatch.setattr(inference, "_predict_batch", dying)  # where score_ids looks it up
 
 
 def test_score_ids_resumes_to_identical_bytes(data, fitted, tmp_path, monkeypatch):
