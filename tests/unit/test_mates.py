@@ -327,7 +327,7 @@ def test_cuda_fast_paths_compute_the_same_function(setup, monkeypatch):
     """The compiled CUDA paths (``cfg.compile``), run here uncompiled on the CPU: the per-candidate
     reverse-mode loop equals vmap's gradients and the fused update equals :func:`adamw_update`
     (the compiled kernels on the GPU are checked against the sequential probe by bench_mates)."""
-    from winnow.methods import mates
+    from winnow.methods.mates import update as mates
 
     monkeypatch.setattr(mates, "_single_loss_compiled", mates._single_loss)
     monkeypatch.setattr(mates, "_adamw_one_compiled", mates._adamw_one)
