@@ -18,8 +18,8 @@ their softmax and gradient), doubled for the solver's Hessian-vector products. O
 activations are in device memory and are not part of the host request.
 
 Runtime: a floor per kind (start-up, data loading) plus three times the compute estimate
-6·P·tokens / FLOPS (2·P·tokens for inference) at 10¹⁰ FLOP/s on CPU (two cores train the default
-3M-parameter model at ~1.3·10¹⁰) or 10¹⁴ on a GPU, doubled on a retry, capped.
+6·P·tokens / FLOPS (2·P·tokens for inference) at the assumed ``FLOPS`` of a CPU or a GPU, doubled
+on a retry, capped.
 
 These are requests, not measurements: the workflow's own benchmark files (max_rss, s) say what a
 job used, and the tests check the requests cover them on the bundled configs.
@@ -37,9 +37,8 @@ KINDS = ("train", "lora", "scorer", "solver", "oracle", "features", "infer")
 MB = 1024 * 1024
 FLOOR_MB = 2000
 BASE_MB = {False: 1000, True: 4000}  # keyed by "has a GPU"
-# Sustained FLOP/s: two CPU cores (measured ~1.3e10 training the default model); a data-centre GPU
-# in bf16 (an H200 trains a Pythia-160M shape at ~4.6e14, benchmarks/RESULTS.md), kept low for
-# older GPUs and small models that cannot fill one.
+# Sustained FLOP/s assumed: two CPU cores; a data-centre GPU in bf16, kept below what
+# benchmarks/RESULTS.md measures for older GPUs and small models that cannot fill one.
 FLOPS = {False: 1e10, True: 1e14}
 RUNTIME_FLOOR_MIN = {"train": 30, "lora": 30, "scorer": 20, "solver": 60, "oracle": 60, "features": 30, "infer": 10}
 PROJECTION_BLOCK = 2**25  # entries of R materialised at once (winnow.methods.less.RademacherProjector)

@@ -217,7 +217,7 @@ def adam_features(
     m_new = torch.add(m * beta1, g, alpha=1.0 - beta1)
     v_new = torch.addcmul(v * beta2, g, g, value=1.0 - beta2)
     # in place: the same operations in the same order as m_new / sqrt(v_new + eps), with two (b, P)
-    # temporaries instead of five (at LESS's size each is b × 28 MB)
+    # temporaries instead of five (each as large as the gradients)
     return m_new.div_(v_new.add_(eps).sqrt_())
 
 
@@ -252,9 +252,9 @@ def _hash_bytes(key: torch.Tensor, k1: int, k2: int) -> torch.Tensor:
 def _unpack_signs(packed: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
     """Bytes ``(rows, 4W)`` uint8 → signs ``(rows, d)``: column 8q + t is −1 where bit t of byte q is set."""
     if packed.device.type == "cpu":
-        signs = _unpack_gather(packed, dtype)  # ~4× faster than the where on a CPU
+        signs = _unpack_gather(packed, dtype)  # the faster of the two on a CPU
     else:
-        signs = _unpack_where(packed, dtype)  # ~10× faster than the gather on a GPU (and it compiles)
+        signs = _unpack_where(packed, dtype)  # the faster on a GPU, and it compiles
     return signs.reshape(packed.shape[0], -1)[:, :d]
 
 
@@ -275,10 +275,10 @@ class RademacherProjector:
 
     Entry R[r, c] is bit c mod 32 of a counter-based hash of (seed, r, c // 32): two rounds of
     MurmurHash3's finaliser over the word index r·⌈d/32⌉ + c//32, in exact int64 arithmetic (no
-    product exceeds 2⁴⁹). So R is the same on every device (checked bit for bit, CPU vs H200), for
+    product exceeds 2⁴⁹). So R is the same on every device (checked bit for bit, CPU vs GPU), for
     every batch size and block size, and any row range can be generated where it is needed.
-    (torch.Generator streams on the CPU would cost minutes per call at LESS's size: P·d = 7.1·10⁶ ×
-    8192 ≈ 5.8·10¹⁰ entries for Pythia-160M with r = 128.)
+    (torch.Generator streams on the CPU would cost minutes per call at LESS's size: P·d ≈ 5.8·10¹⁰
+    entries for Pythia-160M with r = 128.)
 
     Three ways to hold R, chosen per device on first use (all give the same R):
       - dense cache in ``compute_dtype`` when n_in·d·4 bytes ≤ ``cache_bytes`` (default 1 GiB);
@@ -287,10 +287,8 @@ class RademacherProjector:
       - else regenerated block by block per call (hash + unpack).
     ``block_rows`` rows of R are materialised at a time (default: ~2²⁵ entries per block). In the
     last two modes each call pays for materialising all of R once, whatever the batch, so project
-    many examples per call. Measured on an H200 at P = 7.1M, d = 8192 (packed bits, 7.3 GB): 0.15 s
-    per call with compiled unpacking and bf16 (b = 16 or 128), 0.39 s eager bf16, 0.23-0.39 s
-    compiled fp32 (no TF32); regenerating instead of caching: 0.34 s (bf16); the first call also
-    builds the bit cache and compiles (≈ 15 s).
+    many examples per call; the first call also builds the bit cache and compiles (timings:
+    benchmarks/bench_less.py).
 
     ``compute_dtype``: the matmul's input dtype (float32 default; bfloat16 halves the traffic, cosine
     ≥ 0.99999 to float32 at LESS's size); the result is float32; any enclosing autocast is off.
@@ -473,7 +471,7 @@ def featurize(
         betas, eps: of the simulated Adam step ("adam"); LESS uses 0.9, 0.999, 1e-8 whatever the
             warm-up optimiser's were.
         method: "hooks" (one batched backward, :func:`per_example_lora_grads_hooks`) or "vmap"
-            (:func:`per_example_lora_grads`); the same gradients, hooks is several times faster.
+            (:func:`per_example_lora_grads`); the same gradients, hooks is faster.
     Returns:
         ``features (N, d)`` float32, L2-normalised rows (a zero row stays zero), and ``norms (N,)``
         float32, the L2 norms of the projected vectors before normalisation; CPU, ``ids`` order.

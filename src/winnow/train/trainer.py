@@ -290,8 +290,8 @@ def _wrap(model: torch.nn.Module, world: int, device: torch.device, fast: bool):
 
     loss_fn = forward_ce_sum
     if fast:
-        # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, which
-        # cost 13% of an H200 step (winnow.models.attention); a padded batch still gets its mask
+        # transformers' sdpa under torch.compile (torch < 2.14) materialises the causal mask, a
+        # large share of a step (winnow.models.attention); a padded batch still gets its mask
         attention.use_causal_sdpa(model)
         loss_fn = torch.compile(forward_ce_sum)
     return ddp_model, loss_fn

@@ -51,7 +51,7 @@ class OracleConfig:
     first_order: bool = False  # batched_oracle → first_order_oracle (an approximation)
     grad_mode: str = "vmap"  # per-candidate gradients: "vmap" (vmap of grad) or "loop"
     # the K updated models' reference loss: "loop" = K functional calls sharing the reference
-    # micro-batch (faster on an H200: fused bias matmuls), "vmap" = one call over stacked params
+    # micro-batch (fused bias matmuls), "vmap" = one call over stacked params
     reference_mode: str = "loop"
     head_at_targets: bool = True  # LM head only on target positions of the reference set
     # attention for the reference forwards (their inputs are not vmapped, so SDPA works, with

@@ -3,6 +3,8 @@ approximation) and :func:`probe`, which runs one from example ids."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -44,6 +46,43 @@ def _masked_ce_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
     return (ce * loss_mask[:, 1:].reshape(-1)).sum()
 
 
+def _restore(model, opt, named: dict, state: ProbeState, scalar: torch.dtype, reload_dir) -> None:
+    """Parameters and AdamW state back to ``state`` (``reload_dir``: re-read from that checkpoint)."""
+    if reload_dir is not None:
+        from winnow.models.checkpoint import load_checkpoint
+
+        load_checkpoint(reload_dir, model, opt)
+        return
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(state.params[n])
+            if state.step[n] == 0:
+                opt.state.pop(p, None)  # AdamW initialises zero moments itself
+                continue
+            st = opt.state[p]
+            if "exp_avg" not in st:
+                st["step"] = torch.tensor(state.step[n], dtype=scalar)
+                st["exp_avg"] = state.exp_avg[n].clone()
+                st["exp_avg_sq"] = state.exp_avg_sq[n].clone()
+            else:
+                st["step"].fill_(state.step[n])
+                st["exp_avg"].copy_(state.exp_avg[n])
+                st["exp_avg_sq"].copy_(state.exp_avg_sq[n])
+
+
+def _trainer_step(model, opt, x: Batch, cfg: OracleConfig, device: torch.device) -> None:
+    """The trainer's step on batch ``x``: token-mean CE, ``clip_grad_norm_``, ``opt.step()``."""
+    opt.zero_grad(set_to_none=True)
+    with _amp(cfg, device):
+        logits = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], use_cache=False).logits
+    n_targets = int(x["loss_mask"][:, 1:].sum())
+    (_masked_ce_sum(logits, x["input_ids"], x["loss_mask"]) / max(n_targets, 1)).backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def sequential_oracle(
     model: torch.nn.Module,
     state: ProbeState,
@@ -65,8 +104,6 @@ def sequential_oracle(
     candidate (model + optimizer state), as the original MATES loop does. It must hold ``state``.
     """
     cfg = state.config if cfg is None else cfg
-    from winnow.models.checkpoint import load_checkpoint
-
     state = _state_on(state, model)
     device = next(model.parameters()).device
     foreach = device.type == "cuda" if foreach is None else foreach
@@ -79,25 +116,7 @@ def sequential_oracle(
     candidates = _batch_to(candidates, device)
     scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
-    def restore() -> None:
-        if reload_dir is not None:
-            load_checkpoint(reload_dir, model, opt)
-            return
-        with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(state.params[n])
-                if state.step[n] == 0:
-                    opt.state.pop(p, None)  # AdamW initialises zero moments itself
-                    continue
-                st = opt.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = torch.tensor(state.step[n], dtype=scalar)
-                    st["exp_avg"] = state.exp_avg[n].clone()
-                    st["exp_avg_sq"] = state.exp_avg_sq[n].clone()
-                else:
-                    st["step"].fill_(state.step[n])
-                    st["exp_avg"].copy_(state.exp_avg[n])
-                    st["exp_avg_sq"].copy_(state.exp_avg_sq[n])
+    restore = functools.partial(_restore, model, opt, named, state, scalar, reload_dir)
 
     after = np.zeros(_n(candidates), dtype=np.float64)
     t_restore = t_step = t_ref = 0.0
@@ -114,16 +133,7 @@ def sequential_oracle(
                 opt.param_groups[0]["weight_decay"], opt.param_groups[1]["weight_decay"] = cfg.weight_decay, 0.0
                 _sync(device)
                 t1 = time.perf_counter()
-                x = _slice(candidates, i, i + 1)
-                opt.zero_grad(set_to_none=True)
-                with _amp(cfg, device):
-                    logits = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], use_cache=False).logits
-                n_targets = int(x["loss_mask"][:, 1:].sum())
-                (_masked_ce_sum(logits, x["input_ids"], x["loss_mask"]) / max(n_targets, 1)).backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _trainer_step(model, opt, _slice(candidates, i, i + 1), cfg, device)
                 _sync(device)
                 t2 = time.perf_counter()
                 after[i] = _plain_ref_loss(model, ref_batches, cfg)
@@ -142,6 +152,18 @@ def sequential_oracle(
 # the batched exact oracle and the first-order approximation
 
 
+@contextlib.contextmanager
+def _probing(model: torch.nn.Module, state: ProbeState, reference, cfg: OracleConfig):
+    """``(state on the model's device, device, prepared reference)``, inside eval mode with eager
+    attention and no autograd (the functional oracles take their gradients themselves)."""
+    state = _state_on(state, model)
+    device = next(model.parameters()).device
+    with eval_mode(model, eager=True), torch.no_grad():
+        ref = _Reference(model, _reference_batches(reference, cfg.reference_batch_size, device), cfg)
+        ref.check_head_path(state.params)
+        yield state, device, ref
+
+
 def batched_oracle(
     model: torch.nn.Module,
     state: ProbeState,
@@ -158,12 +180,8 @@ def batched_oracle(
     cfg = state.config if cfg is None else cfg
     if cfg.first_order:
         return first_order_oracle(model, state, candidates, reference, cfg)
-    state = _state_on(state, model)
-    device = next(model.parameters()).device
     timings = {"grads_s": 0.0, "update_s": 0.0, "reference_s": 0.0}
-    with eval_mode(model, eager=True), torch.no_grad():
-        ref = _Reference(model, _reference_batches(reference, cfg.reference_batch_size, device), cfg)
-        ref.check_head_path(state.params)
+    with _probing(model, state, reference, cfg) as (state, device, ref):
         before = ref.total(state.params)
         candidates = _batch_to(candidates, device)
         after = np.zeros(_n(candidates), dtype=np.float64)
@@ -200,12 +218,8 @@ def first_order_oracle(
     difference of two close parameter vectors).
     """
     cfg = state.config if cfg is None else cfg
-    state = _state_on(state, model)
-    device = next(model.parameters()).device
     timings = {"reference_grad_s": 0.0, "grads_s": 0.0, "update_s": 0.0}
-    with eval_mode(model, eager=True), torch.no_grad():
-        ref = _Reference(model, _reference_batches(reference, cfg.reference_batch_size, device), cfg)
-        ref.check_head_path(state.params)
+    with _probing(model, state, reference, cfg) as (state, device, ref):
         t0 = time.perf_counter()
         before = ref.total(state.params)
         gref = ref.grad(state.params)

@@ -217,7 +217,7 @@ def _loop_grads_compiled(model: torch.nn.Module, params: Params, batch: Batch, c
 
     The vmapped gradient needs eager attention and runs its matmuls as batched per-candidate
     products; a plain backward of one sequence through the compiled forward, with the fused SDPA
-    causal kernels, does the same arithmetic several times faster. Same function (token-mean CE).
+    causal kernels, does the same arithmetic faster. Same function (token-mean CE).
     """
     global _single_loss_compiled
     if _single_loss_compiled is None:
