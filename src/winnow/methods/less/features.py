@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from winnow.grads import eval_mode
+from winnow.grads import Batch, eval_mode
 from winnow.io.atomic import atomic_path, read_json, write_json
 from winnow.methods.less.lora import (
     KINDS,
@@ -33,6 +33,23 @@ def _amp_ctx(amp: str | None, device: torch.device):
     if amp not in (None, "fp32"):
         raise ValueError(f"amp {amp!r}: None, 'fp32' or 'bf16'")
     return contextlib.nullcontext()
+
+
+def _example_grads(model, batch: Batch, names, method: str, chunk_size, amp, device) -> torch.Tensor:
+    """Per-example LoRA gradients ``(b, P)`` of one batch by ``method`` ("hooks" or "vmap")."""
+    with _amp_ctx(amp, device):
+        if method == "hooks":
+            return per_example_lora_grads_hooks(model, batch, names)
+        if method == "vmap":
+            return per_example_lora_grads(model, batch, names, chunk_size=chunk_size)
+        raise ValueError(f"method {method!r}: 'hooks' or 'vmap'")
+
+
+def _normalised_projection(projector: RademacherProjector, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows of x projected and L2-normalised (b, d), their norms before (b,))``, on the CPU."""
+    proj = projector.project(x)
+    n = proj.norm(dim=1)
+    return (proj / n.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).cpu(), n.cpu()
 
 
 def featurize(
@@ -91,23 +108,15 @@ def featurize(
     pbuf = torch.empty(cap, projector.n_in, dtype=projector.compute_dtype, device=device) if cap else None
 
     def flush(rows: int) -> None:
-        proj = projector.project(pbuf[:rows])
-        n = proj.norm(dim=1)
-        feats.append((proj / n.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).cpu())
-        norms.append(n.cpu())
+        for out, value in zip((feats, norms), _normalised_projection(projector, pbuf[:rows])):
+            out.append(value)
 
     buffered = 0
     with eval_mode(model, eager=method == "vmap"):  # once, not per batch
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             batch = {k: t.to(device) for k, t in collate(store, chunk, seq_len, pad_id).items()}
-            with _amp_ctx(amp, device):
-                if method == "hooks":
-                    g = per_example_lora_grads_hooks(model, batch, names)
-                elif method == "vmap":
-                    g = per_example_lora_grads(model, batch, names, chunk_size=chunk_size)
-                else:
-                    raise ValueError(f"method {method!r}: 'hooks' or 'vmap'")
+            g = _example_grads(model, batch, names, method, chunk_size, amp, device)
             if kind == "adam":
                 g = adam_features(g, m, v, betas[0], betas[1], eps)
             if g.shape[1] != projector.n_in:
