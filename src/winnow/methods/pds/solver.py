@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,6 +117,33 @@ def _solve_report(
     }
 
 
+@contextlib.contextmanager
+def _solving(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode with the functional (eager) attention; both restored on exit."""
+    config = getattr(model, "config", None)
+    attn_before = getattr(config, "_attn_implementation", None)
+    functional_model(model)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if attn_before is not None and config._attn_implementation != attn_before:
+            model.set_attn_implementation(attn_before)
+
+
+def _paper_step(gamma: np.ndarray, grad_gamma: np.ndarray, outer_lr: float, entry: dict) -> np.ndarray:
+    """Algorithm 1's projected ascent step on γ ``(N,)``; its entropy and support before and after
+    go into ``entry``."""
+    entry["gamma_entropy_before"] = gamma_entropy(gamma)
+    entry["gamma_nonzero_before"] = int((gamma > 0).sum())
+    gamma = project_simplex(gamma + outer_lr * grad_gamma)
+    entry["gamma_entropy"] = gamma_entropy(gamma)
+    entry["gamma_nonzero"] = int((gamma > 0).sum())
+    return gamma
+
+
 def solve(
     model: torch.nn.Module,
     store: ExampleStore,
@@ -150,16 +178,16 @@ def solve(
         N floats in ``proxy_ids`` order. The report is plain JSON (``write_json`` takes it as is).
     """
     proxy_ids, target_ids, trajectory_ids = _solve_inputs(cfg, proxy_ids, target_ids, trajectory_ids)
-    T = cfg.steps
-
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    config = getattr(model, "config", None)
-    attn_before = getattr(config, "_attn_implementation", None)
-    functional_model(model)
-    was_training = model.training
-    model.eval()
+    with _solving(model):
+        return _solve(model, proxy_ids, target_ids, trajectory_ids, cfg, work_dir, seq_len, pad_id, store)
+
+
+def _solve(model, proxy_ids, target_ids, trajectory_ids, cfg: PMPConfig, work_dir: Path, seq_len, pad_id, store):
+    """:func:`solve` with its inputs checked and the model in solving mode."""
+    T = cfg.steps
     params0 = {k: v.detach() for k, v in model.named_parameters()}
     device, dtype = next(iter(params0.values())).device, next(iter(params0.values())).dtype
     data = _Data(store, seq_len, pad_id)
@@ -170,40 +198,31 @@ def solve(
 
     epochs: list[dict] = []
     gamma = np.full(len(proxy_ids), 1.0 / len(proxy_ids))
-    try:
-        with torch.no_grad():  # torch.func builds its own graphs; nothing else needs autograd
-            for epoch in range(cfg.outer_epochs):
-                if cfg.variant == "released":
-                    plan, tdir = _Plan.released(trajectory_ids, cfg, data), work_dir
-                else:
-                    plan, tdir = _Plan.paper(proxy_ids, gamma, cfg, data), work_dir / f"epoch-{epoch:03d}"
-                fingerprint = _fingerprint(cfg, params_hash, plan, data, dtype)
-                reused = _trajectory_complete(tdir, fingerprint, plan)
-                if reused:
-                    log.info("pmp: reusing the complete trajectory in %s (fingerprint %s)", tdir, fingerprint)
-                else:
-                    _forward(model, params0, plan, cfg, tdir, fingerprint, timer)
-                grad_gamma, J, lam_norm = _backward(model, params0, plan, cfg, tdir, proxy_ids, targets, data, timer)
-                entry = {
-                    "epoch": epoch,
-                    "fingerprint": fingerprint,
-                    "reused_trajectory": reused,
-                    "J_total": float(sum(J[1:])),
-                    "J_T": J[T],
-                    "grad_gamma": _stats(grad_gamma),
-                }
-                if cfg.variant == "paper":
-                    entry["gamma_entropy_before"] = gamma_entropy(gamma)
-                    entry["gamma_nonzero_before"] = int((gamma > 0).sum())
-                    gamma = project_simplex(gamma + cfg.outer_lr * grad_gamma)
-                    entry["gamma_entropy"] = gamma_entropy(gamma)
-                    entry["gamma_nonzero"] = int((gamma > 0).sum())
-                epochs.append(entry)
-                log.info("pmp epoch %d: J_total %.6f, J_T %.6f", epoch, entry["J_total"], J[T])
-    finally:
-        model.train(was_training)
-        if attn_before is not None and config._attn_implementation != attn_before:
-            model.set_attn_implementation(attn_before)
+    with torch.no_grad():  # torch.func builds its own graphs; nothing else needs autograd
+        for epoch in range(cfg.outer_epochs):
+            if cfg.variant == "released":
+                plan, tdir = _Plan.released(trajectory_ids, cfg, data), work_dir
+            else:
+                plan, tdir = _Plan.paper(proxy_ids, gamma, cfg, data), work_dir / f"epoch-{epoch:03d}"
+            fingerprint = _fingerprint(cfg, params_hash, plan, data, dtype)
+            reused = _trajectory_complete(tdir, fingerprint, plan)
+            if reused:
+                log.info("pmp: reusing the complete trajectory in %s (fingerprint %s)", tdir, fingerprint)
+            else:
+                _forward(model, params0, plan, cfg, tdir, fingerprint, timer)
+            grad_gamma, J, lam_norm = _backward(model, params0, plan, cfg, tdir, proxy_ids, targets, data, timer)
+            entry = {
+                "epoch": epoch,
+                "fingerprint": fingerprint,
+                "reused_trajectory": reused,
+                "J_total": float(sum(J[1:])),
+                "J_T": J[T],
+                "grad_gamma": _stats(grad_gamma),
+            }
+            if cfg.variant == "paper":
+                gamma = _paper_step(gamma, grad_gamma, cfg.outer_lr, entry)
+            epochs.append(entry)
+            log.info("pmp epoch %d: J_total %.6f, J_T %.6f", epoch, entry["J_total"], J[T])
 
     timings = dict(sorted(timer.total.items()))
     timings["total"] = time.perf_counter() - t_start
