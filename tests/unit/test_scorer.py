@@ -15,10 +15,10 @@ import torch
 from _tiny import offline_env, train_tokenizer
 
 from winnow import scorer as S
-from winnow.scorer import inference
 from winnow.io.atomic import read_json
 from winnow.io.shards import token_dtype, write_shard
 from winnow.io.tables import EXAMPLES
+from winnow.scorer import inference
 from winnow.train.batches import ExampleStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from winnow.io.artifacts import check_hf_folder, naming
+from winnow.io.atomic import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +75,5 @@ def load(path: str | os.PathLike, trust_remote_code: bool = False):
 
 
 def _save_atomically(tok, out_dir: str | os.PathLike) -> None:
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         tok.save_pretrained(str(tmp))
-        tmp.chmod(0o755)  # mkdtemp makes 0700; results are shared with collaborators on a cluster
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

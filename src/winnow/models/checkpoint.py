@@ -19,15 +19,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from winnow.io.artifacts import ArtifactError, load_tensors, naming, read_json_file
-from winnow.io.atomic import write_json
+from winnow.io.atomic import atomic_folder, write_json
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "step")
 
@@ -61,19 +59,9 @@ def load_optimizer_state(
 
 def save_checkpoint(out_dir: str | os.PathLike, model, optimizer, state: dict) -> Path:
     """Write a complete checkpoint folder atomically (temp folder, then rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         write_checkpoint_files(tmp, model, optimizer, state)
-        tmp.chmod(0o755)  # mkdtemp makes 0700; checkpoints are shared on a cluster
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+    return Path(out_dir)
 
 
 def write_checkpoint_files(out_dir: str | os.PathLike, model, optimizer, state: dict) -> None:

@@ -264,28 +264,18 @@ def make_local_model(
     """Write a randomly initialised ``arch`` model with its own BPE tokenizer (trained on ``texts``)
     and chat template to ``out``, an HF folder that loads offline; sharded when ``max_shard_size``
     (e.g. "50KB") is smaller than the weights. The embedding has exactly the tokenizer's size."""
-    import shutil
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM
+
+    from winnow.io.atomic import atomic_folder
 
     out = Path(out)
     tok = train_tokenizer(texts, vocab_size)
     cfg = hf_config(arch, len(tok), hidden, layers, heads, max_pos, tok)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
         model.save_pretrained(str(tmp), safe_serialization=True, **kw)
         tok.save_pretrained(str(tmp))
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,13 +15,14 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from winnow.io.atomic import write_json
+from winnow.io.atomic import atomic_folder, write_json
 from winnow.io.tables import write_table
 from winnow.progress import Progress
 from winnow.scorer.inference import _check_vocab, _use_bf16, pad_batch, predict
 from winnow.scorer.inputs import Encoder, input_encoder, tokenizer_info
 from winnow.scorer.model import SCORER_FORMAT, LabelNorm, ScorerConfig, ScorerModel, build_scorer, val_metrics
 from winnow.train.batches import ExampleStore, step_ids
+from winnow.train.optim import trainer_param_groups
 from winnow.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -94,14 +93,7 @@ def _fit_model(
 
 def _adamw(model: ScorerModel, cfg: ScorerConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (biases and norms: none)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
+    return torch.optim.AdamW(trainer_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
 
 
 @dataclass
@@ -357,9 +349,7 @@ def _save_folder(out_dir: Path, model: ScorerModel, meta: dict, val_table: pa.Ta
     """Write the scorer folder atomically (temp folder, then rename)."""
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         model.backbone.config.save_pretrained(str(tmp))
         # clone: tied weights share storage, which safetensors refuses
         weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
@@ -368,9 +358,3 @@ def _save_folder(out_dir: Path, model: ScorerModel, meta: dict, val_table: pa.Ta
         write_table(tmp / "val.parquet", val_table, VAL_TABLE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -46,6 +46,7 @@ from winnow.models.checkpoint import (
 )
 from winnow.progress import Progress
 from winnow.train.batches import ExampleStore, collate, epoch_step_ids, samples_before, step_ids
+from winnow.train.optim import trainer_param_groups
 from winnow.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,8 @@ def fast_path(cfg: TrainConfig, device: torch.device) -> bool:
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, fast: bool) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; fused on the fast path, foreach on CUDA."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        trainer_param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,

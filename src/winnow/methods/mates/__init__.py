@@ -22,7 +22,6 @@ from winnow.methods.mates.config import (
     first_order_agreement,
     load_state,
     state_from_optimizer,
-    trainer_param_groups,
 )
 from winnow.methods.mates.oracle import batched_oracle, first_order_oracle, probe, sequential_oracle
 from winnow.methods.mates.update import (
@@ -32,6 +31,7 @@ from winnow.methods.mates.update import (
     clip_coefficients,
     clip_gradients_,
 )
+from winnow.train.optim import trainer_param_groups
 
 __all__ = [
     "BATCH_KEYS",

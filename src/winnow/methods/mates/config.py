@@ -213,14 +213,6 @@ def state_from_optimizer(
     return ProbeState(params, m, v, step, config)
 
 
-def trainer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """The trainer's AdamW groups: weight decay on ≥ 2-D tensors, none on the others."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 # ----------------------------------------------------------------------------------------------
 # results
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from winnow.grads import Batch, eval_mode
-from winnow.methods.mates.config import OracleConfig, OracleResult, ProbeState, trainer_param_groups
+from winnow.methods.mates.config import OracleConfig, OracleResult, ProbeState
 from winnow.methods.mates.reference import _plain_ref_loss, _Reference
 from winnow.methods.mates.update import (
     _amp,
@@ -32,6 +32,7 @@ from winnow.methods.mates.update import (
     clip_gradients_,
 )
 from winnow.train.batches import ExampleStore, collate
+from winnow.train.optim import trainer_param_groups
 
 # ----------------------------------------------------------------------------------------------
 # the plain sequential probe (reference implementation)
