@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,16 +142,24 @@ def build_lastword(
     so that ``n`` items spread evenly instead of in proportion to the domains' document counts.
     """
     rows = _ordered(_rows(docs), seed, split)
+
+    def make(row: dict) -> dict | None:
+        rng = random.Random(_seeded_int(seed, "lastword", row["doc_id"]))
+        return _lastword_item(row["text"] or "", rng, max_chars, min_context_chars)
+
+    return _collect(rows, n, balance_domains, "lastword", make)
+
+
+def _collect(rows: list[dict], n: int, balance_domains: bool, kind: str, make: Callable) -> list[dict]:
+    """At most ``n`` items ``make(row)`` of ``rows`` in order (None: the document gives none), each
+    with its row's ``doc_id`` and ``domain``; ``balance_domains`` visits domains round-robin."""
     order = _interleave_domains(rows) if balance_domains else iter(rows)
     items: list[dict] = []
-    prog = Progress("lastword items", total=n, unit="items")
+    prog = Progress(f"{kind} items", total=n, unit="items")
     for row in order:
         if len(items) >= n:
             break
-        text = row["text"] or ""
-        item = _lastword_item(
-            text, random.Random(_seeded_int(seed, "lastword", row["doc_id"])), max_chars, min_context_chars
-        )
+        item = make(row)
         if item is None:
             continue
         items.append({**item, "doc_id": row["doc_id"], "domain": row["domain"]})
@@ -253,46 +261,48 @@ def build_choice(
     """
     rows = _ordered(_rows(docs), seed, split)
     pool, sents_of = _choice_pool(rows, min_sentence_chars, max_sentence_chars)
-    order = _interleave_domains(rows) if balance_domains else iter(rows)
-    items: list[dict] = []
-    prog = Progress("choice items", total=n, unit="items")
-    for row in order:
-        if len(items) >= n:
-            break
-        text = row["text"] or ""
-        sents = sents_of[row["doc_id"]]
+    sentence_chars = (min_sentence_chars, max_sentence_chars)
+
+    def make(row: dict) -> dict | None:
         rng = random.Random(_seeded_int(seed, "choice", row["doc_id"]))
-        candidates = []
-        for j in range(1, len(sents)):
-            answer = text[sents[j].start : sents[j].end]
-            if not (min_sentence_chars <= len(answer) <= max_sentence_chars) or "\n" in answer:
-                continue
-            for k in range(1, min(max_context_sentences, j) + 1):
-                if sents[j - 1].end - sents[j - k].start <= max_context_chars:
-                    candidates.append((j, k))
-        if not candidates:
-            continue
-        j, k = rng.choice(candidates)
-        context = text[sents[j - k].start : sents[j - 1].end]
-        answer = text[sents[j].start : sents[j].end]
-        own = {text[s.start : s.end] for s in sents}
-        distractors = _distractors(rng, pool[row["domain"]], row["doc_id"], own, answer)
-        if distractors is None:
-            continue
-        label = rng.randrange(4)
-        choices = distractors[:label] + [answer] + distractors[label:]
-        items.append(
-            {
-                "context": context,
-                "choices": choices,
-                "label": label,
-                "doc_id": row["doc_id"],
-                "domain": row["domain"],
-            }
+        spans = _choice_spans(
+            row["text"] or "", sents_of[row["doc_id"]], max_context_sentences, max_context_chars, sentence_chars
         )
-        prog.update(1)
-    prog.done()
-    return items
+        return _choice_item(row, sents_of[row["doc_id"]], spans, pool, rng)
+
+    return _collect(rows, n, balance_domains, "choice", make)
+
+
+def _choice_spans(text: str, sents: list[_Sentence], max_sentences: int, max_chars: int, sentence_chars) -> list:
+    """``(j, k)`` candidates of a document: answer sentence j (its length within ``sentence_chars``,
+    one line) after a context of the k ≤ ``max_sentences`` sentences before it (≤ ``max_chars``)."""
+    lo, hi = sentence_chars
+    candidates = []
+    for j in range(1, len(sents)):
+        answer = text[sents[j].start : sents[j].end]
+        if not (lo <= len(answer) <= hi) or "\n" in answer:
+            continue
+        for k in range(1, min(max_sentences, j) + 1):
+            if sents[j - 1].end - sents[j - k].start <= max_chars:
+                candidates.append((j, k))
+    return candidates
+
+
+def _choice_item(row: dict, sents: list[_Sentence], candidates: list, pool: dict, rng: random.Random) -> dict | None:
+    """One item of a document from its ``candidates`` (see :func:`_choice_spans`), or None."""
+    if not candidates:
+        return None
+    text = row["text"] or ""
+    j, k = rng.choice(candidates)
+    context = text[sents[j - k].start : sents[j - 1].end]
+    answer = text[sents[j].start : sents[j].end]
+    own = {text[s.start : s.end] for s in sents}
+    distractors = _distractors(rng, pool[row["domain"]], row["doc_id"], own, answer)
+    if distractors is None:
+        return None
+    label = rng.randrange(4)
+    choices = distractors[:label] + [answer] + distractors[label:]
+    return {"context": context, "choices": choices, "label": label}
 
 
 def write_jsonl(path: str | os.PathLike, items: Iterable[dict]) -> None:

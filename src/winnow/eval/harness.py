@@ -220,6 +220,7 @@ def _items(samples: list[dict]) -> dict[str, Any]:
     return {"ids": [s["doc_hash"] for s in rows], "values": values}
 
 
+@_harness_env()
 def run_harness(
     model_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -243,72 +244,23 @@ def run_harness(
     str}``; only finite numbers are kept. ``limit``
     caps items per task (None: all). ``work_dir`` receives the task YAMLs and the datasets cache.
     Seeds are fixed, so a rerun gives the same numbers. ``bootstrap_iters`` drives lm-eval's
-    stderr estimate of non-mean metrics (perplexity); 0 drops all stderrs.
+    stderr estimate of non-mean metrics (perplexity); 0 drops all stderrs. Runs offline
+    (``_harness_env``).
     """
-    with _harness_env():
-        return _run(
-            model_dir,
-            tokenizer_dir,
-            task_files,
-            device,
-            batch_size,
-            limit,
-            Path(work_dir),
-            bootstrap_iters,
-            dtype,
-            trust_remote_code,
-        )
-
-
-def _run(
-    model_dir: str | os.PathLike,
-    tokenizer_dir: str | os.PathLike,
-    task_files: dict[str, Path],
-    device: str,
-    batch_size: int,
-    limit: int | None,
-    work_dir: Path,
-    bootstrap_iters: int,
-    dtype: str,
-    trust_remote_code: bool = False,
-) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    work_dir = Path(work_dir)
     task_files, dropped = _fit_to_context(task_files, model_dir, tokenizer_dir, work_dir / "data")
     task_dir = write_task_yamls(work_dir / "tasks", task_files, cache_dir=work_dir / "datasets_cache")
     names = [task_name(k) for k in sorted(task_files)]
 
     lm = load_hflm(HFLM, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code)
     task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=names,
-        task_manager=task_manager,
-        limit=limit,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=True,  # per-item metrics: the paired bootstrap of a comparison resamples them
-        random_seed=0,
-        numpy_random_seed=SEED,
-        torch_random_seed=SEED,
-        fewshot_random_seed=SEED,
-    )
-    if out is None:  # only non-zero ranks of a distributed run get None
-        raise RuntimeError("lm_eval.simple_evaluate returned no results")
+    out = evaluate(lm, names, task_manager, limit, bootstrap_iters)
 
-    result: dict[str, Any] = {}
-    for name in names:
-        metrics: dict[str, Any] = {}
-        for key, value in out["results"].get(name, {}).items():
-            # Keys look like "acc,none" / "acc_stderr,none": metric, then the filter name.
-            metric, _, filt = key.partition(",")
-            if not filt:
-                continue
-            plain = _plain(value)
-            if plain is not None:
-                metrics[metric if filt == "none" else f"{metric},{filt}"] = plain
-        result[name] = metrics
+    result: dict[str, Any] = {name: task_metrics(out["results"].get(name, {})) for name in names}
     result["items"] = {name: _items(out.get("samples", {}).get(name, [])) for name in names}
     n_samples = out.get("n-samples", {})
     result["n_samples"] = {name: int(n_samples.get(name, {}).get("effective", 0)) for name in names}
@@ -316,6 +268,43 @@ def _run(
     result["lm_eval_version"] = getattr(lm_eval, "__version__", "unknown")
     log.info("lm-eval: %s", json.dumps({k: result[k] for k in names}, sort_keys=True))
     return result
+
+
+def evaluate(lm, tasks: list, task_manager, limit: int | None, bootstrap_iters: int) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` with the fixed seeds, keeping the per-item samples (the paired
+    bootstrap of a comparison resamples them)."""
+    import lm_eval
+
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=task_manager,
+        limit=limit,
+        bootstrap_iters=bootstrap_iters,
+        log_samples=True,
+        random_seed=0,
+        numpy_random_seed=SEED,
+        torch_random_seed=SEED,
+        fewshot_random_seed=SEED,
+    )
+    if out is None:  # only non-zero ranks of a distributed run get None
+        raise RuntimeError("lm_eval.simple_evaluate returned no results")
+    return out
+
+
+def task_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """One task's lm-eval results → ``{metric: value}``, finite numbers only.
+
+    Keys look like "acc,none" / "acc_stderr,none": metric, then the filter name; a filter other
+    than "none" stays in the metric's name, a key without a filter (the alias) is dropped.
+    """
+    metrics: dict[str, Any] = {}
+    for key, value in values.items():
+        metric, _, filt = key.partition(",")
+        plain = _plain(value)
+        if filt and plain is not None:
+            metrics[metric if filt == "none" else f"{metric},{filt}"] = plain
+    return metrics
 
 
 def load_hflm(hflm_cls, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code):

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from winnow.eval.harness import SEED, TASK_PREFIX, _harness_env, _items, _plain, load_hflm
+from winnow.eval.harness import TASK_PREFIX, _harness_env, _items, evaluate, load_hflm, task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -288,29 +288,8 @@ def run_tasks(
         defaults = any(s["builtin"] or s["kind"] != "task" for s in specs.values())
         tm = task_manager(resolved.get("include_path"), include_defaults=defaults)
         lm = load_hflm(HFLM, model_dir, tokenizer_dir, device, batch_size, dtype, trust_remote_code)
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[_load_spec(specs[name]) for name in sorted(specs)],
-            task_manager=tm,
-            limit=limit,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=True,
-            random_seed=0,
-            numpy_random_seed=SEED,
-            torch_random_seed=SEED,
-            fewshot_random_seed=SEED,
-        )
-    if out is None:
-        raise RuntimeError("lm_eval.simple_evaluate returned no results")
-    metrics: dict[str, dict[str, Any]] = {}
-    for task, values in sorted(out["results"].items()):
-        row = {}
-        for key, value in values.items():
-            metric, _, filt = key.partition(",")
-            plain = _plain(value)
-            if filt and plain is not None:
-                row[metric if filt == "none" else f"{metric},{filt}"] = plain
-        metrics[task] = row
+        out = evaluate(lm, [_load_spec(specs[name]) for name in sorted(specs)], tm, limit, bootstrap_iters)
+    metrics = {task: task_metrics(values) for task, values in sorted(out["results"].items())}
     samples = out.get("samples", {})
     n_samples = out.get("n-samples", {})
     result = {
