@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 TASK_PREFIX = "winnow_"
 SEED = 1234
+# simple_evaluate's fixed arguments; per-item samples, as the paired bootstrap of a comparison
+# resamples them
+_FIXED = {
+    "log_samples": True,
+    "random_seed": 0,
+    "numpy_random_seed": SEED,
+    "torch_random_seed": SEED,
+    "fewshot_random_seed": SEED,
+}
 
 _METRICS = {
     "lastword": [
@@ -271,21 +280,11 @@ def run_harness(
 
 
 def evaluate(lm, tasks: list, task_manager, limit: int | None, bootstrap_iters: int) -> dict[str, Any]:
-    """``lm_eval.simple_evaluate`` with the fixed seeds, keeping the per-item samples (the paired
-    bootstrap of a comparison resamples them)."""
+    """``lm_eval.simple_evaluate`` with the fixed seeds, keeping the per-item samples."""
     import lm_eval
 
     out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        task_manager=task_manager,
-        limit=limit,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=True,
-        random_seed=0,
-        numpy_random_seed=SEED,
-        torch_random_seed=SEED,
-        fewshot_random_seed=SEED,
+        model=lm, tasks=tasks, task_manager=task_manager, limit=limit, bootstrap_iters=bootstrap_iters, **_FIXED
     )
     if out is None:  # only non-zero ranks of a distributed run get None
         raise RuntimeError("lm_eval.simple_evaluate returned no results")

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ from winnow.grads import Batch, eval_mode
 from winnow.methods.mates.config import OracleConfig, OracleResult, ProbeState
 from winnow.methods.mates.reference import _plain_ref_loss, _Reference
 from winnow.methods.mates.update import (
+    References,
     _amp,
     _batch_to,
     _chunks,
@@ -88,7 +88,7 @@ def sequential_oracle(
     model: torch.nn.Module,
     state: ProbeState,
     candidates: Batch,
-    reference: Batch | Sequence[Batch],
+    reference: References,
     cfg: OracleConfig | None = None,
     foreach: bool | None = None,
     reload_dir: str | os.PathLike | None = None,
@@ -165,12 +165,19 @@ def _probing(model: torch.nn.Module, state: ProbeState, reference, cfg: OracleCo
         yield state, device, ref
 
 
+def _chunk_grads(model, state: ProbeState, candidates: Batch, cfg: OracleConfig, device, timings: dict):
+    """``(i, j, gradients of candidates[i:j])`` per chunk of ``cfg.candidates_per_batch``; the
+    time they take is added to ``timings["grads_s"]``."""
+    for i, j in _chunks(_n(candidates), cfg.candidates_per_batch):
+        t0 = time.perf_counter()
+        grads = candidate_grads(model, state.params, _slice(candidates, i, j), cfg)
+        _sync(device)
+        timings["grads_s"] += time.perf_counter() - t0
+        yield i, j, grads
+
+
 def batched_oracle(
-    model: torch.nn.Module,
-    state: ProbeState,
-    candidates: Batch,
-    reference: Batch | Sequence[Batch],
-    cfg: OracleConfig | None = None,
+    model: torch.nn.Module, state: ProbeState, candidates: Batch, reference: References, cfg: OracleConfig | None = None
 ) -> OracleResult:
     """The exact oracle for K = ``cfg.candidates_per_batch`` candidates at a time (see module doc).
 
@@ -186,30 +193,21 @@ def batched_oracle(
         before = ref.total(state.params)
         candidates = _batch_to(candidates, device)
         after = np.zeros(_n(candidates), dtype=np.float64)
-        for i, j in _chunks(_n(candidates), cfg.candidates_per_batch):
-            t0 = time.perf_counter()
-            grads = candidate_grads(model, state.params, _slice(candidates, i, j), cfg)
-            _sync(device)
+        for i, j, grads in _chunk_grads(model, state, candidates, cfg, device, timings):
             t1 = time.perf_counter()
             stacked = adamw_update(state, grads, cfg)
             _sync(device)
             t2 = time.perf_counter()
             after[i:j] = ref.stacked(stacked)
             del stacked
-            t3 = time.perf_counter()
-            timings["grads_s"] += t1 - t0
             timings["update_s"] += t2 - t1
-            timings["reference_s"] += t3 - t2
+            timings["reference_s"] += time.perf_counter() - t2
     timings["head_at_targets"] = ref.parts is not None
     return OracleResult(before, after, "batched", timings)
 
 
 def first_order_oracle(
-    model: torch.nn.Module,
-    state: ProbeState,
-    candidates: Batch,
-    reference: Batch | Sequence[Batch],
-    cfg: OracleConfig | None = None,
+    model: torch.nn.Module, state: ProbeState, candidates: Batch, reference: References, cfg: OracleConfig | None = None
 ) -> OracleResult:
     """APPROXIMATION: delta(x) ≈ ⟨∇ℒ_ref(θ), θ'_x − θ⟩ with θ'_x the exact AdamW step.
 
@@ -228,10 +226,7 @@ def first_order_oracle(
         timings["reference_grad_s"] = time.perf_counter() - t0
         candidates = _batch_to(candidates, device)
         delta = np.zeros(_n(candidates), dtype=np.float64)
-        for i, j in _chunks(_n(candidates), cfg.candidates_per_batch):
-            t0 = time.perf_counter()
-            grads = candidate_grads(model, state.params, _slice(candidates, i, j), cfg)
-            _sync(device)
+        for i, j, grads in _chunk_grads(model, state, candidates, cfg, device, timings):
             t1 = time.perf_counter()
             clip_gradients_(grads, cfg.grad_clip)
             dots = torch.zeros(j - i, dtype=torch.float64, device=device)
@@ -247,7 +242,6 @@ def first_order_oracle(
                 del m_new, denom, disp
             delta[i:j] = dots.cpu().numpy()
             _sync(device)
-            timings["grads_s"] += t1 - t0
             timings["update_s"] += time.perf_counter() - t1
     return OracleResult(before, before + delta, "first_order", timings)
 

@@ -12,6 +12,8 @@ from torch.func import grad
 from winnow.grads import Batch, Params, per_example_grads, per_example_loss
 from winnow.methods.mates.config import BATCH_KEYS, CLIP_EPS, OracleConfig, ProbeState
 
+References = Batch | Sequence[Batch]  # one reference batch, or micro-batches of it
+
 # ----------------------------------------------------------------------------------------------
 # helpers
 
@@ -39,7 +41,7 @@ def _batch_to(batch: Batch, device: torch.device) -> Batch:
     return {k: batch[k].to(device) for k in BATCH_KEYS}
 
 
-def _reference_batches(reference: Batch | Sequence[Batch], size: int, device: torch.device) -> list[Batch]:
+def _reference_batches(reference: References, size: int, device: torch.device) -> list[Batch]:
     """A dict is cut into micro-batches of ``size``; a list is used as given."""
     if isinstance(reference, dict):
         n = _n(reference)
