@@ -310,6 +310,26 @@ def _manifest(docs: dict, docs_table: pa.Table, rejects_table: pa.Table, per_inp
     return manifest
 
 
+def _source_summary(source: str, n: int, counts: Counter, warnings: list[str]) -> dict:
+    """The manifest's entry of one source of ``n`` records; a warning when it gave no document or
+    stopped at a read error."""
+    rejected = sum(v for k, v in counts.items() if k != "accepted")
+    reasons = {k: v for k, v in sorted(counts.items()) if k != "accepted"}
+    log.info("%s: %d records, %d accepted, %d rejected", source, n, counts["accepted"], rejected)
+    if counts["accepted"] == 0:
+        warnings.append(f"{source}: no record accepted ({n} records; {_reasons_text(reasons)})")
+    elif counts["read_error"]:
+        warnings.append(f"{source}: read_error after {n - 1} records ({_reasons_text(reasons)})")
+    return {
+        "source": source,
+        "records": n,
+        "accepted": counts["accepted"],
+        "rejected": rejected,
+        "reasons": reasons,
+        "all_rejected": counts["accepted"] == 0,
+    }
+
+
 def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
     """Read every input; return docs, rejects and a manifest whose counts add up."""
     docs: dict[str, list] = {f.name: [] for f in DOCS}
@@ -365,23 +385,7 @@ def ingest(paths: list[str | os.PathLike], opts: IngestOptions) -> IngestResult:
                 docs["split"].append(forced.get("split") or split_of(doc_id, opts.split_seed, opts.split_fractions))
                 docs["prompt"].append(prompt)
                 counts["accepted"] += 1
-            rejected = sum(v for k, v in counts.items() if k != "accepted")
-            reasons = {k: v for k, v in sorted(counts.items()) if k != "accepted"}
-            per_input.append(
-                {
-                    "source": source,
-                    "records": n,
-                    "accepted": counts["accepted"],
-                    "rejected": rejected,
-                    "reasons": reasons,
-                    "all_rejected": counts["accepted"] == 0,
-                }
-            )
-            log.info("%s: %d records, %d accepted, %d rejected", source, n, counts["accepted"], rejected)
-            if counts["accepted"] == 0:
-                warnings.append(f"{source}: no record accepted ({n} records; {_reasons_text(reasons)})")
-            elif counts["read_error"]:
-                warnings.append(f"{source}: read_error after {n - 1} records ({_reasons_text(reasons)})")
+            per_input.append(_source_summary(source, n, counts, warnings))
     for w in warnings:
         log.warning("%s", w)
     prog.done()

@@ -166,6 +166,16 @@ def template_of(tokenizer, chat_template: str | None) -> str | None:
     return getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
 
 
+def _set_path(files: dict[str, str], key: str) -> str:
+    """The configured file of set ``key``, which must exist."""
+    path = files.get(key)
+    if not path:
+        raise ValueError(f"config key less.data.files.{key} is required with less.data.source: files")
+    if not Path(path).exists():
+        raise ValueError(f"less.data.files.{key}: {path} does not exist")
+    return path
+
+
 def build_from_files(
     files: dict[str, str], fields: dict | None = None, tokenizer=None, chat_template: str | None = None
 ) -> tuple[pa.Table, pa.Table, dict]:
@@ -177,11 +187,7 @@ def build_from_files(
     rejects: list[dict] = []
     counts: dict[str, dict] = {}
     for key, split in SETS.items():
-        path = files.get(key)
-        if not path:
-            raise ValueError(f"config key less.data.files.{key} is required with less.data.source: files")
-        if not Path(path).exists():
-            raise ValueError(f"less.data.files.{key}: {path} does not exist")
+        path = _set_path(files, key)
         seen: set[str] = set()
         n_ok, n_bad, n_records = 0, 0, 0
 

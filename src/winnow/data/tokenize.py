@@ -112,18 +112,23 @@ def tokenize_shard(docs: pa.Table, tokenizer, shard: int, num_shards: int, seq_l
         "domain": pa.array(cols["domain"], type=pa.string()).take(src),
         "split": pa.array(cols["split"], type=pa.string()).take(src),
     }
+    return tokens, pa.table(ex, schema=EXAMPLES), _shard_stats(len(rows), keep, piece_len, lengths)
+
+
+def _shard_stats(n_docs: int, keep: np.ndarray, piece_len: np.ndarray, lengths: np.ndarray) -> dict[str, int]:
+    """A shard's counts from its pieces ``(n_pieces,)`` (kept or not, lengths) and the kept lengths."""
     # Counts under the keys the per-piece loop used to create (a key only once it was counted).
     stats: dict[str, int] = {}
     dropped = ~keep
-    if rows:
-        stats["docs"] = len(rows)
+    if n_docs:
+        stats["docs"] = n_docs
     if dropped.any():
         stats["dropped_pieces"] = int(dropped.sum())
         stats["dropped_tokens"] = int(piece_len[dropped].sum())
-    if n:
+    if len(lengths):
         stats["tokens"] = int(lengths.sum())
-    stats["examples"] = n
-    return tokens, pa.table(ex, schema=EXAMPLES), stats
+    stats["examples"] = len(lengths)
+    return stats
 
 
 def _batch_encoder(tokenizer):

@@ -135,14 +135,7 @@ def domain_perplexity(
     restored afterwards. If ``per_doc`` is a list, one entry per document (in ``docs`` order) is
     appended to it with that document's counts and ``sum_logprob``.
     """
-    if prefix_token is None:
-        prefix_token = tokenizer.eos_token_id
-    if prefix_token is None:
-        raise ValueError("tokenizer has no eos token; pass prefix_token")
-    n_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if n_pos is not None and max_len > n_pos:
-        raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {n_pos}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token
+    prefix_token, pad_id = _prefix_and_pad(model, tokenizer, max_len, prefix_token)
 
     was_training = model.training
     model.to(device)
@@ -165,13 +158,7 @@ def domain_perplexity(
     try:
         for domain, text in docs:
             ids = tokenizer.encode(text, add_special_tokens=False)
-            counts = {
-                "n_docs": 1,
-                "n_tokens": len(ids),
-                "n_chars": len(text),
-                "n_words": len(text.split()),
-                "n_bytes": len(text.encode("utf-8")),
-            }
+            counts = _doc_counts(text, ids)
             for key, value in counts.items():
                 stats[domain][key] += value
             docs_seen.append({"domain": domain, "sum_logprob": 0.0, **counts})
@@ -187,6 +174,33 @@ def domain_perplexity(
     if per_doc is not None:
         per_doc.extend(docs_seen)
 
+    return _results(stats)
+
+
+def _prefix_and_pad(model: torch.nn.Module, tokenizer, max_len: int, prefix_token: int | None) -> tuple[int, int]:
+    """``(prefix token, pad id)`` of :func:`domain_perplexity`, after checking ``max_len``."""
+    if prefix_token is None:
+        prefix_token = tokenizer.eos_token_id
+    if prefix_token is None:
+        raise ValueError("tokenizer has no eos token; pass prefix_token")
+    n_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if n_pos is not None and max_len > n_pos:
+        raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {n_pos}")
+    return prefix_token, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token
+
+
+def _doc_counts(text: str, ids: list[int]) -> dict[str, int]:
+    return {
+        "n_docs": 1,
+        "n_tokens": len(ids),
+        "n_chars": len(text),
+        "n_words": len(text.split()),
+        "n_bytes": len(text.encode("utf-8")),
+    }
+
+
+def _results(stats: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-domain statistics, sorted by domain, and their total under ``ALL``."""
     total_acc = _empty()
     for st in stats.values():
         for key in total_acc:

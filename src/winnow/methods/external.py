@@ -247,15 +247,7 @@ def align(
             outside += 1  # a real id of the corpus (e.g. a test document): not a candidate
             del scored[k]
 
-    if key == "doc_id":
-        order = np.argsort(example_ids[in_pool], kind="stable")
-        pool_docs_of = np.asarray(example_docs, dtype=object)[in_pool][order]
-        pool_example_ids = example_ids[in_pool][order]
-        if pool_example_ids.size != pool.size:
-            raise ValueError("the pool names example ids the examples table lacks")
-        values = np.array([scored.get(str(d), np.nan) for d in pool_docs_of], dtype=np.float64)
-    else:
-        values = np.array([scored.get(int(i), np.nan) for i in pool], dtype=np.float64)
+    values = _pool_values(scored, key, pool, example_ids, example_docs, in_pool)
     have = np.isfinite(values)
     n_missing = int((~have).sum())
     fill = None
@@ -268,9 +260,7 @@ def align(
     if not have.any():
         raise ValueError(f"{where}: no pool example has a usable score (rejected records: {_counts(rejects)})")
     if n_missing and missing == "lowest":
-        lo, hi = float(values[have].min()), float(values[have].max())
-        # strictly worse than every scored example, in float32 too
-        fill = lo - max(1.0, abs(lo)) if direction == "higher" else hi + max(1.0, abs(hi))
+        fill = _lowest(values[have], direction)
         values[~have] = fill
     rejects.sort(key=lambda r: (r.index, r.reason))
     report = {
@@ -288,6 +278,25 @@ def align(
         "missing_score": fill if missing == "lowest" else ("nan" if missing == "drop" else None),
     }
     return Aligned(pool, values.astype(np.float32), rejects, report)
+
+
+def _pool_values(scored: dict, key: str, pool, example_ids, example_docs, in_pool) -> np.ndarray:
+    """``(pool.size,)`` float64 scores of the pool's examples in id order (NaN: none); by doc_id,
+    every example of a document gets the document's score."""
+    if key != "doc_id":
+        return np.array([scored.get(int(i), np.nan) for i in pool], dtype=np.float64)
+    order = np.argsort(example_ids[in_pool], kind="stable")
+    pool_docs_of = np.asarray(example_docs, dtype=object)[in_pool][order]
+    pool_example_ids = example_ids[in_pool][order]
+    if pool_example_ids.size != pool.size:
+        raise ValueError("the pool names example ids the examples table lacks")
+    return np.array([scored.get(str(d), np.nan) for d in pool_docs_of], dtype=np.float64)
+
+
+def _lowest(scored_values: np.ndarray, direction: str) -> float:
+    """A score strictly worse than every scored example, in float32 too."""
+    lo, hi = float(scored_values.min()), float(scored_values.max())
+    return lo - max(1.0, abs(lo)) if direction == "higher" else hi + max(1.0, abs(hi))
 
 
 def _record_of(rows) -> int:

@@ -295,6 +295,31 @@ def _wrap(model: torch.nn.Module, world: int, device: torch.device, fast: bool):
     return ddp_model, loss_fn
 
 
+def _accumulation(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per optimizer step and rank (the batch must split evenly)."""
+    if cfg.batch_size % (world * cfg.micro_batch_size):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not a multiple of world_size {world} × micro_batch_size {cfg.micro_batch_size}"
+        )
+    return cfg.batch_size // (world * cfg.micro_batch_size)
+
+
+def _log_plan(run: _TrainRun, n_params: int, accum: int) -> None:
+    cfg = run.cfg
+    log.info(
+        "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
+        n_params,
+        len(run.ids),
+        cfg.steps,
+        cfg.batch_size,
+        cfg.seq_len,
+        accum,
+        run.world,
+        run.device,
+        "bf16" if run.use_bf16 else "fp32",
+    )
+
+
 def train(
     model: torch.nn.Module,
     store: ExampleStore,
@@ -318,11 +343,7 @@ def train(
         A summary dict (final loss, tokens, wall time, tokens/s).
     """
     rank, world, device = setup_distributed()
-    if cfg.batch_size % (world * cfg.micro_batch_size):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} is not a multiple of world_size {world} × micro_batch_size {cfg.micro_batch_size}"
-        )
-    accum = cfg.batch_size // (world * cfg.micro_batch_size)
+    accum = _accumulation(cfg, world)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     ids = np.asarray(ids, dtype=np.int64)
     fingerprint = cfg.fingerprint(ids, init)
@@ -338,19 +359,8 @@ def train(
     start_step, history = _start(ckpt_root, fingerprint, model, optimizer, device, rank, resume_from, cfg.seed)
     ddp_model, loss_fn = _wrap(model, world, device, fast)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "training %d params on %d ids: %d steps × %d seqs × %d tokens (accum %d, world %d, %s, %s)",
-        n_params,
-        len(ids),
-        cfg.steps,
-        cfg.batch_size,
-        cfg.seq_len,
-        accum,
-        world,
-        device,
-        "bf16" if use_bf16 else "fp32",
-    )
     run = _TrainRun(model, ddp_model, optimizer, loss_fn, store, ids, cfg, rank, world, device, pad_id, use_bf16, fast)
+    _log_plan(run, n_params, accum)
     prog = Progress("train", total=cfg.steps, unit="steps", interval_s=cfg.log_every_s)
     prog.count = start_step
     t0 = time.monotonic()
