@@ -256,15 +256,10 @@ def _save_fit(
 
 def _log_plan(run: _FitRun, eval_every: int, n_params: int) -> None:
     cfg = run.cfg
+    sizes = (n_params, len(run.train_ids), len(run.val), run.total, cfg.batch_size, cfg.epochs, eval_every)
     log.info(
         "fit scorer: %d params, %d train / %d val, %d steps × %d (%.1f epochs), eval every %d, %s, %s",
-        n_params,
-        len(run.train_ids),
-        len(run.val),
-        run.total,
-        cfg.batch_size,
-        cfg.epochs,
-        eval_every,
+        *sizes,
         run.device,
         "bf16" if run.use_bf16 else "fp32",
     )
