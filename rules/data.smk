@@ -103,8 +103,7 @@ rule merge_examples:
 rule sample_subset:
     input:
         examples="results/{run}/tokens/examples.parquet",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        contract=contract_gate(),
     output:
         "results/{run}/subsets/{subset}/ids.parquet",
     log:
@@ -123,8 +122,7 @@ rule sample_subset:
 rule eval_tasks:
     input:
         docs="results/{run}/data/docs.parquet",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        contract=contract_gate(),
     output:
         lastword="results/{run}/eval/tasks/lastword.jsonl",
         choice="results/{run}/eval/tasks/choice.jsonl",

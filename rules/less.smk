@@ -12,8 +12,7 @@
 rule less_data:
     input:
         unpack(less_data_inputs),
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        contract=contract_gate(),
     output:
         **LESS_DATA_EXTRA_OUT,
         instructions=f"{LESS_DATA}/instructions.parquet",
@@ -332,41 +331,27 @@ rule less_prefilter:
 
 
 # Equal scores over the pool: `random`'s Gumbel-top-k draws a uniform 5% per seed.
-rule less_random_scores:
+use rule mates_random_scores as less_random_scores with:
     input:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
-        "results/{run}/less/random-scores.parquet",
+        results("less/random-scores.parquet"),
     log:
-        "results/{run}/logs/less_random_scores.log",
-    conda:
-        ENV
-    params:
-        code=code("select random-scores"),
-    shell:
-        "python -m winnow select random-scores --pool {input.pool:q} --out {output:q} > {log:q} 2>&1"
-
+        logs("less_random_scores.log"),
 
 # The shared selection code on an arm's scores (LESS: deterministic top 5%).
-rule less_select:
+use rule mates_select as less_select with:
     input:
         scores=less_arm_scores,
     output:
-        ids="results/{run}/less/{arm}/s{seed}/ids.parquet",
-        manifest="results/{run}/less/{arm}/s{seed}/select.json",
+        ids=results("less/{arm}/s{seed}/ids.parquet"),
+        manifest=results("less/{arm}/s{seed}/select.json"),
     log:
-        "results/{run}/logs/less_select/{arm}-s{seed}.log",
+        logs("less_select/{arm}-s{seed}.log"),
     wildcard_constraints:
         arm="less|random|predicted",
-    conda:
-        ENV
     params:
         args=less_select_args,
-        code=code("select select"),
-    shell:
-        "python -m winnow select select --scores {input.scores:q} {params.args:q}"
-        " --out {output.ids:q} --manifest {output.manifest:q} > {log:q} 2>&1"
-
 
 # LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
 rule less_finetune:

@@ -35,8 +35,7 @@ rule mates_reference:
     input:
         docs="results/{run}/data/docs.parquet",
         tokenizer="results/{run}/tokenizer/tokenizer.json",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        contract=contract_gate(),
     output:
         tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
         examples="results/{run}/mates/reference/{split}/examples.parquet",
@@ -165,62 +164,32 @@ rule mates_oracle:
 
 
 # The evaluation checkpoint of a stage: a short exponentially decaying run from its end (as MATES).
-rule mates_decay:
+use rule ablation_component as mates_decay with:
     input:
         unpack(mates_decay_inputs),
         pretrained=pretrained_files,
     output:
-        model="results/{run}/models/{arm}_k{k}/s{seed}/model/model.safetensors",
-        config="results/{run}/models/{arm}_k{k}/s{seed}/model/config.json",
-        optimizer="results/{run}/models/{arm}_k{k}/s{seed}/model/optimizer.safetensors",
-        state="results/{run}/models/{arm}_k{k}/s{seed}/model/trainer_state.json",
+        **model_files(results("models/{arm}_k{k}/s{seed}")),
     log:
-        "results/{run}/logs/mates_decay/{arm}-s{seed}-{k}.log",
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        logs("mates_decay/{arm}-s{seed}-{k}.log"),
+    benchmark:
+        benchmarks("mates_decay/{arm}-s{seed}-{k}.tsv")
     params:
-        model=verbatim(model_config()),
         train=mates_decay_config,
-        resume=mates_decay_resume,
-        ckpt_root="results/{run}/models/{arm}_k{k}/s{seed}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.resume:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
-
+        init=mates_decay_resume,
+        ckpt_root=results("models/{arm}_k{k}/s{seed}/checkpoints"),
 
 # Reference loss (held-out test last words) of an evaluation checkpoint.
-rule mates_eval_reference:
+use rule eval_target as mates_eval_reference with:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        examples="results/{run}/mates/reference/test/examples.parquet",
-        manifest="results/{run}/mates/reference/test/manifest.json",
-        ids="results/{run}/mates/reference/test/ids.parquet",
+        model=MODEL,
+        examples=results("mates/reference/test/examples.parquet"),
+        manifest=results("mates/reference/test/manifest.json"),
+        ids=results("mates/reference/test/ids.parquet"),
     output:
-        "results/{run}/eval/{method}/s{seed}/reference.json",
+        results("eval/{method}/s{seed}/reference.json"),
     log:
-        "results/{run}/logs/mates_eval_reference/{method}-s{seed}.log",
-    conda:
-        ENV
-    threads: THREADS["eval"]
-    resources:
-        **job_resources("infer"),
-    params:
-        trust=model_trust(),
-        batch_size=config["eval"]["batch_size"],
-        device=eval_device(),
-        code=code("eval target"),
-    shell:
-        "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
-        " --manifest {input.manifest:q} --ids {input.ids:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
-
+        logs("mates_eval_reference/{method}-s{seed}.log"),
 
 # MATES against the random arm, stage by stage, over every seed.
 rule mates_compare:

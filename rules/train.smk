@@ -4,20 +4,13 @@
 # Intermediate checkpoints go to checkpoints/ (not outputs, so a killed job's rerun resumes from them).
 rule train_lm:
     input:
-        pretrained=pretrained_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
+        **lm_inputs(ids=results("selected/{method}/s{seed}/ids.parquet")),
     output:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        config="results/{run}/models/{method}/s{seed}/model/config.json",
-        optimizer="results/{run}/models/{method}/s{seed}/model/optimizer.safetensors",
-        state="results/{run}/models/{method}/s{seed}/model/trainer_state.json",
+        **model_files(results("models/{method}/s{seed}")),
     log:
-        "results/{run}/logs/train_lm/{method}-s{seed}.log",
+        logs("train_lm/{method}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/train_lm/{method}-s{seed}.tsv"
+        benchmarks("train_lm/{method}-s{seed}.tsv")
     wildcard_constraints:
         method="|".join(SELECTION_METHODS),  # MATES and ablation models have rules of their own
     conda:
