@@ -14,14 +14,14 @@ wildcard_constraints:
 # The train ids of one partition (examples whose ablation.column is {part}) + counts per split.
 rule ablation_partition:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        docs="results/{run}/data/docs.parquet",
+        examples=EXAMPLES,
+        docs=DOCS,
         contract=contract_gate(),
     output:
-        ids="results/{run}/ablation/partitions/{part}/ids.parquet",
-        report="results/{run}/ablation/partitions/{part}/partition.json",
+        ids=results("ablation/partitions/{part}/ids.parquet"),
+        report=results("ablation/partitions/{part}/partition.json"),
     log:
-        "results/{run}/logs/ablation_partition/{part}.log",
+        logs("ablation_partition/{part}.log"),
     conda:
         ENV
     params:
@@ -38,9 +38,9 @@ rule ablation_mixture_ids:
     input:
         ablation_mixture_parts,
     output:
-        "results/{run}/ablation/mixtures/{mix}/ids.parquet",
+        results("ablation/mixtures/{mix}/ids.parquet"),
     log:
-        "results/{run}/logs/ablation_mixture_ids/{mix}.log",
+        logs("ablation_mixture_ids/{mix}.log"),
     conda:
         ENV
     params:
@@ -64,6 +64,7 @@ use rule train_lm as ablation_seed with:
     params:
         train=ablation_seed_config(),
         ckpt_root=results("ablation/seed/checkpoints"),
+
 
 # A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps,
 # at constant ablation.lr (null: the seed's final lr, read from the seed folder's trainer_state.json).
@@ -94,6 +95,7 @@ rule ablation_component:
         " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
         " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
+
 # A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps
 # (at the components' lr).
 use rule ablation_component as ablation_mixture with:
@@ -110,16 +112,17 @@ use rule ablation_component as ablation_mixture with:
         train=ablation_mixture_config,
         ckpt_root=results("ablation/mixtures/{mix}/checkpoints"),
 
+
 # A merge: the uniform parameter average of a mixture's components (integer buffers copied).
 rule ablation_merge:
     input:
         ablation_merge_members,
     output:
-        model="results/{run}/ablation/merges/{mix}/model/model.safetensors",
-        config="results/{run}/ablation/merges/{mix}/model/config.json",
-        members="results/{run}/ablation/merges/{mix}/members.json",
+        model=results("ablation/merges/{mix}/model/model.safetensors"),
+        config=results("ablation/merges/{mix}/model/config.json"),
+        members=results("ablation/merges/{mix}/members.json"),
     log:
-        "results/{run}/logs/ablation_merge/{mix}.log",
+        logs("ablation_merge/{mix}.log"),
     conda:
         ENV
     resources:
@@ -142,6 +145,7 @@ use rule ablation_merge as ablation_macro with:
     log:
         logs("ablation_macro/{macro}.log"),
 
+
 # Rolling-window perplexity per domain (every domain of the test split, held-out ones included)
 # of the seed, a component, mixture, merge or macro merge: the shared `eval ppl`.
 use rule eval_ppl as ablation_ppl with:
@@ -162,6 +166,7 @@ use rule eval_ppl as ablation_ppl with:
     params:
         max_docs=ablation_max_docs(),
 
+
 # Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and
 # pooled, Pearson and Spearman; the points, every model's perplexities, and a scatter plot.
 rule ablation_correlate:
@@ -169,20 +174,20 @@ rule ablation_correlate:
         ablation_evals,
     output:
         table=report(
-            "results/{run}/ablation/correlation.tsv",
+            results("ablation/correlation.tsv"),
             caption="../report/ablation_table.rst",
             category="Ablations",
         ),
-        json="results/{run}/ablation/correlation.json",
-        points="results/{run}/ablation/points.tsv",
-        ppl="results/{run}/ablation/ppl.parquet",
+        json=results("ablation/correlation.json"),
+        points=results("ablation/points.tsv"),
+        ppl=results("ablation/ppl.parquet"),
         plot=report(
-            "results/{run}/ablation/correlation.png",
+            results("ablation/correlation.png"),
             caption="../report/ablation_scatter.rst",
             category="Ablations",
         ),
     log:
-        "results/{run}/logs/ablation_correlate.log",
+        logs("ablation_correlate.log"),
     conda:
         ENV
     params:

@@ -8,18 +8,18 @@
 # measured on the PDS target; the shared scorer (rules/scorer.smk, scorer `mates_pool`) fits it.
 rule bakeoff_mates_oracle:
     input:
-        ckpt="results/{run}/pds/init/model/model.safetensors",
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        ref_ids="results/{run}/subsets/pds_target/ids.parquet",
-        probe="results/{run}/subsets/pds_proxy/ids.parquet",
+        ckpt=results("pds/init/model/model.safetensors"),
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        ref_ids=results("subsets/pds_target/ids.parquet"),
+        probe=results("subsets/pds_proxy/ids.parquet"),
     output:
-        oracle="results/{run}/bakeoff/mates_pool/oracle.parquet",
-        report="results/{run}/bakeoff/mates_pool/oracle.json",
+        oracle=results("bakeoff/mates_pool/oracle.parquet"),
+        report=results("bakeoff/mates_pool/oracle.json"),
     log:
-        "results/{run}/logs/bakeoff_mates_oracle.log",
+        logs("bakeoff_mates_oracle.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_mates_oracle.tsv"
+        benchmarks("bakeoff_mates_oracle.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -43,17 +43,17 @@ rule bakeoff_mates_oracle:
 # LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).
 rule bakeoff_less_warmup:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        base="results/{run}/pds/init/model/model.safetensors",
-        pool="results/{run}/subsets/pool/ids.parquet",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        base=results("pds/init/model/model.safetensors"),
+        pool=POOL,
     output:
         epochs=bakeoff_less_epochs(SimpleNamespace(run="{run}")),
-        report="results/{run}/bakeoff/less_pool/warmup/warmup.json",
+        report=results("bakeoff/less_pool/warmup/warmup.json"),
     log:
-        "results/{run}/logs/bakeoff_less_warmup.log",
+        logs("bakeoff_less_warmup.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_less_warmup.tsv"
+        benchmarks("bakeoff_less_warmup.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -79,22 +79,22 @@ rule bakeoff_less_warmup:
 # PDS target (the same projection and store format as rules/less.smk).
 rule bakeoff_less_features:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        base="results/{run}/pds/init/model/model.safetensors",
-        checkpoint="results/{run}/bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors",
-        pool="results/{run}/subsets/pds_proxy/ids.parquet",
-        target="results/{run}/subsets/pds_target/ids.parquet",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        base=results("pds/init/model/model.safetensors"),
+        checkpoint=results("bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors"),
+        pool=results("subsets/pds_proxy/ids.parquet"),
+        target=results("subsets/pds_target/ids.parquet"),
     output:
         pool=expand(
             "results/{{run}}/bakeoff/less_pool/features/epoch-{{epoch}}/pool-{block}.npy",
             block=BLOCKS,
         ),
-        target="results/{run}/bakeoff/less_pool/features/epoch-{epoch}/target.npy",
+        target=results("bakeoff/less_pool/features/epoch-{epoch}/target.npy"),
     log:
-        "results/{run}/logs/bakeoff_less_features/epoch{epoch}.log",
+        logs("bakeoff_less_features/epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_less_features/epoch{epoch}.tsv"
+        benchmarks("bakeoff_less_features/epoch{epoch}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -126,12 +126,12 @@ rule bakeoff_less_features:
 rule bakeoff_less_match:
     input:
         unpack(bakeoff_less_features),
-        warmup="results/{run}/bakeoff/less_pool/warmup/warmup.json",
+        warmup=results("bakeoff/less_pool/warmup/warmup.json"),
     output:
-        scores="results/{run}/bakeoff/less_pool/labels.parquet",
-        report="results/{run}/bakeoff/less_pool/match.json",
+        scores=results("bakeoff/less_pool/labels.parquet"),
+        report=results("bakeoff/less_pool/match.json"),
     log:
-        "results/{run}/logs/bakeoff_less_match.log",
+        logs("bakeoff_less_match.log"),
     conda:
         ENV
     params:
@@ -148,17 +148,17 @@ rule bakeoff_leaderboard:
         bakeoff_evals,
     output:
         table=report(
-            "results/{run}/bakeoff/leaderboard.tsv",
+            results("bakeoff/leaderboard.tsv"),
             caption="../report/bakeoff.rst",
             category="Bake-off",
         ),
         html=report(
-            "results/{run}/bakeoff/leaderboard.html",
+            results("bakeoff/leaderboard.html"),
             caption="../report/bakeoff.rst",
             category="Bake-off",
         ),
     log:
-        "results/{run}/logs/bakeoff_leaderboard.log",
+        logs("bakeoff_leaderboard.log"),
     conda:
         ENV
     params:

@@ -120,6 +120,7 @@ def contract_gate():
     edited) does not rerun what it passed."""
     return ancient(results("data/contract.json"))
 
+
 # One torch.compile cache per run, shared by all its jobs (they inherit the environment, on Slurm
 # too): a graph compiled by the first trainer is reused by the next instead of compiled per job.
 for _var, _sub in (

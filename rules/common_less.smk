@@ -41,7 +41,7 @@ if LESS.get("base", "random") != "random":
 LESS_EPOCHS = list(range(1, LESS.get("warmup", {}).get("epochs", 0) + 1))
 LESS_SHARDS = list(range(LESS.get("data", {}).get("num_shards", 2)))
 LESS_ARMS = LESS.get("arms", ["less", "random", "full"])
-LESS_DATA = "results/{run}/less/data"
+LESS_DATA = results("less/data")
 # less.data.source: corpus builds instruction tasks from the corpus's domains; files reads the
 # user's pool / target / eval files (winnow.data.instruct_files), checked here at parse time.
 LESS_DATA_CFG = LESS.get("data", {})

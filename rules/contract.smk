@@ -7,12 +7,12 @@ rule contract:
     # is ancient). An edit is checked at parse time instead (common_contract.smk), against the
     # counts ingest and tokenize recorded. The message is the point of the job: on the console.
     input:
-        ingest="results/{run}/data/ingest.json",
-        manifest="results/{run}/tokens/manifest.json",
+        ingest=results("data/ingest.json"),
+        manifest=MANIFEST,
     output:
-        "results/{run}/data/contract.json",
+        results("data/contract.json"),
     log:
-        "results/{run}/logs/contract.log",
+        logs("contract.log"),
     conda:
         ENV
     params:

@@ -27,7 +27,7 @@ rule less_data:
         subtasks=f"{LESS_DATA}/subtasks.parquet",
         choice=f"{LESS_DATA}/define-choice.jsonl",
     log:
-        "results/{run}/logs/less_data.log",
+        logs("less_data.log"),
     conda:
         ENV
     params:
@@ -55,11 +55,11 @@ rule less_warmup:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
-        report="results/{run}/less/s{seed}/warmup/warmup.json",
+        report=results("less/s{seed}/warmup/warmup.json"),
     log:
-        "results/{run}/logs/less_warmup/s{seed}.log",
+        logs("less_warmup/s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_warmup/s{seed}.tsv"
+        benchmarks("less_warmup/s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -88,7 +88,7 @@ rule less_features:
         unpack(less_store),
         base=less_base,
         base_files=less_base_files,
-        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
+        checkpoint=results("less/s{seed}/warmup/epoch-{epoch}/model.safetensors"),
         pool=f"{LESS_DATA}/pool.parquet",
         target=f"{LESS_DATA}/target.parquet",
     output:
@@ -96,11 +96,11 @@ rule less_features:
             "results/{{run}}/less/s{{seed}}/features/epoch-{{epoch}}/pool-{shard}.npy",
             shard=LESS_SHARDS,
         ),
-        target="results/{run}/less/s{seed}/features/epoch-{epoch}/target.npy",
+        target=results("less/s{seed}/features/epoch-{epoch}/target.npy"),
     log:
-        "results/{run}/logs/less_features/s{seed}-epoch{epoch}.log",
+        logs("less_features/s{seed}-epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_features/s{seed}-epoch{epoch}.tsv"
+        benchmarks("less_features/s{seed}-epoch{epoch}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -131,13 +131,13 @@ rule less_features:
 rule less_match:
     input:
         unpack(less_features),
-        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
+        warmup=results("less/s{seed}/warmup/warmup.json"),
         subtasks=f"{LESS_DATA}/subtasks.parquet",
     output:
-        scores="results/{run}/less/s{seed}/scores.parquet",
-        report="results/{run}/less/s{seed}/match.json",
+        scores=results("less/s{seed}/scores.parquet"),
+        report=results("less/s{seed}/match.json"),
     log:
-        "results/{run}/logs/less_match/s{seed}.log",
+        logs("less_match/s{seed}.log"),
     conda:
         ENV
     params:
@@ -157,12 +157,12 @@ rule less_predict:
         base=less_base,
         base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
-        scores="results/{run}/less/s{seed}/scores.parquet",
+        scores=results("less/s{seed}/scores.parquet"),
     output:
-        scores="results/{run}/less/s{seed}/predicted.parquet",
-        report="results/{run}/less/s{seed}/predictor.json",
+        scores=results("less/s{seed}/predicted.parquet"),
+        report=results("less/s{seed}/predictor.json"),
     log:
-        "results/{run}/logs/less_predict/s{seed}.log",
+        logs("less_predict/s{seed}.log"),
     conda:
         ENV
     threads: THREADS["eval"]
@@ -193,9 +193,9 @@ rule less_prefilter_sample:
     input:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
-        "results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
+        results("less/s{seed}/prefilter/fit-ids.parquet"),
     log:
-        "results/{run}/logs/less_prefilter_sample/s{seed}.log",
+        logs("less_prefilter_sample/s{seed}.log"),
     conda:
         ENV
     params:
@@ -213,16 +213,18 @@ rule less_prefilter_features:
         unpack(less_store),
         base=less_base,
         base_files=less_base_files,
-        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
-        ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
+        checkpoint=results("less/s{seed}/warmup/epoch-{epoch}/model.safetensors"),
+        ids=results("less/s{seed}/prefilter/{part}-ids.parquet"),
         target=f"{LESS_DATA}/target.parquet",
     output:
-        pool="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy",
-        target="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy",
+        pool=results("less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy"),
+        target=results(
+            "less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy"
+        ),
     log:
-        "results/{run}/logs/less_prefilter_features/s{seed}-{part}-epoch{epoch}.log",
+        logs("less_prefilter_features/s{seed}-{part}-epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_prefilter_features/s{seed}-{part}-epoch{epoch}.tsv"
+        benchmarks("less_prefilter_features/s{seed}-{part}-epoch{epoch}.tsv")
     wildcard_constraints:
         part="fit|top",
         epoch=r"\d+",
@@ -248,13 +250,13 @@ rule less_prefilter_features:
 rule less_prefilter_match:
     input:
         unpack(less_prefilter_part_features),
-        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
+        warmup=results("less/s{seed}/warmup/warmup.json"),
         subtasks=f"{LESS_DATA}/subtasks.parquet",
     output:
-        scores="results/{run}/less/s{seed}/prefilter/{part}-scores.parquet",
-        report="results/{run}/less/s{seed}/prefilter/{part}-match.json",
+        scores=results("less/s{seed}/prefilter/{part}-scores.parquet"),
+        report=results("less/s{seed}/prefilter/{part}-match.json"),
     log:
-        "results/{run}/logs/less_prefilter_match/s{seed}-{part}.log",
+        logs("less_prefilter_match/s{seed}-{part}.log"),
     wildcard_constraints:
         part="fit|top",
     conda:
@@ -277,16 +279,16 @@ rule less_prefilter_predict:
         base=less_base,
         base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
-        fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
-        fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
+        fit_ids=results("less/s{seed}/prefilter/fit-ids.parquet"),
+        fit_scores=results("less/s{seed}/prefilter/fit-scores.parquet"),
     output:
-        predicted="results/{run}/less/s{seed}/prefilter/predicted.parquet",
-        top_ids="results/{run}/less/s{seed}/prefilter/top-ids.parquet",
-        report="results/{run}/less/s{seed}/prefilter/predict.json",
+        predicted=results("less/s{seed}/prefilter/predicted.parquet"),
+        top_ids=results("less/s{seed}/prefilter/top-ids.parquet"),
+        report=results("less/s{seed}/prefilter/predict.json"),
     log:
-        "results/{run}/logs/less_prefilter_predict/s{seed}.log",
+        logs("less_prefilter_predict/s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_prefilter_predict/s{seed}.tsv"
+        benchmarks("less_prefilter_predict/s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["eval"]
@@ -310,10 +312,10 @@ rule less_prefilter:
     input:
         unpack(less_prefilter_inputs),
     output:
-        scores="results/{run}/less/s{seed}/prefilter/scores.parquet",
-        report="results/{run}/less/s{seed}/prefilter.json",
+        scores=results("less/s{seed}/prefilter/scores.parquet"),
+        report=results("less/s{seed}/prefilter.json"),
     log:
-        "results/{run}/logs/less_prefilter/s{seed}.log",
+        logs("less_prefilter/s{seed}.log"),
     conda:
         ENV
     params:
@@ -339,6 +341,7 @@ use rule mates_random_scores as less_random_scores with:
     log:
         logs("less_random_scores.log"),
 
+
 # The shared selection code on an arm's scores (LESS: deterministic top 5%).
 use rule mates_select as less_select with:
     input:
@@ -353,6 +356,7 @@ use rule mates_select as less_select with:
     params:
         args=less_select_args,
 
+
 # LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
 rule less_finetune:
     input:
@@ -361,12 +365,12 @@ rule less_finetune:
         base_files=less_base_files,
         ids=less_arm_ids,
     output:
-        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
-        report="results/{run}/less/{arm}/s{seed}/train.json",
+        model=results("less/{arm}/s{seed}/model/model.safetensors"),
+        report=results("less/{arm}/s{seed}/train.json"),
     log:
-        "results/{run}/logs/less_finetune/{arm}-s{seed}.log",
+        logs("less_finetune/{arm}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_finetune/{arm}-s{seed}.tsv"
+        benchmarks("less_finetune/{arm}-s{seed}.tsv")
     wildcard_constraints:
         arm="less|random|full|predicted",
     conda:
@@ -392,15 +396,15 @@ rule less_finetune:
 rule less_eval:
     input:
         unpack(less_store),
-        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        model=results("less/{arm}/s{seed}/model/model.safetensors"),
+        tokenizer=TOKENIZER,
         eval_ids=f"{LESS_DATA}/eval.parquet",
         subtasks=f"{LESS_DATA}/subtasks.parquet",
         choice=f"{LESS_DATA}/define-choice.jsonl",
     output:
-        "results/{run}/less/{arm}/s{seed}/eval.json",
+        results("less/{arm}/s{seed}/eval.json"),
     log:
-        "results/{run}/logs/less_eval/{arm}-s{seed}.log",
+        logs("less_eval/{arm}-s{seed}.log"),
     wildcard_constraints:
         arm="less|random|full|predicted",
     conda:
@@ -428,17 +432,17 @@ rule less_compare:
         examples=f"{LESS_DATA}/examples.parquet",
     output:
         table=report(
-            "results/{run}/less/compare.tsv",
+            results("less/compare.tsv"),
             caption="../report/less_compare.rst",
             category="LESS",
         ),
         composition=report(
-            "results/{run}/less/composition.tsv",
+            results("less/composition.tsv"),
             caption="../report/less_composition.rst",
             category="LESS",
         ),
     log:
-        "results/{run}/logs/less_compare.log",
+        logs("less_compare.log"),
     conda:
         ENV
     params:

@@ -8,11 +8,11 @@
 # | ...]: one job per pool, so adding a stage adds one job and leaves the others' pools as they are.
 rule mates_pools:
     input:
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
     output:
-        "results/{run}/mates/pools/{pool}.parquet",
+        results("mates/pools/{pool}.parquet"),
     log:
-        "results/{run}/logs/mates_pools/{pool}.log",
+        logs("mates_pools/{pool}.log"),
     wildcard_constraints:
         pool=r"probe|stage-\d+",
     conda:
@@ -33,16 +33,16 @@ rule mates_pools:
 # Its tokens form shard 1000000 (winnow.cli.mates.REFERENCE_SHARD), apart from the corpus ids.
 rule mates_reference:
     input:
-        docs="results/{run}/data/docs.parquet",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        docs=DOCS,
+        tokenizer=TOKENIZER,
         contract=contract_gate(),
     output:
-        tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
-        examples="results/{run}/mates/reference/{split}/examples.parquet",
-        ids="results/{run}/mates/reference/{split}/ids.parquet",
-        manifest="results/{run}/mates/reference/{split}/manifest.json",
+        tokens=results("mates/reference/{split}/tokens-1000000.bin"),
+        examples=results("mates/reference/{split}/examples.parquet"),
+        ids=results("mates/reference/{split}/ids.parquet"),
+        manifest=results("mates/reference/{split}/manifest.json"),
     log:
-        "results/{run}/logs/mates_reference/{split}.log",
+        logs("mates_reference/{split}.log"),
     conda:
         ENV
     params:
@@ -60,11 +60,11 @@ rule mates_reference:
 # Equal scores over a stage pool: the random arm's Gumbel-top-k draws a uniform sample per seed.
 rule mates_random_scores:
     input:
-        pool="results/{run}/mates/pools/stage-{k}.parquet",
+        pool=results("mates/pools/stage-{k}.parquet"),
     output:
-        "results/{run}/mates/pools/stage-{k}-equal-scores.parquet",
+        results("mates/pools/stage-{k}-equal-scores.parquet"),
     log:
-        "results/{run}/logs/mates_random_scores/{k}.log",
+        logs("mates_random_scores/{k}.log"),
     conda:
         ENV
     params:
@@ -78,10 +78,10 @@ rule mates_select:
     input:
         scores=mates_stage_scores,
     output:
-        ids="results/{run}/mates/{arm}/s{seed}/stage-{k}/ids.parquet",
-        manifest="results/{run}/mates/{arm}/s{seed}/stage-{k}/selection.json",
+        ids=results("mates/{arm}/s{seed}/stage-{k}/ids.parquet"),
+        manifest=results("mates/{arm}/s{seed}/stage-{k}/selection.json"),
     log:
-        "results/{run}/logs/mates_select/{arm}-s{seed}-{k}.log",
+        logs("mates_select/{arm}-s{seed}-{k}.log"),
     conda:
         ENV
     params:
@@ -98,14 +98,14 @@ rule mates_train:
         unpack(mates_train_inputs),
         pretrained=pretrained_files,
     output:
-        model="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/model.safetensors",
-        config="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/config.json",
-        optimizer="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/optimizer.safetensors",
-        state="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/trainer_state.json",
+        model=results("mates/{arm}/s{seed}/stage-{k}/model/model.safetensors"),
+        config=results("mates/{arm}/s{seed}/stage-{k}/model/config.json"),
+        optimizer=results("mates/{arm}/s{seed}/stage-{k}/model/optimizer.safetensors"),
+        state=results("mates/{arm}/s{seed}/stage-{k}/model/trainer_state.json"),
     log:
-        "results/{run}/logs/mates_train/{arm}-s{seed}-{k}.log",
+        logs("mates_train/{arm}-s{seed}-{k}.log"),
     benchmark:
-        "results/{run}/benchmarks/mates_train/{arm}-s{seed}-{k}.tsv"
+        benchmarks("mates_train/{arm}-s{seed}-{k}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -129,19 +129,19 @@ rule mates_train:
 rule mates_oracle:
     input:
         ckpt=mates_previous_model,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        ref_examples="results/{run}/mates/reference/val/examples.parquet",
-        ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
-        ref_ids="results/{run}/mates/reference/val/ids.parquet",
-        probe="results/{run}/mates/pools/probe.parquet",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        ref_examples=results("mates/reference/val/examples.parquet"),
+        ref_tokens=results("mates/reference/val/tokens-1000000.bin"),
+        ref_ids=results("mates/reference/val/ids.parquet"),
+        probe=results("mates/pools/probe.parquet"),
     output:
-        oracle="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.parquet",
-        report="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.json",
+        oracle=results("mates/mates/s{seed}/stage-{k}/oracle.parquet"),
+        report=results("mates/mates/s{seed}/stage-{k}/oracle.json"),
     log:
-        "results/{run}/logs/mates_oracle/s{seed}-{k}.log",
+        logs("mates_oracle/s{seed}-{k}.log"),
     benchmark:
-        "results/{run}/benchmarks/mates_oracle/s{seed}-{k}.tsv"
+        benchmarks("mates_oracle/s{seed}-{k}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -179,6 +179,7 @@ use rule ablation_component as mates_decay with:
         init=mates_decay_resume,
         ckpt_root=results("models/{arm}_k{k}/s{seed}/checkpoints"),
 
+
 # Reference loss (held-out test last words) of an evaluation checkpoint.
 use rule eval_target as mates_eval_reference with:
     input:
@@ -191,18 +192,19 @@ use rule eval_target as mates_eval_reference with:
     log:
         logs("mates_eval_reference/{method}-s{seed}.log"),
 
+
 # MATES against the random arm, stage by stage, over every seed.
 rule mates_compare:
     input:
         mates_compare_inputs,
     output:
         report(
-            "results/{run}/mates/compare.tsv",
+            results("mates/compare.tsv"),
             caption="../report/mates_compare.rst",
             category="MATES",
         ),
     log:
-        "results/{run}/logs/mates_compare.log",
+        logs("mates_compare.log"),
     conda:
         ENV
     params:

@@ -16,23 +16,24 @@ use rule train_lm as pds_init with:
         train=pds_init_config(),
         ckpt_root=results("pds/init/checkpoints"),
 
+
 # PMP solver: forward SGD trajectory (θ every k steps + batches as ids, under trajectory/), costates
 # backward with Hessian-vector products, per-example contributions by forward-mode JVP → gamma.
 rule pds_solve:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        init="results/{run}/pds/init/model/model.safetensors",
-        pool="results/{run}/subsets/pool/ids.parquet",
-        proxy="results/{run}/subsets/pds_proxy/ids.parquet",
-        target="results/{run}/subsets/pds_target/ids.parquet",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        init=results("pds/init/model/model.safetensors"),
+        pool=POOL,
+        proxy=results("subsets/pds_proxy/ids.parquet"),
+        target=results("subsets/pds_target/ids.parquet"),
     output:
-        gamma="results/{run}/pds/gamma.parquet",
-        report="results/{run}/pds/solver.json",
+        gamma=results("pds/gamma.parquet"),
+        report=results("pds/solver.json"),
     log:
-        "results/{run}/logs/pds_solve.log",
+        logs("pds_solve.log"),
     benchmark:
-        "results/{run}/benchmarks/pds_solve.tsv"
+        benchmarks("pds_solve.tsv")
     conda:
         ENV
     threads: THREADS["train"]

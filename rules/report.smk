@@ -6,23 +6,23 @@
 # spine's models, and MATES's reference loss per stage.
 rule report_plots:
     input:
-        examples="results/{run}/tokens/examples.parquet",
+        examples=EXAMPLES,
         files=report_plot_files,
     output:
         overlap=report(
-            "results/{run}/report/overlap.png",
+            results("report/overlap.png"),
             caption="../report/overlap.rst",
             category="Selections",
         ),
-        overlap_table="results/{run}/report/overlap.tsv",
+        overlap_table=results("report/overlap.tsv"),
         composition=report(
-            "results/{run}/report/composition.png",
+            results("report/composition.png"),
             caption="../report/composition.rst",
             category="Selections",
         ),
-        composition_table="results/{run}/report/composition.tsv",
+        composition_table=results("report/composition.tsv"),
         curves=report(
-            "results/{run}/report/curves.png",
+            results("report/curves.png"),
             caption="../report/curves.rst",
             category="Training",
         ),
@@ -39,7 +39,7 @@ rule report_plots:
             if f"results/{RUN}/report/{name}" in report_targets()
         ],
     log:
-        "results/{run}/logs/report_plots.log",
+        logs("report_plots.log"),
     conda:
         ENV
     params:

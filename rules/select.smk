@@ -4,11 +4,11 @@
 # Equal scores over the pool: Gumbel-top-k on them (temperature > 0) is a uniform sample per seed.
 rule random_scores:
     input:
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
     output:
-        "results/{run}/scores/random/scores.parquet",
+        results("scores/random/scores.parquet"),
     log:
-        "results/{run}/logs/random_scores.log",
+        logs("random_scores.log"),
     conda:
         ENV
     params:
@@ -22,12 +22,12 @@ rule random_scores:
 # the seed drives the Gumbel noise, so each seed is one replicate of the method.
 rule select:
     input:
-        scores="results/{run}/scores/{method}/scores.parquet",
+        scores=results("scores/{method}/scores.parquet"),
     output:
-        ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
-        manifest="results/{run}/selected/{method}/s{seed}/manifest.json",
+        ids=results("selected/{method}/s{seed}/ids.parquet"),
+        manifest=results("selected/{method}/s{seed}/manifest.json"),
     log:
-        "results/{run}/logs/select/{method}-s{seed}.log",
+        logs("select/{method}-s{seed}.log"),
     conda:
         ENV
     params:
