@@ -18,8 +18,8 @@ rule ablation_partition:
         docs=DOCS,
         contract=contract_gate(),
     output:
-        ids=results("ablation/partitions/{part}/ids.parquet"),
-        report=results("ablation/partitions/{part}/partition.json"),
+        ids="results/{run}/ablation/partitions/{part}/ids.parquet",
+        report="results/{run}/ablation/partitions/{part}/partition.json",
     log:
         logs("ablation_partition/{part}.log"),
     conda:
@@ -38,7 +38,7 @@ rule ablation_mixture_ids:
     input:
         ablation_mixture_parts,
     output:
-        results("ablation/mixtures/{mix}/ids.parquet"),
+        "results/{run}/ablation/mixtures/{mix}/ids.parquet",
     log:
         logs("ablation_mixture_ids/{mix}.log"),
     conda:
@@ -56,61 +56,50 @@ use rule train_lm as ablation_seed with:
     input:
         **lm_inputs(ids=ablation_seed_ids),
     output:
-        **model_files(results("ablation/seed")),
+        **model_files("results/{run}/ablation/seed"),
     log:
         logs("ablation_seed.log"),
     benchmark:
         benchmarks("ablation_seed.tsv")
     params:
         train=ablation_seed_config(),
-        ckpt_root=results("ablation/seed/checkpoints"),
+        ckpt_root="results/{run}/ablation/seed/checkpoints",
 
 
 # A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps,
 # at constant ablation.lr (null: the seed's final lr, read from the seed folder's trainer_state.json).
-rule ablation_component:
+use rule train_lm as ablation_component with:
     input:
-        **lm_inputs(ids=results("ablation/partitions/{part}/ids.parquet")),
+        **lm_inputs(ids="results/{run}/ablation/partitions/{part}/ids.parquet"),
         **ablation_seed_model(),
     output:
-        **model_files(results("ablation/components/{part}")),
+        **model_files("results/{run}/ablation/components/{part}"),
     log:
         logs("ablation_component/{part}.log"),
     benchmark:
         benchmarks("ablation_component/{part}.tsv")
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
     params:
-        model=verbatim(model_config()),
         train=ablation_cpt_config(1),
-        init=init_folder,
+        resume=resume_from("init"),
         ckpt_root="results/{run}/ablation/components/{part}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps
 # (at the components' lr).
-use rule ablation_component as ablation_mixture with:
+use rule train_lm as ablation_mixture with:
     input:
-        **lm_inputs(ids=results("ablation/mixtures/{mix}/ids.parquet")),
+        **lm_inputs(ids="results/{run}/ablation/mixtures/{mix}/ids.parquet"),
         **ablation_seed_model(),
     output:
-        **model_files(results("ablation/mixtures/{mix}")),
+        **model_files("results/{run}/ablation/mixtures/{mix}"),
     log:
         logs("ablation_mixture/{mix}.log"),
     benchmark:
         benchmarks("ablation_mixture/{mix}.tsv")
     params:
         train=ablation_mixture_config,
-        ckpt_root=results("ablation/mixtures/{mix}/checkpoints"),
+        resume=resume_from("init"),
+        ckpt_root="results/{run}/ablation/mixtures/{mix}/checkpoints",
 
 
 # A merge: the uniform parameter average of a mixture's components (integer buffers copied).
@@ -118,9 +107,9 @@ rule ablation_merge:
     input:
         ablation_merge_members,
     output:
-        model=results("ablation/merges/{mix}/model/model.safetensors"),
-        config=results("ablation/merges/{mix}/model/config.json"),
-        members=results("ablation/merges/{mix}/members.json"),
+        model="results/{run}/ablation/merges/{mix}/model/model.safetensors",
+        config="results/{run}/ablation/merges/{mix}/model/config.json",
+        members="results/{run}/ablation/merges/{mix}/members.json",
     log:
         logs("ablation_merge/{mix}.log"),
     conda:
@@ -139,9 +128,9 @@ use rule ablation_merge as ablation_macro with:
     input:
         ablation_macro_members,
     output:
-        model=results("ablation/macros/{macro}/model/model.safetensors"),
-        config=results("ablation/macros/{macro}/model/config.json"),
-        members=results("ablation/macros/{macro}/members.json"),
+        model="results/{run}/ablation/macros/{macro}/model/model.safetensors",
+        config="results/{run}/ablation/macros/{macro}/model/config.json",
+        members="results/{run}/ablation/macros/{macro}/members.json",
     log:
         logs("ablation_macro/{macro}.log"),
 
@@ -150,11 +139,11 @@ use rule ablation_merge as ablation_macro with:
 # of the seed, a component, mixture, merge or macro merge: the shared `eval ppl`.
 use rule eval_ppl as ablation_ppl with:
     input:
-        model=results("ablation/{model}/model/model.safetensors"),
+        model="results/{run}/ablation/{model}/model/model.safetensors",
         tokenizer=TOKENIZER,
         docs=DOCS,
     output:
-        results("ablation/eval/{model}/ppl.json"),
+        "results/{run}/ablation/eval/{model}/ppl.json",
     log:
         logs("ablation_ppl/{model}.log"),
     benchmark:
@@ -174,15 +163,15 @@ rule ablation_correlate:
         ablation_evals,
     output:
         table=report(
-            results("ablation/correlation.tsv"),
+            "results/{run}/ablation/correlation.tsv",
             caption="../report/ablation_table.rst",
             category="Ablations",
         ),
-        json=results("ablation/correlation.json"),
-        points=results("ablation/points.tsv"),
-        ppl=results("ablation/ppl.parquet"),
+        json="results/{run}/ablation/correlation.json",
+        points="results/{run}/ablation/points.tsv",
+        ppl="results/{run}/ablation/ppl.parquet",
         plot=report(
-            results("ablation/correlation.png"),
+            "results/{run}/ablation/correlation.png",
             caption="../report/ablation_scatter.rst",
             category="Ablations",
         ),

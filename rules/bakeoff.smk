@@ -8,14 +8,14 @@
 # measured on the PDS target; the shared scorer (rules/scorer.smk, scorer `mates_pool`) fits it.
 rule bakeoff_mates_oracle:
     input:
-        ckpt=results("pds/init/model/model.safetensors"),
+        ckpt="results/{run}/pds/init/model/model.safetensors",
         examples=EXAMPLES,
         manifest=MANIFEST,
-        ref_ids=results("subsets/pds_target/ids.parquet"),
-        probe=results("subsets/pds_proxy/ids.parquet"),
+        ref_ids="results/{run}/subsets/pds_target/ids.parquet",
+        probe="results/{run}/subsets/pds_proxy/ids.parquet",
     output:
-        oracle=results("bakeoff/mates_pool/oracle.parquet"),
-        report=results("bakeoff/mates_pool/oracle.json"),
+        oracle="results/{run}/bakeoff/mates_pool/oracle.parquet",
+        report="results/{run}/bakeoff/mates_pool/oracle.json",
     log:
         logs("bakeoff_mates_oracle.log"),
     benchmark:
@@ -45,11 +45,11 @@ rule bakeoff_less_warmup:
     input:
         examples=EXAMPLES,
         manifest=MANIFEST,
-        base=results("pds/init/model/model.safetensors"),
+        base="results/{run}/pds/init/model/model.safetensors",
         pool=POOL,
     output:
         epochs=bakeoff_less_epochs(SimpleNamespace(run="{run}")),
-        report=results("bakeoff/less_pool/warmup/warmup.json"),
+        report="results/{run}/bakeoff/less_pool/warmup/warmup.json",
     log:
         logs("bakeoff_less_warmup.log"),
     benchmark:
@@ -81,16 +81,16 @@ rule bakeoff_less_features:
     input:
         examples=EXAMPLES,
         manifest=MANIFEST,
-        base=results("pds/init/model/model.safetensors"),
-        checkpoint=results("bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors"),
-        pool=results("subsets/pds_proxy/ids.parquet"),
-        target=results("subsets/pds_target/ids.parquet"),
+        base="results/{run}/pds/init/model/model.safetensors",
+        checkpoint="results/{run}/bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors",
+        pool="results/{run}/subsets/pds_proxy/ids.parquet",
+        target="results/{run}/subsets/pds_target/ids.parquet",
     output:
         pool=expand(
             "results/{{run}}/bakeoff/less_pool/features/epoch-{{epoch}}/pool-{block}.npy",
             block=BLOCKS,
         ),
-        target=results("bakeoff/less_pool/features/epoch-{epoch}/target.npy"),
+        target="results/{run}/bakeoff/less_pool/features/epoch-{epoch}/target.npy",
     log:
         logs("bakeoff_less_features/epoch{epoch}.log"),
     benchmark:
@@ -126,10 +126,10 @@ rule bakeoff_less_features:
 rule bakeoff_less_match:
     input:
         unpack(bakeoff_less_features),
-        warmup=results("bakeoff/less_pool/warmup/warmup.json"),
+        warmup="results/{run}/bakeoff/less_pool/warmup/warmup.json",
     output:
-        scores=results("bakeoff/less_pool/labels.parquet"),
-        report=results("bakeoff/less_pool/match.json"),
+        scores="results/{run}/bakeoff/less_pool/labels.parquet",
+        report="results/{run}/bakeoff/less_pool/match.json",
     log:
         logs("bakeoff_less_match.log"),
     conda:
@@ -148,12 +148,12 @@ rule bakeoff_leaderboard:
         bakeoff_evals,
     output:
         table=report(
-            results("bakeoff/leaderboard.tsv"),
+            "results/{run}/bakeoff/leaderboard.tsv",
             caption="../report/bakeoff.rst",
             category="Bake-off",
         ),
         html=report(
-            results("bakeoff/leaderboard.html"),
+            "results/{run}/bakeoff/leaderboard.html",
             caption="../report/bakeoff.rst",
             category="Bake-off",
         ),

@@ -115,6 +115,12 @@ def lm_inputs(ids):
     }
 
 
+def resume_from(key):
+    """Params of `winnow train lm` that continue training from the model folder of input ``key``
+    (its weights and AdamW state)."""
+    return lambda wildcards, input: ["--resume-from", str(Path(input[key]).parent)]
+
+
 def contract_gate():
     """The data contract as an input: a gate, not data (ancient), so a rerun contract (config
     edited) does not rerun what it passed."""

@@ -119,11 +119,6 @@ def ablation_seed_model():
     }
 
 
-def init_folder(wildcards, input):
-    """The checkpoint folder that continued pretraining starts from (--resume-from)."""
-    return str(Path(input.init).parent)
-
-
 def ablation_mixture_config(wildcards):
     return ablation_cpt_config(len(parse_mixture(wildcards.mix)))
 

@@ -7,10 +7,10 @@ rule contract:
     # is ancient). An edit is checked at parse time instead (common_contract.smk), against the
     # counts ingest and tokenize recorded. The message is the point of the job: on the console.
     input:
-        ingest=results("data/ingest.json"),
+        ingest="results/{run}/data/ingest.json",
         manifest=MANIFEST,
     output:
-        results("data/contract.json"),
+        "results/{run}/data/contract.json",
     log:
         logs("contract.log"),
     conda:

@@ -9,8 +9,8 @@ rule ingest:
         ancient(corpus_inputs()),
     output:
         docs=DOCS,
-        rejects=results("data/rejects.parquet"),
-        manifest=results("data/ingest.json"),
+        rejects="results/{run}/data/rejects.parquet",
+        manifest="results/{run}/data/ingest.json",
     log:
         logs("ingest.log"),
     benchmark:
@@ -55,7 +55,7 @@ rule tokenize:
         docs=DOCS,
         tokenizer=TOKENIZER,
     output:
-        directory(results("tokens/block-{block}")),
+        directory("results/{run}/tokens/block-{block}"),
     log:
         logs("tokenize/{block}.log"),
     benchmark:
@@ -105,7 +105,7 @@ rule sample_subset:
         examples=EXAMPLES,
         contract=contract_gate(),
     output:
-        results("subsets/{subset}/ids.parquet"),
+        "results/{run}/subsets/{subset}/ids.parquet",
     log:
         logs("sample_subset/{subset}.log"),
     conda:
@@ -124,8 +124,8 @@ rule eval_tasks:
         docs=DOCS,
         contract=contract_gate(),
     output:
-        lastword=results("eval/tasks/lastword.jsonl"),
-        choice=results("eval/tasks/choice.jsonl"),
+        lastword="results/{run}/eval/tasks/lastword.jsonl",
+        choice="results/{run}/eval/tasks/choice.jsonl",
     log:
         logs("eval_tasks.log"),
     conda:

@@ -8,7 +8,7 @@ rule eval_ppl:
         tokenizer=TOKENIZER,
         docs=DOCS,
     output:
-        results("eval/{method}/s{seed}/ppl.json"),
+        "results/{run}/eval/{method}/s{seed}/ppl.json",
     log:
         logs("eval_ppl/{method}-s{seed}.log"),
     benchmark:
@@ -36,10 +36,10 @@ rule eval_harness:
     input:
         model=MODEL,
         tokenizer=TOKENIZER,
-        lastword=results("eval/tasks/lastword.jsonl"),
-        choice=results("eval/tasks/choice.jsonl"),
+        lastword="results/{run}/eval/tasks/lastword.jsonl",
+        choice="results/{run}/eval/tasks/choice.jsonl",
     output:
-        results("eval/{method}/s{seed}/harness.json"),
+        "results/{run}/eval/{method}/s{seed}/harness.json",
     log:
         logs("eval_harness/{method}-s{seed}.log"),
     benchmark:
@@ -68,9 +68,9 @@ rule eval_target:
         model=MODEL,
         examples=EXAMPLES,
         manifest=MANIFEST,
-        ids=results("subsets/{subset}/ids.parquet"),
+        ids="results/{run}/subsets/{subset}/ids.parquet",
     output:
-        results("eval/{method}/s{seed}/target-{subset}.json"),
+        "results/{run}/eval/{method}/s{seed}/target-{subset}.json",
     log:
         logs("eval_target/{method}-s{seed}-{subset}.log"),
     conda:
@@ -96,7 +96,7 @@ rule eval_table:
         all_model_evals,
     output:
         report(
-            results("eval/summary.tsv"),
+            "results/{run}/eval/summary.tsv",
             caption="../report/summary.rst",
             category="Evaluation",
         ),
@@ -116,7 +116,7 @@ rule eval_compare:
         compare_inputs,
     output:
         report(
-            results("eval/compare-{method}.tsv"),
+            "results/{run}/eval/compare-{method}.tsv",
             caption="../report/compare.rst",
             category="Evaluation",
             subcategory="{method}",

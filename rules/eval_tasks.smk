@@ -7,7 +7,7 @@ rule eval_harness_check:
     input:
         harness_include_files(),
     output:
-        results("eval/harness-tasks.json"),
+        "results/{run}/eval/harness-tasks.json",
     log:
         logs("eval_harness_check.log"),
     conda:
@@ -24,9 +24,9 @@ rule eval_harness_tasks:
     input:
         model=MODEL,
         tokenizer=TOKENIZER,
-        resolved=results("eval/harness-tasks.json"),
+        resolved="results/{run}/eval/harness-tasks.json",
     output:
-        results("eval/{method}/s{seed}/harness-tasks.json"),
+        "results/{run}/eval/{method}/s{seed}/harness-tasks.json",
     log:
         logs("eval_harness_tasks/{method}-s{seed}.log"),
     benchmark:

@@ -9,9 +9,9 @@ rule external_scores:
         examples=EXAMPLES,
         pool=POOL,
     output:
-        scores=results("scores/external-{name}/scores.parquet"),
-        rejects=results("external/{name}/rejects.parquet"),
-        report=results("external/{name}/report.json"),
+        scores="results/{run}/scores/external-{name}/scores.parquet",
+        rejects="results/{run}/external/{name}/rejects.parquet",
+        report="results/{run}/external/{name}/report.json",
     log:
         logs("external_scores/{name}.log"),
     wildcard_constraints:

@@ -55,7 +55,7 @@ rule less_warmup:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
-        report=results("less/s{seed}/warmup/warmup.json"),
+        report="results/{run}/less/s{seed}/warmup/warmup.json",
     log:
         logs("less_warmup/s{seed}.log"),
     benchmark:
@@ -88,7 +88,7 @@ rule less_features:
         unpack(less_store),
         base=less_base,
         base_files=less_base_files,
-        checkpoint=results("less/s{seed}/warmup/epoch-{epoch}/model.safetensors"),
+        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         pool=f"{LESS_DATA}/pool.parquet",
         target=f"{LESS_DATA}/target.parquet",
     output:
@@ -96,7 +96,7 @@ rule less_features:
             "results/{{run}}/less/s{{seed}}/features/epoch-{{epoch}}/pool-{shard}.npy",
             shard=LESS_SHARDS,
         ),
-        target=results("less/s{seed}/features/epoch-{epoch}/target.npy"),
+        target="results/{run}/less/s{seed}/features/epoch-{epoch}/target.npy",
     log:
         logs("less_features/s{seed}-epoch{epoch}.log"),
     benchmark:
@@ -131,11 +131,11 @@ rule less_features:
 rule less_match:
     input:
         unpack(less_features),
-        warmup=results("less/s{seed}/warmup/warmup.json"),
+        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
         subtasks=f"{LESS_DATA}/subtasks.parquet",
     output:
-        scores=results("less/s{seed}/scores.parquet"),
-        report=results("less/s{seed}/match.json"),
+        scores="results/{run}/less/s{seed}/scores.parquet",
+        report="results/{run}/less/s{seed}/match.json",
     log:
         logs("less_match/s{seed}.log"),
     conda:
@@ -157,10 +157,10 @@ rule less_predict:
         base=less_base,
         base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
-        scores=results("less/s{seed}/scores.parquet"),
+        scores="results/{run}/less/s{seed}/scores.parquet",
     output:
-        scores=results("less/s{seed}/predicted.parquet"),
-        report=results("less/s{seed}/predictor.json"),
+        scores="results/{run}/less/s{seed}/predicted.parquet",
+        report="results/{run}/less/s{seed}/predictor.json",
     log:
         logs("less_predict/s{seed}.log"),
     conda:
@@ -193,7 +193,7 @@ rule less_prefilter_sample:
     input:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
-        results("less/s{seed}/prefilter/fit-ids.parquet"),
+        "results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
     log:
         logs("less_prefilter_sample/s{seed}.log"),
     conda:
@@ -213,11 +213,11 @@ rule less_prefilter_features:
         unpack(less_store),
         base=less_base,
         base_files=less_base_files,
-        checkpoint=results("less/s{seed}/warmup/epoch-{epoch}/model.safetensors"),
-        ids=results("less/s{seed}/prefilter/{part}-ids.parquet"),
+        checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
+        ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
         target=f"{LESS_DATA}/target.parquet",
     output:
-        pool=results("less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy"),
+        pool="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy",
         target=results(
             "less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy"
         ),
@@ -250,11 +250,11 @@ rule less_prefilter_features:
 rule less_prefilter_match:
     input:
         unpack(less_prefilter_part_features),
-        warmup=results("less/s{seed}/warmup/warmup.json"),
+        warmup="results/{run}/less/s{seed}/warmup/warmup.json",
         subtasks=f"{LESS_DATA}/subtasks.parquet",
     output:
-        scores=results("less/s{seed}/prefilter/{part}-scores.parquet"),
-        report=results("less/s{seed}/prefilter/{part}-match.json"),
+        scores="results/{run}/less/s{seed}/prefilter/{part}-scores.parquet",
+        report="results/{run}/less/s{seed}/prefilter/{part}-match.json",
     log:
         logs("less_prefilter_match/s{seed}-{part}.log"),
     wildcard_constraints:
@@ -279,12 +279,12 @@ rule less_prefilter_predict:
         base=less_base,
         base_files=less_base_files,
         pool=f"{LESS_DATA}/pool.parquet",
-        fit_ids=results("less/s{seed}/prefilter/fit-ids.parquet"),
-        fit_scores=results("less/s{seed}/prefilter/fit-scores.parquet"),
+        fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
+        fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
     output:
-        predicted=results("less/s{seed}/prefilter/predicted.parquet"),
-        top_ids=results("less/s{seed}/prefilter/top-ids.parquet"),
-        report=results("less/s{seed}/prefilter/predict.json"),
+        predicted="results/{run}/less/s{seed}/prefilter/predicted.parquet",
+        top_ids="results/{run}/less/s{seed}/prefilter/top-ids.parquet",
+        report="results/{run}/less/s{seed}/prefilter/predict.json",
     log:
         logs("less_prefilter_predict/s{seed}.log"),
     benchmark:
@@ -312,8 +312,8 @@ rule less_prefilter:
     input:
         unpack(less_prefilter_inputs),
     output:
-        scores=results("less/s{seed}/prefilter/scores.parquet"),
-        report=results("less/s{seed}/prefilter.json"),
+        scores="results/{run}/less/s{seed}/prefilter/scores.parquet",
+        report="results/{run}/less/s{seed}/prefilter.json",
     log:
         logs("less_prefilter/s{seed}.log"),
     conda:
@@ -337,7 +337,7 @@ use rule mates_random_scores as less_random_scores with:
     input:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
-        results("less/random-scores.parquet"),
+        "results/{run}/less/random-scores.parquet",
     log:
         logs("less_random_scores.log"),
 
@@ -347,8 +347,8 @@ use rule mates_select as less_select with:
     input:
         scores=less_arm_scores,
     output:
-        ids=results("less/{arm}/s{seed}/ids.parquet"),
-        manifest=results("less/{arm}/s{seed}/select.json"),
+        ids="results/{run}/less/{arm}/s{seed}/ids.parquet",
+        manifest="results/{run}/less/{arm}/s{seed}/select.json",
     log:
         logs("less_select/{arm}-s{seed}.log"),
     wildcard_constraints:
@@ -365,8 +365,8 @@ rule less_finetune:
         base_files=less_base_files,
         ids=less_arm_ids,
     output:
-        model=results("less/{arm}/s{seed}/model/model.safetensors"),
-        report=results("less/{arm}/s{seed}/train.json"),
+        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
+        report="results/{run}/less/{arm}/s{seed}/train.json",
     log:
         logs("less_finetune/{arm}-s{seed}.log"),
     benchmark:
@@ -396,13 +396,13 @@ rule less_finetune:
 rule less_eval:
     input:
         unpack(less_store),
-        model=results("less/{arm}/s{seed}/model/model.safetensors"),
+        model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
         tokenizer=TOKENIZER,
         eval_ids=f"{LESS_DATA}/eval.parquet",
         subtasks=f"{LESS_DATA}/subtasks.parquet",
         choice=f"{LESS_DATA}/define-choice.jsonl",
     output:
-        results("less/{arm}/s{seed}/eval.json"),
+        "results/{run}/less/{arm}/s{seed}/eval.json",
     log:
         logs("less_eval/{arm}-s{seed}.log"),
     wildcard_constraints:
@@ -432,12 +432,12 @@ rule less_compare:
         examples=f"{LESS_DATA}/examples.parquet",
     output:
         table=report(
-            results("less/compare.tsv"),
+            "results/{run}/less/compare.tsv",
             caption="../report/less_compare.rst",
             category="LESS",
         ),
         composition=report(
-            results("less/composition.tsv"),
+            "results/{run}/less/composition.tsv",
             caption="../report/less_composition.rst",
             category="LESS",
         ),

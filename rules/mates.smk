@@ -10,7 +10,7 @@ rule mates_pools:
     input:
         pool=POOL,
     output:
-        results("mates/pools/{pool}.parquet"),
+        "results/{run}/mates/pools/{pool}.parquet",
     log:
         logs("mates_pools/{pool}.log"),
     wildcard_constraints:
@@ -37,10 +37,10 @@ rule mates_reference:
         tokenizer=TOKENIZER,
         contract=contract_gate(),
     output:
-        tokens=results("mates/reference/{split}/tokens-1000000.bin"),
-        examples=results("mates/reference/{split}/examples.parquet"),
-        ids=results("mates/reference/{split}/ids.parquet"),
-        manifest=results("mates/reference/{split}/manifest.json"),
+        tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
+        examples="results/{run}/mates/reference/{split}/examples.parquet",
+        ids="results/{run}/mates/reference/{split}/ids.parquet",
+        manifest="results/{run}/mates/reference/{split}/manifest.json",
     log:
         logs("mates_reference/{split}.log"),
     conda:
@@ -60,9 +60,9 @@ rule mates_reference:
 # Equal scores over a stage pool: the random arm's Gumbel-top-k draws a uniform sample per seed.
 rule mates_random_scores:
     input:
-        pool=results("mates/pools/stage-{k}.parquet"),
+        pool="results/{run}/mates/pools/stage-{k}.parquet",
     output:
-        results("mates/pools/stage-{k}-equal-scores.parquet"),
+        "results/{run}/mates/pools/stage-{k}-equal-scores.parquet",
     log:
         logs("mates_random_scores/{k}.log"),
     conda:
@@ -78,8 +78,8 @@ rule mates_select:
     input:
         scores=mates_stage_scores,
     output:
-        ids=results("mates/{arm}/s{seed}/stage-{k}/ids.parquet"),
-        manifest=results("mates/{arm}/s{seed}/stage-{k}/selection.json"),
+        ids="results/{run}/mates/{arm}/s{seed}/stage-{k}/ids.parquet",
+        manifest="results/{run}/mates/{arm}/s{seed}/stage-{k}/selection.json",
     log:
         logs("mates_select/{arm}-s{seed}-{k}.log"),
     conda:
@@ -93,35 +93,20 @@ rule mates_select:
 
 
 # Stage k of pretraining; stage k ≥ 1 resumes from the end of stage k−1 (weights + AdamW moments).
-rule mates_train:
+use rule train_lm as mates_train with:
     input:
         unpack(mates_train_inputs),
         pretrained=pretrained_files,
     output:
-        model=results("mates/{arm}/s{seed}/stage-{k}/model/model.safetensors"),
-        config=results("mates/{arm}/s{seed}/stage-{k}/model/config.json"),
-        optimizer=results("mates/{arm}/s{seed}/stage-{k}/model/optimizer.safetensors"),
-        state=results("mates/{arm}/s{seed}/stage-{k}/model/trainer_state.json"),
+        **model_files("results/{run}/mates/{arm}/s{seed}/stage-{k}"),
     log:
         logs("mates_train/{arm}-s{seed}-{k}.log"),
     benchmark:
         benchmarks("mates_train/{arm}-s{seed}-{k}.tsv")
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
     params:
-        model=verbatim(model_config()),
         train=mates_stage_config,
         resume=mates_resume_arg,
         ckpt_root="results/{run}/mates/{arm}/s{seed}/stage-{k}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} {params.resume:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Oracle influence at the end of stage k−1: one exact AdamW step per probe candidate, then the
@@ -131,13 +116,13 @@ rule mates_oracle:
         ckpt=mates_previous_model,
         examples=EXAMPLES,
         manifest=MANIFEST,
-        ref_examples=results("mates/reference/val/examples.parquet"),
-        ref_tokens=results("mates/reference/val/tokens-1000000.bin"),
-        ref_ids=results("mates/reference/val/ids.parquet"),
-        probe=results("mates/pools/probe.parquet"),
+        ref_examples="results/{run}/mates/reference/val/examples.parquet",
+        ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
+        ref_ids="results/{run}/mates/reference/val/ids.parquet",
+        probe="results/{run}/mates/pools/probe.parquet",
     output:
-        oracle=results("mates/mates/s{seed}/stage-{k}/oracle.parquet"),
-        report=results("mates/mates/s{seed}/stage-{k}/oracle.json"),
+        oracle="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.parquet",
+        report="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.json",
     log:
         logs("mates_oracle/s{seed}-{k}.log"),
     benchmark:
@@ -164,31 +149,31 @@ rule mates_oracle:
 
 
 # The evaluation checkpoint of a stage: a short exponentially decaying run from its end (as MATES).
-use rule ablation_component as mates_decay with:
+use rule train_lm as mates_decay with:
     input:
         unpack(mates_decay_inputs),
         pretrained=pretrained_files,
     output:
-        **model_files(results("models/{arm}_k{k}/s{seed}")),
+        **model_files("results/{run}/models/{arm}_k{k}/s{seed}"),
     log:
         logs("mates_decay/{arm}-s{seed}-{k}.log"),
     benchmark:
         benchmarks("mates_decay/{arm}-s{seed}-{k}.tsv")
     params:
         train=mates_decay_config,
-        init=mates_decay_resume,
-        ckpt_root=results("models/{arm}_k{k}/s{seed}/checkpoints"),
+        resume=resume_from("resume"),
+        ckpt_root="results/{run}/models/{arm}_k{k}/s{seed}/checkpoints",
 
 
 # Reference loss (held-out test last words) of an evaluation checkpoint.
 use rule eval_target as mates_eval_reference with:
     input:
         model=MODEL,
-        examples=results("mates/reference/test/examples.parquet"),
-        manifest=results("mates/reference/test/manifest.json"),
-        ids=results("mates/reference/test/ids.parquet"),
+        examples="results/{run}/mates/reference/test/examples.parquet",
+        manifest="results/{run}/mates/reference/test/manifest.json",
+        ids="results/{run}/mates/reference/test/ids.parquet",
     output:
-        results("eval/{method}/s{seed}/reference.json"),
+        "results/{run}/eval/{method}/s{seed}/reference.json",
     log:
         logs("mates_eval_reference/{method}-s{seed}.log"),
 
@@ -199,7 +184,7 @@ rule mates_compare:
         mates_compare_inputs,
     output:
         report(
-            results("mates/compare.tsv"),
+            "results/{run}/mates/compare.tsv",
             caption="../report/mates_compare.rst",
             category="MATES",
         ),

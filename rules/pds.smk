@@ -7,14 +7,14 @@ use rule train_lm as pds_init with:
     input:
         **lm_inputs(ids=POOL),
     output:
-        **model_files(results("pds/init")),
+        **model_files("results/{run}/pds/init"),
     log:
         logs("pds_init.log"),
     benchmark:
         benchmarks("pds_init.tsv")
     params:
         train=pds_init_config(),
-        ckpt_root=results("pds/init/checkpoints"),
+        ckpt_root="results/{run}/pds/init/checkpoints",
 
 
 # PMP solver: forward SGD trajectory (θ every k steps + batches as ids, under trajectory/), costates
@@ -23,13 +23,13 @@ rule pds_solve:
     input:
         examples=EXAMPLES,
         manifest=MANIFEST,
-        init=results("pds/init/model/model.safetensors"),
+        init="results/{run}/pds/init/model/model.safetensors",
         pool=POOL,
-        proxy=results("subsets/pds_proxy/ids.parquet"),
-        target=results("subsets/pds_target/ids.parquet"),
+        proxy="results/{run}/subsets/pds_proxy/ids.parquet",
+        target="results/{run}/subsets/pds_target/ids.parquet",
     output:
-        gamma=results("pds/gamma.parquet"),
-        report=results("pds/solver.json"),
+        gamma="results/{run}/pds/gamma.parquet",
+        report="results/{run}/pds/solver.json",
     log:
         logs("pds_solve.log"),
     benchmark:

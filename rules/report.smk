@@ -10,19 +10,19 @@ rule report_plots:
         files=report_plot_files,
     output:
         overlap=report(
-            results("report/overlap.png"),
+            "results/{run}/report/overlap.png",
             caption="../report/overlap.rst",
             category="Selections",
         ),
-        overlap_table=results("report/overlap.tsv"),
+        overlap_table="results/{run}/report/overlap.tsv",
         composition=report(
-            results("report/composition.png"),
+            "results/{run}/report/composition.png",
             caption="../report/composition.rst",
             category="Selections",
         ),
-        composition_table=results("report/composition.tsv"),
+        composition_table="results/{run}/report/composition.tsv",
         curves=report(
-            results("report/curves.png"),
+            "results/{run}/report/curves.png",
             caption="../report/curves.rst",
             category="Training",
         ),

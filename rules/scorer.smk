@@ -12,8 +12,8 @@ rule fit_scorer:
         tokenizer=TOKENIZER,
         labels=scorer_labels,
     output:
-        model=results("scorers/{scorer}/model.safetensors"),
-        report=results("scorers/{scorer}/fit.json"),
+        model="results/{run}/scorers/{scorer}/model.safetensors",
+        report="results/{run}/scorers/{scorer}/fit.json",
     log:
         logs("fit_scorer/{scorer}.log"),
     benchmark:
@@ -40,13 +40,13 @@ rule fit_scorer:
 rule score_pool:
     input:
         sources=scorer_source_files,
-        scorer=results("scorers/{scorer}/model.safetensors"),
+        scorer="results/{run}/scorers/{scorer}/model.safetensors",
         examples=EXAMPLES,
         manifest=MANIFEST,
         tokenizer=TOKENIZER,
         pool=scorer_pool,
     output:
-        results("scores/{scorer}/parts/{block}.parquet"),
+        "results/{run}/scores/{scorer}/parts/{block}.parquet",
     log:
         logs("score_pool/{scorer}-{block}.log"),
     benchmark:
@@ -74,7 +74,7 @@ rule merge_scores:
     input:
         block_scores,
     output:
-        results("scores/{scorer}/scores.parquet"),
+        "results/{run}/scores/{scorer}/scores.parquet",
     log:
         logs("merge_scores/{scorer}.log"),
     conda:

@@ -6,7 +6,7 @@ rule random_scores:
     input:
         pool=POOL,
     output:
-        results("scores/random/scores.parquet"),
+        "results/{run}/scores/random/scores.parquet",
     log:
         logs("random_scores.log"),
     conda:
@@ -22,10 +22,10 @@ rule random_scores:
 # the seed drives the Gumbel noise, so each seed is one replicate of the method.
 rule select:
     input:
-        scores=results("scores/{method}/scores.parquet"),
+        scores="results/{run}/scores/{method}/scores.parquet",
     output:
-        ids=results("selected/{method}/s{seed}/ids.parquet"),
-        manifest=results("selected/{method}/s{seed}/manifest.json"),
+        ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
+        manifest="results/{run}/selected/{method}/s{seed}/manifest.json",
     log:
         logs("select/{method}-s{seed}.log"),
     conda:
