@@ -117,6 +117,16 @@ def less_base(wildcards):
     return str(Path(base) / "config.json")
 
 
+def less_model_inputs(wildcards):
+    """The instruction token store and the base model's files: inputs of every LESS job that runs
+    the base (examples, manifest, base, base_files)."""
+    return {
+        **less_store(wildcards),
+        "base": less_base(wildcards),
+        "base_files": less_base_files(wildcards),
+    }
+
+
 def less_warmup_epochs(wildcards):
     return [
         f"results/{wildcards.run}/less/s{wildcards.seed}/warmup/epoch-{e}/model.safetensors"

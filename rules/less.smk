@@ -49,9 +49,7 @@ rule less_data:
 # moments keyed by parameter name) and each epoch's mean learning rate in warmup.json.
 rule less_warmup:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
@@ -85,9 +83,7 @@ rule less_warmup:
 # sidecar checked on reuse.
 rule less_features:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         pool=f"{LESS_DATA}/pool.parquet",
         target=f"{LESS_DATA}/target.parquet",
@@ -153,9 +149,7 @@ rule less_match:
 # featurised sample; R² and Spearman on the rest, and the overlap of the selections.
 rule less_predict:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
         scores="results/{run}/less/s{seed}/scores.parquet",
     output:
@@ -210,9 +204,7 @@ rule less_prefilter_sample:
 # epoch: one pool-0.npy for the part (every token shard in one block) and the target's features.
 rule less_prefilter_features:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
         target=f"{LESS_DATA}/target.parquet",
@@ -275,9 +267,7 @@ rule less_prefilter_match:
 # featurize_fraction of the pool outside S (top-ids.parquet, best first).
 rule less_prefilter_predict:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
         fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
         fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
@@ -360,9 +350,7 @@ use rule mates_select as less_select with:
 # LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
 rule less_finetune:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         ids=less_arm_ids,
     output:
         model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
