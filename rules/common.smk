@@ -17,6 +17,7 @@ from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree, keep_other_runs_locks  # noqa: E402
+from winnow.workflow_script import script_hash  # noqa: E402
 
 export_source_tree(SRC)
 # A run that exits removes only its own locks (Snakemake 9.27.1 removes every run's).
@@ -304,6 +305,11 @@ def verbatim(value):
 def code(command):
     """Hash of the package code a CLI command runs; as a param it reruns jobs whose code changed."""
     return command_hash(command)
+
+
+def script_code(script, command):
+    """Hash of a script rule's code: workflow/scripts/``script`` and the command it runs."""
+    return script_hash(Path(workflow.basedir, "workflow", "scripts", script), command)
 
 
 # Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,

@@ -105,9 +105,9 @@ rule eval_table:
     conda:
         ENV
     params:
-        code=code("eval table"),
-    shell:
-        "python -m winnow eval table --evals {input:q} --out {output:q} > {log:q} 2>&1"
+        code=script_code("eval_table.py", "eval table"),
+    script:
+        "../workflow/scripts/eval_table.py"
 
 
 # A method against random at the same size and seed: per-seed differences, means, wins.
@@ -126,6 +126,6 @@ rule eval_compare:
     conda:
         ENV
     params:
-        code=code("eval compare"),
-    shell:
-        "python -m winnow eval compare --evals {input:q} --baseline random --out {output:q} > {log:q} 2>&1"
+        code=script_code("eval_compare.py", "eval compare"),
+    script:
+        "../workflow/scripts/eval_compare.py"

@@ -45,7 +45,6 @@ rule report_plots:
     params:
         args=report_plot_args,
         out_dir=lambda wildcards, output: str(Path(output.overlap).parent),
-        code=code("report plots"),
-    shell:
-        "python -m winnow report plots --examples {input.examples:q} {params.args:q}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        code=script_code("report_plots.py", "report plots"),
+    script:
+        "../workflow/scripts/report_plots.py"
