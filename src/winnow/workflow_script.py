@@ -8,6 +8,7 @@ taken from the ``snakemake`` object (no shell in between) and the output in the 
 from __future__ import annotations
 
 import hashlib
+import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -20,7 +21,11 @@ def run_command(snakemake, command: str, argv: list) -> None:
     from winnow.cli import main
 
     with open(snakemake.log[0], "w") as log, redirect_stdout(log), redirect_stderr(log):
-        main([*command.split(), *map(str, argv)])
+        try:
+            main([*command.split(), *map(str, argv)])
+        except Exception:
+            traceback.print_exc()  # in the log too, as a shell rule's `2>&1` would have it
+            raise
 
 
 def script_hash(script: str | Path, command: str) -> str:

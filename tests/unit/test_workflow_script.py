@@ -24,6 +24,13 @@ def test_run_command_writes_the_commands_output_to_the_jobs_log(tmp_path: Path):
     assert "usage: winnow eval table" in log.read_text()
 
 
+def test_run_command_logs_the_failure_it_raises(tmp_path: Path):
+    log = tmp_path / "job.log"
+    with pytest.raises(ValueError):
+        run_command(SimpleNamespace(log=[str(log)]), "eval table", ["--evals", tmp_path / "no.json", "--out", "x"])
+    assert "ValueError" in log.read_text()
+
+
 def test_script_hash_covers_the_script_and_the_command(tmp_path: Path):
     script = tmp_path / "s.py"
     script.write_text("x = 1\n")
