@@ -14,15 +14,14 @@ wildcard_constraints:
 # The train ids of one partition (examples whose ablation.column is {part}) + counts per split.
 rule ablation_partition:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        docs="results/{run}/data/docs.parquet",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        examples=EXAMPLES,
+        docs=DOCS,
+        contract=contract_gate(),
     output:
         ids="results/{run}/ablation/partitions/{part}/ids.parquet",
         report="results/{run}/ablation/partitions/{part}/partition.json",
     log:
-        "results/{run}/logs/ablation_partition/{part}.log",
+        logs("ablation_partition/{part}.log"),
     conda:
         ENV
     params:
@@ -41,7 +40,7 @@ rule ablation_mixture_ids:
     output:
         "results/{run}/ablation/mixtures/{mix}/ids.parquet",
     log:
-        "results/{run}/logs/ablation_mixture_ids/{mix}.log",
+        logs("ablation_mixture_ids/{mix}.log"),
     conda:
         ENV
     params:
@@ -53,115 +52,54 @@ rule ablation_mixture_ids:
 
 
 # The seed model: the shared trainer from scratch on the seed mix (train block, seed_steps steps).
-rule ablation_seed:
+use rule train_lm as ablation_seed with:
     input:
-        pretrained=pretrained_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        ids=ablation_seed_ids,
+        **lm_inputs(ids=ablation_seed_ids),
     output:
-        model="results/{run}/ablation/seed/model/model.safetensors",
-        config="results/{run}/ablation/seed/model/config.json",
-        optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
-        state="results/{run}/ablation/seed/model/trainer_state.json",
+        **model_files("results/{run}/ablation/seed"),
     log:
-        "results/{run}/logs/ablation_seed.log",
+        logs("ablation_seed.log"),
     benchmark:
-        "results/{run}/benchmarks/ablation_seed.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        benchmarks("ablation_seed.tsv")
     params:
-        model=verbatim(model_config()),
         train=ablation_seed_config(),
         ckpt_root="results/{run}/ablation/seed/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A component: the seed (weights and AdamW state) trained on one partition for budget_steps steps,
 # at constant ablation.lr (null: the seed's final lr, read from the seed folder's trainer_state.json).
-rule ablation_component:
+use rule train_lm as ablation_component with:
     input:
-        pretrained=pretrained_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        ids="results/{run}/ablation/partitions/{part}/ids.parquet",
-        init="results/{run}/ablation/seed/model/model.safetensors",
-        init_optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
-        init_state="results/{run}/ablation/seed/model/trainer_state.json",
+        **lm_inputs(ids="results/{run}/ablation/partitions/{part}/ids.parquet"),
+        **ablation_seed_model(),
     output:
-        model="results/{run}/ablation/components/{part}/model/model.safetensors",
-        config="results/{run}/ablation/components/{part}/model/config.json",
-        optimizer="results/{run}/ablation/components/{part}/model/optimizer.safetensors",
-        state="results/{run}/ablation/components/{part}/model/trainer_state.json",
+        **model_files("results/{run}/ablation/components/{part}"),
     log:
-        "results/{run}/logs/ablation_component/{part}.log",
+        logs("ablation_component/{part}.log"),
     benchmark:
-        "results/{run}/benchmarks/ablation_component/{part}.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        benchmarks("ablation_component/{part}.tsv")
     params:
-        model=verbatim(model_config()),
         train=ablation_cpt_config(1),
-        init=init_folder,
+        resume=resume_from("init"),
         ckpt_root="results/{run}/ablation/components/{part}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A mixture model: the seed trained on the mixture's equal-share ids for |S| × budget_steps steps
 # (at the components' lr).
-rule ablation_mixture:
+use rule train_lm as ablation_mixture with:
     input:
-        pretrained=pretrained_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        ids="results/{run}/ablation/mixtures/{mix}/ids.parquet",
-        init="results/{run}/ablation/seed/model/model.safetensors",
-        init_optimizer="results/{run}/ablation/seed/model/optimizer.safetensors",
-        init_state="results/{run}/ablation/seed/model/trainer_state.json",
+        **lm_inputs(ids="results/{run}/ablation/mixtures/{mix}/ids.parquet"),
+        **ablation_seed_model(),
     output:
-        model="results/{run}/ablation/mixtures/{mix}/model/model.safetensors",
-        config="results/{run}/ablation/mixtures/{mix}/model/config.json",
-        optimizer="results/{run}/ablation/mixtures/{mix}/model/optimizer.safetensors",
-        state="results/{run}/ablation/mixtures/{mix}/model/trainer_state.json",
+        **model_files("results/{run}/ablation/mixtures/{mix}"),
     log:
-        "results/{run}/logs/ablation_mixture/{mix}.log",
+        logs("ablation_mixture/{mix}.log"),
     benchmark:
-        "results/{run}/benchmarks/ablation_mixture/{mix}.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        benchmarks("ablation_mixture/{mix}.tsv")
     params:
-        model=verbatim(model_config()),
         train=ablation_mixture_config,
-        init=init_folder,
+        resume=resume_from("init"),
         ckpt_root="results/{run}/ablation/mixtures/{mix}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.init:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # A merge: the uniform parameter average of a mixture's components (integer buffers copied).
@@ -173,7 +111,7 @@ rule ablation_merge:
         config="results/{run}/ablation/merges/{mix}/model/config.json",
         members="results/{run}/ablation/merges/{mix}/members.json",
     log:
-        "results/{run}/logs/ablation_merge/{mix}.log",
+        logs("ablation_merge/{mix}.log"),
     conda:
         ENV
     resources:
@@ -186,7 +124,7 @@ rule ablation_merge:
 
 
 # A macro merge (ablation.macro_merges): the uniform average of merges and components.
-rule ablation_macro:
+use rule ablation_merge as ablation_macro with:
     input:
         ablation_macro_members,
     output:
@@ -194,50 +132,28 @@ rule ablation_macro:
         config="results/{run}/ablation/macros/{macro}/model/config.json",
         members="results/{run}/ablation/macros/{macro}/members.json",
     log:
-        "results/{run}/logs/ablation_macro/{macro}.log",
-    conda:
-        ENV
-    resources:
-        mem_mb=4000,
-    params:
-        code=code("ablation merge"),
-    shell:
-        "python -m winnow ablation merge --models {input:q} --out {output.model:q}"
-        " --members {output.members:q} --threads {threads:q} > {log:q} 2>&1"
+        logs("ablation_macro/{macro}.log"),
 
 
 # Rolling-window perplexity per domain (every domain of the test split, held-out ones included)
 # of the seed, a component, mixture, merge or macro merge: the shared `eval ppl`.
-rule ablation_ppl:
+use rule eval_ppl as ablation_ppl with:
     input:
         model="results/{run}/ablation/{model}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        docs="results/{run}/data/docs.parquet",
+        tokenizer=TOKENIZER,
+        docs=DOCS,
     output:
         "results/{run}/ablation/eval/{model}/ppl.json",
     log:
-        "results/{run}/logs/ablation_ppl/{model}.log",
+        logs("ablation_ppl/{model}.log"),
     benchmark:
-        "results/{run}/benchmarks/ablation_ppl/{model}.tsv"
+        benchmarks("ablation_ppl/{model}.tsv")
     wildcard_constraints:
         model=r"seed|(?:components|mixtures|merges|macros)/[^/]+",
-    conda:
-        ENV
     # Many small evals: one thread each, so two share a 2-core machine (and their start-up).
     threads: 1
-    resources:
-        **job_resources("infer"),
     params:
-        trust=model_trust(),
-        split=config["eval"]["split"],
         max_docs=ablation_max_docs(),
-        batch_size=config["eval"]["batch_size"],
-        device=eval_device(),
-        code=code("eval ppl"),
-    shell:
-        "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
-        " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
-        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and
@@ -260,7 +176,7 @@ rule ablation_correlate:
             category="Ablations",
         ),
     log:
-        "results/{run}/logs/ablation_correlate.log",
+        logs("ablation_correlate.log"),
     conda:
         ENV
     params:

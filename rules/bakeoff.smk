@@ -9,17 +9,17 @@
 rule bakeoff_mates_oracle:
     input:
         ckpt="results/{run}/pds/init/model/model.safetensors",
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         ref_ids="results/{run}/subsets/pds_target/ids.parquet",
         probe="results/{run}/subsets/pds_proxy/ids.parquet",
     output:
         oracle="results/{run}/bakeoff/mates_pool/oracle.parquet",
         report="results/{run}/bakeoff/mates_pool/oracle.json",
     log:
-        "results/{run}/logs/bakeoff_mates_oracle.log",
+        logs("bakeoff_mates_oracle.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_mates_oracle.tsv"
+        benchmarks("bakeoff_mates_oracle.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -43,17 +43,17 @@ rule bakeoff_mates_oracle:
 # LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).
 rule bakeoff_less_warmup:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         base="results/{run}/pds/init/model/model.safetensors",
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
     output:
         epochs=bakeoff_less_epochs(SimpleNamespace(run="{run}")),
         report="results/{run}/bakeoff/less_pool/warmup/warmup.json",
     log:
-        "results/{run}/logs/bakeoff_less_warmup.log",
+        logs("bakeoff_less_warmup.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_less_warmup.tsv"
+        benchmarks("bakeoff_less_warmup.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -79,8 +79,8 @@ rule bakeoff_less_warmup:
 # PDS target (the same projection and store format as rules/less.smk).
 rule bakeoff_less_features:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         base="results/{run}/pds/init/model/model.safetensors",
         checkpoint="results/{run}/bakeoff/less_pool/warmup/epoch-{epoch}/model.safetensors",
         pool="results/{run}/subsets/pds_proxy/ids.parquet",
@@ -92,9 +92,9 @@ rule bakeoff_less_features:
         ),
         target="results/{run}/bakeoff/less_pool/features/epoch-{epoch}/target.npy",
     log:
-        "results/{run}/logs/bakeoff_less_features/epoch{epoch}.log",
+        logs("bakeoff_less_features/epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/bakeoff_less_features/epoch{epoch}.tsv"
+        benchmarks("bakeoff_less_features/epoch{epoch}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -131,7 +131,7 @@ rule bakeoff_less_match:
         scores="results/{run}/bakeoff/less_pool/labels.parquet",
         report="results/{run}/bakeoff/less_pool/match.json",
     log:
-        "results/{run}/logs/bakeoff_less_match.log",
+        logs("bakeoff_less_match.log"),
     conda:
         ENV
     params:
@@ -158,7 +158,7 @@ rule bakeoff_leaderboard:
             category="Bake-off",
         ),
     log:
-        "results/{run}/logs/bakeoff_leaderboard.log",
+        logs("bakeoff_leaderboard.log"),
     conda:
         ENV
     params:

@@ -17,6 +17,7 @@ from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree, keep_other_runs_locks  # noqa: E402
+from winnow.workflow_script import script_hash  # noqa: E402
 
 export_source_tree(SRC)
 # A run that exits removes only its own locks (Snakemake 9.27.1 removes every run's).
@@ -63,6 +64,70 @@ for _input in config["corpus"]["inputs"]:
     )
 
 RUN = config["run"]
+
+
+# ---- paths: every file of a run lives under results/{run}/ ({run}: a wildcard, config `run`) ---
+def results(path):
+    """``path`` under the run's folder, as a rule's pattern: results("eval/summary.tsv") is
+    "results/{run}/eval/summary.tsv"."""
+    return f"results/{{run}}/{path}"
+
+
+def logs(path):
+    """A job's log: logs("eval_ppl/{method}-s{seed}.log") is results/{run}/logs/eval_ppl/..."""
+    return results(f"logs/{path}")
+
+
+def benchmarks(path):
+    """A job's benchmark table, under results/{run}/benchmarks/."""
+    return results(f"benchmarks/{path}")
+
+
+def model_files(folder):
+    """The four outputs of a trained model folder ``folder``/model/ (as named outputs)."""
+    names = {
+        "model": "model.safetensors",
+        "config": "config.json",
+        "optimizer": "optimizer.safetensors",
+        "state": "trainer_state.json",
+    }
+    return {key: f"{folder}/model/{name}" for key, name in names.items()}
+
+
+# Files that many rules read.
+DOCS = results("data/docs.parquet")
+TOKENIZER = results("tokenizer/tokenizer.json")
+EXAMPLES = results("tokens/examples.parquet")
+MANIFEST = results("tokens/manifest.json")
+POOL = results("subsets/pool/ids.parquet")
+# The model a (method, seed) trained: what every evaluation of it reads.
+MODEL = results("models/{method}/s{seed}/model/model.safetensors")
+
+
+def lm_inputs(ids):
+    """Inputs of `winnow train lm`: the pretrained model's files (none from scratch), the token
+    store and the ids (a path or an input function) to train on."""
+    return {
+        "pretrained": pretrained_files,  # rules/common_models.smk
+        "examples": EXAMPLES,
+        "manifest": MANIFEST,
+        "tokenizer": TOKENIZER,
+        "ids": ids,
+    }
+
+
+def resume_from(key):
+    """Params of `winnow train lm` that continue training from the model folder of input ``key``
+    (its weights and AdamW state)."""
+    return lambda wildcards, input: ["--resume-from", str(Path(input[key]).parent)]
+
+
+def contract_gate():
+    """The data contract as an input: a gate, not data (ancient), so a rerun contract (config
+    edited) does not rerun what it passed."""
+    return ancient(results("data/contract.json"))
+
+
 # One torch.compile cache per run, shared by all its jobs (they inherit the environment, on Slurm
 # too): a graph compiled by the first trainer is reused by the next instead of compiled per job.
 for _var, _sub in (
@@ -240,6 +305,11 @@ def verbatim(value):
 def code(command):
     """Hash of the package code a CLI command runs; as a param it reruns jobs whose code changed."""
     return command_hash(command)
+
+
+def script_code(script, command):
+    """Hash of a script rule's code: workflow/scripts/``script`` and the command it runs."""
+    return script_hash(Path(workflow.basedir, "workflow", "scripts", script), command)
 
 
 # Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,

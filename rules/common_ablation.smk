@@ -109,9 +109,14 @@ def ablation_cpt_config(n_parts):
     return as_json(cfg)
 
 
-def init_folder(wildcards, input):
-    """The checkpoint folder that continued pretraining starts from (--resume-from)."""
-    return str(Path(input.init).parent)
+def ablation_seed_model():
+    """The seed model's files that continued pretraining resumes from (weights and AdamW state)."""
+    seed = model_files(results("ablation/seed"))
+    return {
+        "init": seed["model"],
+        "init_optimizer": seed["optimizer"],
+        "init_state": seed["state"],
+    }
 
 
 def ablation_mixture_config(wildcards):

@@ -41,7 +41,7 @@ if LESS.get("base", "random") != "random":
 LESS_EPOCHS = list(range(1, LESS.get("warmup", {}).get("epochs", 0) + 1))
 LESS_SHARDS = list(range(LESS.get("data", {}).get("num_shards", 2)))
 LESS_ARMS = LESS.get("arms", ["less", "random", "full"])
-LESS_DATA = "results/{run}/less/data"
+LESS_DATA = results("less/data")
 # less.data.source: corpus builds instruction tasks from the corpus's domains; files reads the
 # user's pool / target / eval files (winnow.data.instruct_files), checked here at parse time.
 LESS_DATA_CFG = LESS.get("data", {})
@@ -115,6 +115,16 @@ def less_base(wildcards):
     if base == "random":
         return f"results/{wildcards.run}/models/random/s{wildcards.seed}/model/model.safetensors"
     return str(Path(base) / "config.json")
+
+
+def less_model_inputs(wildcards):
+    """The instruction token store and the base model's files: inputs of every LESS job that runs
+    the base (examples, manifest, base, base_files)."""
+    return {
+        **less_store(wildcards),
+        "base": less_base(wildcards),
+        "base_files": less_base_files(wildcards),
+    }
 
 
 def less_warmup_epochs(wildcards):

@@ -111,10 +111,6 @@ def mates_decay_inputs(wildcards):
     }
 
 
-def mates_decay_resume(wildcards, input):
-    return str(Path(input.resume).parent)
-
-
 def mates_decay_config(wildcards):
     cfg = json.loads(train_config())
     cfg.update(

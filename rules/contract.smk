@@ -8,11 +8,11 @@ rule contract:
     # counts ingest and tokenize recorded. The message is the point of the job: on the console.
     input:
         ingest="results/{run}/data/ingest.json",
-        manifest="results/{run}/tokens/manifest.json",
+        manifest=MANIFEST,
     output:
         "results/{run}/data/contract.json",
     log:
-        "results/{run}/logs/contract.log",
+        logs("contract.log"),
     conda:
         ENV
     params:

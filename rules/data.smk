@@ -8,13 +8,13 @@ rule ingest:
     input:
         ancient(corpus_inputs()),
     output:
-        docs="results/{run}/data/docs.parquet",
+        docs=DOCS,
         rejects="results/{run}/data/rejects.parquet",
         manifest="results/{run}/data/ingest.json",
     log:
-        "results/{run}/logs/ingest.log",
+        logs("ingest.log"),
     benchmark:
-        "results/{run}/benchmarks/ingest.tsv"
+        benchmarks("ingest.tsv")
     conda:
         ENV
     params:
@@ -31,13 +31,13 @@ rule ingest:
 rule tokenizer:
     input:
         source=tokenizer_source_files,
-        docs="results/{run}/data/docs.parquet",
+        docs=DOCS,
     output:
-        "results/{run}/tokenizer/tokenizer.json",
+        TOKENIZER,
     log:
-        "results/{run}/logs/tokenizer.log",
+        logs("tokenizer.log"),
     benchmark:
-        "results/{run}/benchmarks/tokenizer.tsv"
+        benchmarks("tokenizer.tsv")
     conda:
         ENV
     params:
@@ -52,14 +52,14 @@ rule tokenizer:
 # examples-{shard}.parquet (global example_id = shard * 2**32 + index).
 rule tokenize:
     input:
-        docs="results/{run}/data/docs.parquet",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        docs=DOCS,
+        tokenizer=TOKENIZER,
     output:
         directory("results/{run}/tokens/block-{block}"),
     log:
-        "results/{run}/logs/tokenize/{block}.log",
+        logs("tokenize/{block}.log"),
     benchmark:
-        "results/{run}/benchmarks/tokenize/{block}.tsv"
+        benchmarks("tokenize/{block}.tsv")
     conda:
         ENV
     params:
@@ -79,12 +79,12 @@ rule tokenize:
 rule merge_examples:
     input:
         blocks=token_blocks,
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        tokenizer=TOKENIZER,
     output:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
     log:
-        "results/{run}/logs/merge_examples.log",
+        logs("merge_examples.log"),
     conda:
         ENV
     params:
@@ -102,13 +102,12 @@ rule merge_examples:
 # A named, seeded id list (config subsets.{subset}): the pool, proxy samples, warm-up sets, partitions.
 rule sample_subset:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        examples=EXAMPLES,
+        contract=contract_gate(),
     output:
         "results/{run}/subsets/{subset}/ids.parquet",
     log:
-        "results/{run}/logs/sample_subset/{subset}.log",
+        logs("sample_subset/{subset}.log"),
     conda:
         ENV
     params:
@@ -122,14 +121,13 @@ rule sample_subset:
 # Held-out evaluation data: LAMBADA-style last-word items and 4-way next-sentence choices.
 rule eval_tasks:
     input:
-        docs="results/{run}/data/docs.parquet",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        docs=DOCS,
+        contract=contract_gate(),
     output:
         lastword="results/{run}/eval/tasks/lastword.jsonl",
         choice="results/{run}/eval/tasks/choice.jsonl",
     log:
-        "results/{run}/logs/eval_tasks.log",
+        logs("eval_tasks.log"),
     conda:
         ENV
     params:

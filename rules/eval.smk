@@ -4,15 +4,15 @@
 # Rolling-window perplexity (token, word, char; bits per byte) per domain on held-out docs.
 rule eval_ppl:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        docs="results/{run}/data/docs.parquet",
+        model=MODEL,
+        tokenizer=TOKENIZER,
+        docs=DOCS,
     output:
         "results/{run}/eval/{method}/s{seed}/ppl.json",
     log:
-        "results/{run}/logs/eval_ppl/{method}-s{seed}.log",
+        logs("eval_ppl/{method}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/eval_ppl/{method}-s{seed}.tsv"
+        benchmarks("eval_ppl/{method}-s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["eval"]
@@ -34,16 +34,16 @@ rule eval_ppl:
 # lm-eval (offline, task YAMLs generated at run time with absolute paths) on the local tasks.
 rule eval_harness:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        model=MODEL,
+        tokenizer=TOKENIZER,
         lastword="results/{run}/eval/tasks/lastword.jsonl",
         choice="results/{run}/eval/tasks/choice.jsonl",
     output:
         "results/{run}/eval/{method}/s{seed}/harness.json",
     log:
-        "results/{run}/logs/eval_harness/{method}-s{seed}.log",
+        logs("eval_harness/{method}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/eval_harness/{method}-s{seed}.tsv"
+        benchmarks("eval_harness/{method}-s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["eval"]
@@ -65,14 +65,14 @@ rule eval_harness:
 # Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.
 rule eval_target:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        model=MODEL,
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         ids="results/{run}/subsets/{subset}/ids.parquet",
     output:
         "results/{run}/eval/{method}/s{seed}/target-{subset}.json",
     log:
-        "results/{run}/logs/eval_target/{method}-s{seed}-{subset}.log",
+        logs("eval_target/{method}-s{seed}-{subset}.log"),
     conda:
         ENV
     threads: THREADS["eval"]
@@ -101,13 +101,13 @@ rule eval_table:
             category="Evaluation",
         ),
     log:
-        "results/{run}/logs/eval_table.log",
+        logs("eval_table.log"),
     conda:
         ENV
     params:
-        code=code("eval table"),
-    shell:
-        "python -m winnow eval table --evals {input:q} --out {output:q} > {log:q} 2>&1"
+        code=script_code("eval_table.py", "eval table"),
+    script:
+        "../workflow/scripts/eval_table.py"
 
 
 # A method against random at the same size and seed: per-seed differences, means, wins.
@@ -122,10 +122,10 @@ rule eval_compare:
             subcategory="{method}",
         ),
     log:
-        "results/{run}/logs/eval_compare/{method}.log",
+        logs("eval_compare/{method}.log"),
     conda:
         ENV
     params:
-        code=code("eval compare"),
-    shell:
-        "python -m winnow eval compare --evals {input:q} --baseline random --out {output:q} > {log:q} 2>&1"
+        code=script_code("eval_compare.py", "eval compare"),
+    script:
+        "../workflow/scripts/eval_compare.py"

@@ -9,7 +9,7 @@ rule eval_harness_check:
     output:
         "results/{run}/eval/harness-tasks.json",
     log:
-        "results/{run}/logs/eval_harness_check.log",
+        logs("eval_harness_check.log"),
     conda:
         ENV
     params:
@@ -22,15 +22,15 @@ rule eval_harness_check:
 # lm-eval on the checked eval.harness tasks; results join ppl/harness/target in the tables.
 rule eval_harness_tasks:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        model=MODEL,
+        tokenizer=TOKENIZER,
         resolved="results/{run}/eval/harness-tasks.json",
     output:
         "results/{run}/eval/{method}/s{seed}/harness-tasks.json",
     log:
-        "results/{run}/logs/eval_harness_tasks/{method}-s{seed}.log",
+        logs("eval_harness_tasks/{method}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/eval_harness_tasks/{method}-s{seed}.tsv"
+        benchmarks("eval_harness_tasks/{method}-s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["eval"]

@@ -6,14 +6,14 @@
 rule external_scores:
     input:
         scores_file=external_file,
-        examples="results/{run}/tokens/examples.parquet",
-        pool="results/{run}/subsets/pool/ids.parquet",
+        examples=EXAMPLES,
+        pool=POOL,
     output:
         scores="results/{run}/scores/external-{name}/scores.parquet",
         rejects="results/{run}/external/{name}/rejects.parquet",
         report="results/{run}/external/{name}/report.json",
     log:
-        "results/{run}/logs/external_scores/{name}.log",
+        logs("external_scores/{name}.log"),
     wildcard_constraints:
         name=EXTERNAL_NAME,
     conda:

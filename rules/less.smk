@@ -12,8 +12,7 @@
 rule less_data:
     input:
         unpack(less_data_inputs),
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        contract=contract_gate(),
     output:
         **LESS_DATA_EXTRA_OUT,
         instructions=f"{LESS_DATA}/instructions.parquet",
@@ -28,7 +27,7 @@ rule less_data:
         subtasks=f"{LESS_DATA}/subtasks.parquet",
         choice=f"{LESS_DATA}/define-choice.jsonl",
     log:
-        "results/{run}/logs/less_data.log",
+        logs("less_data.log"),
     conda:
         ENV
     params:
@@ -50,17 +49,15 @@ rule less_data:
 # moments keyed by parameter name) and each epoch's mean learning rate in warmup.json.
 rule less_warmup:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         epochs=less_warmup_epochs(SimpleNamespace(run="{run}", seed="{seed}")),
         report="results/{run}/less/s{seed}/warmup/warmup.json",
     log:
-        "results/{run}/logs/less_warmup/s{seed}.log",
+        logs("less_warmup/s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_warmup/s{seed}.tsv"
+        benchmarks("less_warmup/s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -86,9 +83,7 @@ rule less_warmup:
 # sidecar checked on reuse.
 rule less_features:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         pool=f"{LESS_DATA}/pool.parquet",
         target=f"{LESS_DATA}/target.parquet",
@@ -99,9 +94,9 @@ rule less_features:
         ),
         target="results/{run}/less/s{seed}/features/epoch-{epoch}/target.npy",
     log:
-        "results/{run}/logs/less_features/s{seed}-epoch{epoch}.log",
+        logs("less_features/s{seed}-epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_features/s{seed}-epoch{epoch}.tsv"
+        benchmarks("less_features/s{seed}-epoch{epoch}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -138,7 +133,7 @@ rule less_match:
         scores="results/{run}/less/s{seed}/scores.parquet",
         report="results/{run}/less/s{seed}/match.json",
     log:
-        "results/{run}/logs/less_match/s{seed}.log",
+        logs("less_match/s{seed}.log"),
     conda:
         ENV
     params:
@@ -154,16 +149,14 @@ rule less_match:
 # featurised sample; R² and Spearman on the rest, and the overlap of the selections.
 rule less_predict:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
         scores="results/{run}/less/s{seed}/scores.parquet",
     output:
         scores="results/{run}/less/s{seed}/predicted.parquet",
         report="results/{run}/less/s{seed}/predictor.json",
     log:
-        "results/{run}/logs/less_predict/s{seed}.log",
+        logs("less_predict/s{seed}.log"),
     conda:
         ENV
     threads: THREADS["eval"]
@@ -196,7 +189,7 @@ rule less_prefilter_sample:
     output:
         "results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
     log:
-        "results/{run}/logs/less_prefilter_sample/s{seed}.log",
+        logs("less_prefilter_sample/s{seed}.log"),
     conda:
         ENV
     params:
@@ -211,19 +204,19 @@ rule less_prefilter_sample:
 # epoch: one pool-0.npy for the part (every token shard in one block) and the target's features.
 rule less_prefilter_features:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
         ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
         target=f"{LESS_DATA}/target.parquet",
     output:
         pool="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy",
-        target="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy",
+        target=results(
+            "less/s{seed}/prefilter/features/{part}/epoch-{epoch}/target.npy"
+        ),
     log:
-        "results/{run}/logs/less_prefilter_features/s{seed}-{part}-epoch{epoch}.log",
+        logs("less_prefilter_features/s{seed}-{part}-epoch{epoch}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_prefilter_features/s{seed}-{part}-epoch{epoch}.tsv"
+        benchmarks("less_prefilter_features/s{seed}-{part}-epoch{epoch}.tsv")
     wildcard_constraints:
         part="fit|top",
         epoch=r"\d+",
@@ -255,7 +248,7 @@ rule less_prefilter_match:
         scores="results/{run}/less/s{seed}/prefilter/{part}-scores.parquet",
         report="results/{run}/less/s{seed}/prefilter/{part}-match.json",
     log:
-        "results/{run}/logs/less_prefilter_match/s{seed}-{part}.log",
+        logs("less_prefilter_match/s{seed}-{part}.log"),
     wildcard_constraints:
         part="fit|top",
     conda:
@@ -274,9 +267,7 @@ rule less_prefilter_match:
 # featurize_fraction of the pool outside S (top-ids.parquet, best first).
 rule less_prefilter_predict:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         pool=f"{LESS_DATA}/pool.parquet",
         fit_ids="results/{run}/less/s{seed}/prefilter/fit-ids.parquet",
         fit_scores="results/{run}/less/s{seed}/prefilter/fit-scores.parquet",
@@ -285,9 +276,9 @@ rule less_prefilter_predict:
         top_ids="results/{run}/less/s{seed}/prefilter/top-ids.parquet",
         report="results/{run}/less/s{seed}/prefilter/predict.json",
     log:
-        "results/{run}/logs/less_prefilter_predict/s{seed}.log",
+        logs("less_prefilter_predict/s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_prefilter_predict/s{seed}.tsv"
+        benchmarks("less_prefilter_predict/s{seed}.tsv")
     conda:
         ENV
     threads: THREADS["eval"]
@@ -314,7 +305,7 @@ rule less_prefilter:
         scores="results/{run}/less/s{seed}/prefilter/scores.parquet",
         report="results/{run}/less/s{seed}/prefilter.json",
     log:
-        "results/{run}/logs/less_prefilter/s{seed}.log",
+        logs("less_prefilter/s{seed}.log"),
     conda:
         ENV
     params:
@@ -332,56 +323,42 @@ rule less_prefilter:
 
 
 # Equal scores over the pool: `random`'s Gumbel-top-k draws a uniform 5% per seed.
-rule less_random_scores:
+use rule mates_random_scores as less_random_scores with:
     input:
         pool=f"{LESS_DATA}/pool.parquet",
     output:
         "results/{run}/less/random-scores.parquet",
     log:
-        "results/{run}/logs/less_random_scores.log",
-    conda:
-        ENV
-    params:
-        code=code("select random-scores"),
-    shell:
-        "python -m winnow select random-scores --pool {input.pool:q} --out {output:q} > {log:q} 2>&1"
+        logs("less_random_scores.log"),
 
 
 # The shared selection code on an arm's scores (LESS: deterministic top 5%).
-rule less_select:
+use rule mates_select as less_select with:
     input:
         scores=less_arm_scores,
     output:
         ids="results/{run}/less/{arm}/s{seed}/ids.parquet",
         manifest="results/{run}/less/{arm}/s{seed}/select.json",
     log:
-        "results/{run}/logs/less_select/{arm}-s{seed}.log",
+        logs("less_select/{arm}-s{seed}.log"),
     wildcard_constraints:
         arm="less|random|predicted",
-    conda:
-        ENV
     params:
         args=less_select_args,
-        code=code("select select"),
-    shell:
-        "python -m winnow select select --scores {input.scores:q} {params.args:q}"
-        " --out {output.ids:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 # LoRA fine-tune of the base on an arm's examples (the warm-up's recipe), merged for evaluation.
 rule less_finetune:
     input:
-        unpack(less_store),
-        base=less_base,
-        base_files=less_base_files,
+        unpack(less_model_inputs),
         ids=less_arm_ids,
     output:
         model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
         report="results/{run}/less/{arm}/s{seed}/train.json",
     log:
-        "results/{run}/logs/less_finetune/{arm}-s{seed}.log",
+        logs("less_finetune/{arm}-s{seed}.log"),
     benchmark:
-        "results/{run}/benchmarks/less_finetune/{arm}-s{seed}.tsv"
+        benchmarks("less_finetune/{arm}-s{seed}.tsv")
     wildcard_constraints:
         arm="less|random|full|predicted",
     conda:
@@ -408,14 +385,14 @@ rule less_eval:
     input:
         unpack(less_store),
         model="results/{run}/less/{arm}/s{seed}/model/model.safetensors",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        tokenizer=TOKENIZER,
         eval_ids=f"{LESS_DATA}/eval.parquet",
         subtasks=f"{LESS_DATA}/subtasks.parquet",
         choice=f"{LESS_DATA}/define-choice.jsonl",
     output:
         "results/{run}/less/{arm}/s{seed}/eval.json",
     log:
-        "results/{run}/logs/less_eval/{arm}-s{seed}.log",
+        logs("less_eval/{arm}-s{seed}.log"),
     wildcard_constraints:
         arm="less|random|full|predicted",
     conda:
@@ -453,7 +430,7 @@ rule less_compare:
             category="LESS",
         ),
     log:
-        "results/{run}/logs/less_compare.log",
+        logs("less_compare.log"),
     conda:
         ENV
     params:

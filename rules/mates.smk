@@ -8,11 +8,11 @@
 # | ...]: one job per pool, so adding a stage adds one job and leaves the others' pools as they are.
 rule mates_pools:
     input:
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
     output:
         "results/{run}/mates/pools/{pool}.parquet",
     log:
-        "results/{run}/logs/mates_pools/{pool}.log",
+        logs("mates_pools/{pool}.log"),
     wildcard_constraints:
         pool=r"probe|stage-\d+",
     conda:
@@ -33,17 +33,16 @@ rule mates_pools:
 # Its tokens form shard 1000000 (winnow.cli.mates.REFERENCE_SHARD), apart from the corpus ids.
 rule mates_reference:
     input:
-        docs="results/{run}/data/docs.parquet",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        # a gate, not data: a rerun contract (config edited) does not rerun what it passed
-        contract=ancient("results/{run}/data/contract.json"),
+        docs=DOCS,
+        tokenizer=TOKENIZER,
+        contract=contract_gate(),
     output:
         tokens="results/{run}/mates/reference/{split}/tokens-1000000.bin",
         examples="results/{run}/mates/reference/{split}/examples.parquet",
         ids="results/{run}/mates/reference/{split}/ids.parquet",
         manifest="results/{run}/mates/reference/{split}/manifest.json",
     log:
-        "results/{run}/logs/mates_reference/{split}.log",
+        logs("mates_reference/{split}.log"),
     conda:
         ENV
     params:
@@ -65,7 +64,7 @@ rule mates_random_scores:
     output:
         "results/{run}/mates/pools/stage-{k}-equal-scores.parquet",
     log:
-        "results/{run}/logs/mates_random_scores/{k}.log",
+        logs("mates_random_scores/{k}.log"),
     conda:
         ENV
     params:
@@ -82,7 +81,7 @@ rule mates_select:
         ids="results/{run}/mates/{arm}/s{seed}/stage-{k}/ids.parquet",
         manifest="results/{run}/mates/{arm}/s{seed}/stage-{k}/selection.json",
     log:
-        "results/{run}/logs/mates_select/{arm}-s{seed}-{k}.log",
+        logs("mates_select/{arm}-s{seed}-{k}.log"),
     conda:
         ENV
     params:
@@ -94,35 +93,20 @@ rule mates_select:
 
 
 # Stage k of pretraining; stage k ≥ 1 resumes from the end of stage k−1 (weights + AdamW moments).
-rule mates_train:
+use rule train_lm as mates_train with:
     input:
         unpack(mates_train_inputs),
         pretrained=pretrained_files,
     output:
-        model="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/model.safetensors",
-        config="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/config.json",
-        optimizer="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/optimizer.safetensors",
-        state="results/{run}/mates/{arm}/s{seed}/stage-{k}/model/trainer_state.json",
+        **model_files("results/{run}/mates/{arm}/s{seed}/stage-{k}"),
     log:
-        "results/{run}/logs/mates_train/{arm}-s{seed}-{k}.log",
+        logs("mates_train/{arm}-s{seed}-{k}.log"),
     benchmark:
-        "results/{run}/benchmarks/mates_train/{arm}-s{seed}-{k}.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        benchmarks("mates_train/{arm}-s{seed}-{k}.tsv")
     params:
-        model=verbatim(model_config()),
         train=mates_stage_config,
         resume=mates_resume_arg,
         ckpt_root="results/{run}/mates/{arm}/s{seed}/stage-{k}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} {params.resume:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Oracle influence at the end of stage k−1: one exact AdamW step per probe candidate, then the
@@ -130,8 +114,8 @@ rule mates_train:
 rule mates_oracle:
     input:
         ckpt=mates_previous_model,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         ref_examples="results/{run}/mates/reference/val/examples.parquet",
         ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
         ref_ids="results/{run}/mates/reference/val/ids.parquet",
@@ -140,9 +124,9 @@ rule mates_oracle:
         oracle="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.parquet",
         report="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.json",
     log:
-        "results/{run}/logs/mates_oracle/s{seed}-{k}.log",
+        logs("mates_oracle/s{seed}-{k}.log"),
     benchmark:
-        "results/{run}/benchmarks/mates_oracle/s{seed}-{k}.tsv"
+        benchmarks("mates_oracle/s{seed}-{k}.tsv")
     conda:
         ENV
     threads: THREADS["train"]
@@ -165,61 +149,33 @@ rule mates_oracle:
 
 
 # The evaluation checkpoint of a stage: a short exponentially decaying run from its end (as MATES).
-rule mates_decay:
+use rule train_lm as mates_decay with:
     input:
         unpack(mates_decay_inputs),
         pretrained=pretrained_files,
     output:
-        model="results/{run}/models/{arm}_k{k}/s{seed}/model/model.safetensors",
-        config="results/{run}/models/{arm}_k{k}/s{seed}/model/config.json",
-        optimizer="results/{run}/models/{arm}_k{k}/s{seed}/model/optimizer.safetensors",
-        state="results/{run}/models/{arm}_k{k}/s{seed}/model/trainer_state.json",
+        **model_files("results/{run}/models/{arm}_k{k}/s{seed}"),
     log:
-        "results/{run}/logs/mates_decay/{arm}-s{seed}-{k}.log",
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        logs("mates_decay/{arm}-s{seed}-{k}.log"),
+    benchmark:
+        benchmarks("mates_decay/{arm}-s{seed}-{k}.tsv")
     params:
-        model=verbatim(model_config()),
         train=mates_decay_config,
-        resume=mates_decay_resume,
+        resume=resume_from("resume"),
         ckpt_root="results/{run}/models/{arm}_k{k}/s{seed}/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q} --resume-from {params.resume:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Reference loss (held-out test last words) of an evaluation checkpoint.
-rule mates_eval_reference:
+use rule eval_target as mates_eval_reference with:
     input:
-        model="results/{run}/models/{method}/s{seed}/model/model.safetensors",
+        model=MODEL,
         examples="results/{run}/mates/reference/test/examples.parquet",
         manifest="results/{run}/mates/reference/test/manifest.json",
         ids="results/{run}/mates/reference/test/ids.parquet",
     output:
         "results/{run}/eval/{method}/s{seed}/reference.json",
     log:
-        "results/{run}/logs/mates_eval_reference/{method}-s{seed}.log",
-    conda:
-        ENV
-    threads: THREADS["eval"]
-    resources:
-        **job_resources("infer"),
-    params:
-        trust=model_trust(),
-        batch_size=config["eval"]["batch_size"],
-        device=eval_device(),
-        code=code("eval target"),
-    shell:
-        "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
-        " --manifest {input.manifest:q} --ids {input.ids:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
+        logs("mates_eval_reference/{method}-s{seed}.log"),
 
 
 # MATES against the random arm, stage by stage, over every seed.
@@ -233,7 +189,7 @@ rule mates_compare:
             category="MATES",
         ),
     log:
-        "results/{run}/logs/mates_compare.log",
+        logs("mates_compare.log"),
     conda:
         ENV
     params:

@@ -3,56 +3,37 @@
 
 
 # θ0 of the solver: the shared train layer, on random pool data, for a few steps.
-rule pds_init:
+use rule train_lm as pds_init with:
     input:
-        pretrained=pretrained_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
-        ids="results/{run}/subsets/pool/ids.parquet",
+        **lm_inputs(ids=POOL),
     output:
-        model="results/{run}/pds/init/model/model.safetensors",
-        config="results/{run}/pds/init/model/config.json",
-        optimizer="results/{run}/pds/init/model/optimizer.safetensors",
-        state="results/{run}/pds/init/model/trainer_state.json",
+        **model_files("results/{run}/pds/init"),
     log:
-        "results/{run}/logs/pds_init.log",
+        logs("pds_init.log"),
     benchmark:
-        "results/{run}/benchmarks/pds_init.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("train"),
+        benchmarks("pds_init.tsv")
     params:
-        model=verbatim(model_config()),
         train=pds_init_config(),
         ckpt_root="results/{run}/pds/init/checkpoints",
-        code=code("train lm"),
-    shell:
-        "python -m winnow train lm --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --tokenizer {input.tokenizer:q} --ids {input.ids:q}"
-        " --model-config {params.model:q} --train-config {params.train:q}"
-        " --ckpt-root {params.ckpt_root:q} --out {output.model:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # PMP solver: forward SGD trajectory (θ every k steps + batches as ids, under trajectory/), costates
 # backward with Hessian-vector products, per-example contributions by forward-mode JVP → gamma.
 rule pds_solve:
     input:
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
         init="results/{run}/pds/init/model/model.safetensors",
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
         proxy="results/{run}/subsets/pds_proxy/ids.parquet",
         target="results/{run}/subsets/pds_target/ids.parquet",
     output:
         gamma="results/{run}/pds/gamma.parquet",
         report="results/{run}/pds/solver.json",
     log:
-        "results/{run}/logs/pds_solve.log",
+        logs("pds_solve.log"),
     benchmark:
-        "results/{run}/benchmarks/pds_solve.tsv"
+        benchmarks("pds_solve.tsv")
     conda:
         ENV
     threads: THREADS["train"]

@@ -6,7 +6,7 @@
 # spine's models, and MATES's reference loss per stage.
 rule report_plots:
     input:
-        examples="results/{run}/tokens/examples.parquet",
+        examples=EXAMPLES,
         files=report_plot_files,
     output:
         overlap=report(
@@ -39,13 +39,12 @@ rule report_plots:
             if f"results/{RUN}/report/{name}" in report_targets()
         ],
     log:
-        "results/{run}/logs/report_plots.log",
+        logs("report_plots.log"),
     conda:
         ENV
     params:
         args=report_plot_args,
         out_dir=lambda wildcards, output: str(Path(output.overlap).parent),
-        code=code("report plots"),
-    shell:
-        "python -m winnow report plots --examples {input.examples:q} {params.args:q}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        code=script_code("report_plots.py", "report plots"),
+    script:
+        "../workflow/scripts/report_plots.py"

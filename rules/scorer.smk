@@ -7,17 +7,17 @@
 rule fit_scorer:
     input:
         sources=scorer_source_files,
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        tokenizer=TOKENIZER,
         labels=scorer_labels,
     output:
         model="results/{run}/scorers/{scorer}/model.safetensors",
         report="results/{run}/scorers/{scorer}/fit.json",
     log:
-        "results/{run}/logs/fit_scorer/{scorer}.log",
+        logs("fit_scorer/{scorer}.log"),
     benchmark:
-        "results/{run}/benchmarks/fit_scorer/{scorer}.tsv"
+        benchmarks("fit_scorer/{scorer}.tsv")
     conda:
         ENV
     # Small scorers run faster on one thread; two score_pool jobs then share a 2-core machine.
@@ -41,16 +41,16 @@ rule score_pool:
     input:
         sources=scorer_source_files,
         scorer="results/{run}/scorers/{scorer}/model.safetensors",
-        examples="results/{run}/tokens/examples.parquet",
-        manifest="results/{run}/tokens/manifest.json",
-        tokenizer="results/{run}/tokenizer/tokenizer.json",
+        examples=EXAMPLES,
+        manifest=MANIFEST,
+        tokenizer=TOKENIZER,
         pool=scorer_pool,
     output:
         "results/{run}/scores/{scorer}/parts/{block}.parquet",
     log:
-        "results/{run}/logs/score_pool/{scorer}-{block}.log",
+        logs("score_pool/{scorer}-{block}.log"),
     benchmark:
-        "results/{run}/benchmarks/score_pool/{scorer}-{block}.tsv"
+        benchmarks("score_pool/{scorer}-{block}.tsv")
     conda:
         ENV
     threads: 1
@@ -76,7 +76,7 @@ rule merge_scores:
     output:
         "results/{run}/scores/{scorer}/scores.parquet",
     log:
-        "results/{run}/logs/merge_scores/{scorer}.log",
+        logs("merge_scores/{scorer}.log"),
     conda:
         ENV
     params:

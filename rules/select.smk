@@ -4,11 +4,11 @@
 # Equal scores over the pool: Gumbel-top-k on them (temperature > 0) is a uniform sample per seed.
 rule random_scores:
     input:
-        pool="results/{run}/subsets/pool/ids.parquet",
+        pool=POOL,
     output:
         "results/{run}/scores/random/scores.parquet",
     log:
-        "results/{run}/logs/random_scores.log",
+        logs("random_scores.log"),
     conda:
         ENV
     params:
@@ -27,7 +27,7 @@ rule select:
         ids="results/{run}/selected/{method}/s{seed}/ids.parquet",
         manifest="results/{run}/selected/{method}/s{seed}/manifest.json",
     log:
-        "results/{run}/logs/select/{method}-s{seed}.log",
+        logs("select/{method}-s{seed}.log"),
     conda:
         ENV
     params:

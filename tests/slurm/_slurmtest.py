@@ -36,15 +36,17 @@ def profile() -> dict:
 def gpu_rule_kinds() -> dict[str, str]:
     """Rules whose `resources:` are sized by ``job_resources(KIND)`` (a GPU unless cluster.gpu is
     false), from rules/*.smk: rule -> kind."""
-    kinds = {}
+    kinds, bases = {}, {}
     for path in RULES:
-        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", path.read_text()):
-            m = re.match(r"(?:rule|checkpoint) (\w+):", block)
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:|use rule \w+ as \w+ with:)", path.read_text()):
+            m = re.match(r"(?:rule|checkpoint) (\w+):|use rule (\w+) as (\w+) with:", block)
             res = re.search(r"\n    resources:\n((?:        .*\n?)+)", block)
             kind = re.search(r'job_resources\("(\w+)"\)', res.group(1)) if res else None
             if m and kind:
-                kinds[m.group(1)] = kind.group(1)
-    return kinds
+                kinds[m.group(1) or m.group(3)] = kind.group(1)
+            elif m and m.group(2):  # `use rule BASE as NAME with:` keeps BASE's resources
+                bases[m.group(3)] = m.group(2)
+    return kinds | {name: kinds[base] for name, base in bases.items() if base in kinds}
 
 
 def gpu_rules() -> list[str]:

@@ -20,13 +20,15 @@ def _merged(base: dict, over: dict) -> dict:
 
 def _gpu_rules() -> set[str]:
     """Rules whose resources come from job_resources(...): the heavy (GPU) jobs."""
-    names = set()
+    names, bases = set(), {}
     for smk_file in (ROOT / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule |use rule )", smk_file.read_text()):
-            m = re.match(r"(?:use )?rule (\w+)", block)
+            m = re.match(r"rule (\w+)|use rule (\w+) as (\w+)", block)
             if m and "job_resources(" in block:
-                names.add(m.group(1))
-    return names
+                names.add(m.group(1) or m.group(3))
+            elif m and m.group(2):  # `use rule BASE as NAME with:` keeps BASE's resources
+                bases[m.group(3)] = m.group(2)
+    return names | {name for name, base in bases.items() if base in names}
 
 
 def test_gpu_preset_plans_every_method_with_gpu_requests(tmp_path: Path):

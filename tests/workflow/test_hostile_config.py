@@ -395,19 +395,28 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
 
 
 # ---- every field of every rule's shell command is quoted ----------------------------------------
-def shell_templates() -> dict[str, str]:
-    """{rule: its shell command template} from rules/*.smk (the concatenated string literals)."""
-    out = {}
+def rule_commands() -> tuple[dict[str, str], dict[str, Path]]:
+    """({rule: its shell command template} (the concatenated string literals), {rule: its script})
+    from rules/*.smk; a `use rule` runs its base rule's command."""
+    out, scripts = {}, {}
     for path in sorted((ROOT / "rules").glob("*.smk")):
         for block in re.split(r"^(?=rule )", path.read_text(), flags=re.M)[1:]:
+            script = re.match(r"rule (\w+):\n(?:.*\n)*?    script:\n        \"(.+)\"\n", block)
+            if script:
+                scripts[script.group(1)] = (path.parent / script.group(2)).resolve()
+                continue
             m = re.match(r"rule (\w+):\n(?:.*\n)*?    shell:\n((?:        .+\n)+)", block)
             # a `run:` block's shell(...) call: the string literals inside its parentheses
             m = m or re.match(
                 r"rule (\w+):\n(?:.*\n)*?    run:\n(?:.*\n)*?        shell\(\n((?:            \".+\n)+)", block
             )
-            assert m, f"{path.name}: a rule without a shell command: {block[:80]}"
+            assert m, f"{path.name}: a rule without a shell command or script: {block[:80]}"
             out[m.group(1)] = "".join(ast.literal_eval(line.strip()) for line in m.group(2).splitlines())
-    return out
+    return out, scripts
+
+
+def shell_templates() -> dict[str, str]:
+    return rule_commands()[0]
 
 
 def test_every_field_of_every_shell_command_is_quoted():
@@ -419,6 +428,19 @@ def test_every_field_of_every_shell_command_is_quoted():
         for rule, t in templates.items()
     }  # fmt: skip
     assert not {r: f for r, f in unquoted.items() if f}
+
+
+def test_script_rules_hand_values_to_their_command_without_a_shell():
+    """A script rule (workflow/scripts/) passes its inputs and params to `winnow` as a list of
+    arguments in its own process (winnow.workflow_script.run_command): no shell to quote for."""
+    scripts = rule_commands()[1]
+    assert scripts, "no script rules found"
+    for rule, script in scripts.items():
+        assert script.is_file() and script.parent == ROOT / "workflow" / "scripts", (rule, script)
+        text = script.read_text()
+        assert "run_command(" in text, f"{script.name}: does not run its command with run_command"
+        for call in ("shell(", "subprocess", "os.system", "os.popen", "shell=True"):
+            assert call not in text, f"{script.name} uses {call}"
 
 
 # ---- a real run: the hostile values reach `data ingest` as they are ---------------------------
