@@ -21,7 +21,11 @@ mkdir -p .bin && printf '#!/bin/sh\nexec python3 "$@"\n' >.bin/python && chmod +
 export PATH=$ROOT/.bin:$PATH
 OUT=${OUT:-/tmp/gpu_preset_out}
 mkdir -p "$OUT" results/$RUN
-GPUS=${GPUS:-6}     # GPU jobs in flight on the one GPU (--resources gpu=N)
+# GPU jobs in flight on the one GPU (--resources gpu=N): one per 26 GiB of the card. The PDS solver
+# peaks near 29 GiB and a trainer near 12 GiB; six jobs on an 80 GB H100 ran out of memory (three
+# jobs failed in the run of 2026-12-06), three per H100 and five per H200 leave room.
+GPUS=${GPUS:-$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
+  awk '{n = int($1 / 1024 / 26); print (n < 1) ? 1 : n}')}
 FOLLOW=${FOLLOW:-540} # seconds this call follows the run before it packs the progress
 
 # kill -0 also succeeds on a zombie (an exited child nobody waited for): read its state instead
