@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU preset (config/presets/gpu.yaml) run end to end on one GPU, over several device calls.
 #
-#   bash benchmarks/gpu_preset.sh setup   # carry .whl: installs the wheels into .site (see below)
+#   bash benchmarks/gpu_preset.sh wheels  # here: downloads the pinned wheels below into .whl
+#   bash benchmarks/gpu_preset.sh setup   # carry .whl: installs the wheels into /tmp/site (see below)
 #   bash benchmarks/gpu_preset.sh run     # carry data/large_corpus: starts or follows the run
 #
 # The device image has PyTorch but not Snakemake, datasets, lm-eval (nor our transformers/peft
@@ -21,12 +22,15 @@ mkdir -p .bin && printf '#!/bin/sh\nexec python3 "$@"\n' >.bin/python && chmod +
 export PATH=$ROOT/.bin:$PATH
 OUT=${OUT:-/tmp/gpu_preset_out}
 mkdir -p "$OUT" results/$RUN
+FOLLOW=${FOLLOW:-540} # seconds this call follows the run before it packs the progress
+
 # GPU jobs in flight on the one GPU (--resources gpu=N): one per 26 GiB of the card. The PDS solver
 # peaks near 29 GiB and a trainer near 12 GiB; six jobs on an 80 GB H100 ran out of memory (three
 # jobs failed in the run of 2026-12-06), three per H100 and five per H200 leave room.
-GPUS=${GPUS:-$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
-  awk '{n = int($1 / 1024 / 26); print (n < 1) ? 1 : n}')}
-FOLLOW=${FOLLOW:-540} # seconds this call follows the run before it packs the progress
+gpus() {
+  echo "${GPUS:-$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
+  awk '{n = int($1 / 1024 / 26); print (n < 1) ? 1 : n}')}"
+}
 
 # kill -0 also succeeds on a zombie (an exited child nobody waited for): read its state instead
 alive() { [ -r /proc/$1/stat ] && ! grep -q '^[0-9]* ([^)]*) [ZX]' /proc/$1/stat; }
@@ -41,7 +45,34 @@ pack() {
   ls -la "$OUT"
 }
 
+# What the device image lacks, pinned to what the tests here ran with (Python 3.12 wheels).
+WHEELS=(
+  annotated_types==0.8.0 argparse_dataclass==2.0.0 chardet==6.0.0.post1 conda_inject==1.3.2
+  configargparse==1.9.0 connection_pool==0.0.3 dataproperty==1.1.1 datasets==5.2.0
+  defusedxml==0.7.1 dill==0.4.1 docutils==0.22.4 dpath==2.2.0 evaluate==0.4.6
+  fastjsonschema==2.22.3 gitdb==4.0.12 gitpython==3.2.1 greenlet==3.5.6 humanfriendly==10.0
+  immutables==0.21 jsonschema==4.26.0 jsonschema_specifications==2025.9.1 jupyter_core==5.9.1
+  lm_eval==0.4.13 mbstrdecoder==1.1.5 more_itertools==11.2.1 multiprocess==0.70.19
+  nbformat==5.11.1 nltk==3.10.4 pathvalidate==3.3.1 peft==0.21.2 platformdirs==4.14.9
+  pydantic==2.14.4 pydantic_core==2.50.5 pytablewriter==1.2.1 pytz==2026.6 referencing==0.37.0
+  rpds_py==2026.9.1 smart_open==7.7.1 smmap==5.0.3 snakemake==9.27.1
+  snakemake_interface_common==1.23.0 snakemake_interface_executor_plugins==9.4.0
+  snakemake_interface_logger_plugins==2.1.0 snakemake_interface_report_plugins==1.3.0
+  snakemake_interface_scheduler_plugins==2.0.2 snakemake_interface_storage_plugins==4.4.1
+  sqlalchemy==2.0.58 sqlitedict==2.1.0 sqlmodel==0.0.37 tabledata==1.3.5 tcolorpy==0.1.7
+  tenacity==9.2.1 throttler==1.2.3 traitlets==5.16.1 transformers==5.23.0 typepy==1.3.5
+  typing_inspection==0.4.5 word2number==1.1 yte==1.9.4
+)
+
 case ${1:-run} in
+wheels)
+  for w in "${WHEELS[@]}" rouge_score==0.1.2; do
+    # a release with no wheel on PyPI (connection_pool, rouge_score, ...) is built here: pure Python
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux_2_28_x86_64 -d .whl "$w" 2>/dev/null ||
+      python3 -m pip wheel -q --no-deps -w .whl "$w" || exit 1
+  done
+  ;;
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   python3 - <<'PY'
@@ -64,7 +95,7 @@ run)
       >>results/$RUN/gpu_util.csv 2>/dev/null &
     date -u +%s >>results/$RUN/started_at
     setsid nohup python3 -m snakemake --profile profiles/local-gpu --configfile config/presets/gpu.yaml \
-      --cores "$(nproc)" --resources gpu="$GPUS" --scheduler greedy --keep-going \
+      --cores "$(nproc)" --resources gpu="$(gpus)" --scheduler greedy --keep-going \
       >>results/$RUN/snakemake.console.log 2>&1 &
     echo $! >results/$RUN/snakemake.pid
   fi
