@@ -26,11 +26,11 @@ rule ablation_partition:
     conda:
         ENV
     params:
-        column=verbatim(ABLATION.get("column", "domain")),
+        cfg=block_params("ablation partition"),
         code=code("ablation partition"),
     shell:
         "python -m winnow ablation partition --examples {input.examples:q} --docs {input.docs:q}"
-        " --column={params.column:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
+        " --params {params.cfg:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
         " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -45,10 +45,10 @@ rule ablation_mixture_ids:
     conda:
         ENV
     params:
-        seed=ABLATION.get("seed", 0),
+        cfg=block_params("ablation mix"),
         code=code("ablation mix"),
     shell:
-        "python -m winnow ablation mix --parts {input:q} --seed {params.seed:q} --out {output:q}"
+        "python -m winnow ablation mix --parts {input:q} --params {params.cfg:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -15,6 +15,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
+from winnow.params import command_params  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree, keep_other_runs_locks  # noqa: E402
 
@@ -240,6 +241,14 @@ def verbatim(value):
 def code(command):
     """Hash of the package code a CLI command runs; as a param it reruns jobs whose code changed."""
     return command_hash(command)
+
+
+def block_params(command, **given):
+    """The config keys CLI `command` declares (winnow.params), as one JSON object for `--params`:
+    exactly those keys, so a job reruns when a key it reads changes and only then. `given`: a
+    value the rule takes from elsewhere (the bake-off's n_probe). Lazy: a block the run leaves out
+    is only read by jobs that run."""
+    return lambda wildcards: command_params(config, command, **given)
 
 
 # Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from winnow.params import Params
 from winnow.provenance import inputs_sha256, write_sidecar
 
 
@@ -74,7 +75,13 @@ def add_tokenizer(p: argparse.ArgumentParser, what: str = "the corpus tokenizer"
 def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:
     """The parsed arguments that define the result (paths and thread counts are not params)."""
     skip = {"func", "group", "command", "threads", "log_level"} | set(drop)
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    out = {}
+    for k, v in vars(args).items():
+        if k in skip:
+            continue
+        # A command's config keys (--params) are recorded one by one, as the flags they replace were.
+        out.update(v.as_dict() if isinstance(v, Params) else {k: v})
+    return dict(sorted(out.items()))
 
 
 def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=(), hashes=None) -> None:

@@ -12,12 +12,11 @@ from winnow.cli._common import (
     add_store,
     add_threads,
     add_trust,
-    config_help,
-    json_arg,
     resolve_device,
     sidecars,
 )
 from winnow.io.atomic import write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--pool", required=True, help="ids the trajectory batches are drawn from")
     p.add_argument("--proxy", required=True, help="ids to score (gamma)")
     p.add_argument("--target", required=True, help="ids whose mean loss is J")
-    p.add_argument("--solver-config", type=json_arg, required=True, help=config_help("pds.solver"))
+    add_params(p, "pds solve")
     p.add_argument("--work-dir", required=True, help="trajectory files (θ every k steps, batches)")
     add_device(p)
     p.add_argument(
@@ -56,7 +55,7 @@ def solve(args) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store, manifest = open_store(args.examples, args.manifest)
-    cfg = PMPConfig(**args.solver_config)
+    cfg = PMPConfig(**args.params.solver)
     pool = np.sort(read_table(args.pool, IDS)["example_id"].to_numpy())
     proxy = read_table(args.proxy, IDS)["example_id"].to_numpy()
     target = read_table(args.target, IDS)["example_id"].to_numpy()
