@@ -244,10 +244,10 @@ def code(command):
 
 
 def block_params(command, **given):
-    """The config keys CLI `command` declares (winnow.params), as one JSON object for `--params`:
-    exactly those keys, so a job reruns when a key it reads changes and only then. `given`: a
-    value the rule takes from elsewhere (the bake-off's n_probe). Lazy: a block the run leaves out
-    is only read by jobs that run."""
+    """The config keys CLI `command` declares (winnow.params), as one JSON object for `--params`;
+    exactly those keys, so a job reruns when a key it reads changes and only then. `given` sets a
+    key from another block (the bake-off's n_probe). Lazy, so a block the run leaves out is read
+    by none of its jobs."""
     return lambda wildcards: command_params(config, command, **given)
 
 
