@@ -229,15 +229,12 @@ rule ablation_ppl:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        split=config["eval"]["split"],
-        max_docs=ablation_max_docs(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval ppl", max_docs_per_domain=ablation_max_docs()),
         device=eval_device(),
         code=code("eval ppl"),
     shell:
         "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
-        " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
-        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and

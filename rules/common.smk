@@ -471,11 +471,6 @@ def all_targets():
     return [f for f in files if Path(f).exists()] if REPORTING else files
 
 
-def harness_limit_arg():
-    limit = config["eval"].get("harness_limit")
-    return ["--limit", limit] if limit else []
-
-
 def pds_init_config():
     cfg = json.loads(train_config())
     cfg["steps"] = config["pds"]["init_steps"]

@@ -207,13 +207,13 @@ rule mates_eval_reference:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval target"),
         device=eval_device(),
         code=code("eval target"),
     shell:
         "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --ids {input.ids:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -20,6 +20,7 @@ import types
 import typing
 from typing import Any, ClassVar
 
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Base of a command's params: a field per config key, read from ``<BLOCK>.<field name>``, or
@@ -185,3 +186,26 @@ class PartitionParams(Params):
 @command("ablation mix", "ablation")
 class MixParams(Params):
     seed: int
+
+
+@command("eval ppl", "eval")
+class PplParams(Params):
+    split: str
+    max_docs_per_domain: int
+    batch_size: int
+
+
+@command("eval harness", "eval")
+class HarnessParams(Params):
+    batch_size: int
+    harness_limit: int | None = None
+
+
+@command("eval harness-tasks", "eval")
+class HarnessTasksParams(HarnessParams):
+    pass
+
+
+@command("eval target", "eval")
+class TargetParams(Params):
+    batch_size: int

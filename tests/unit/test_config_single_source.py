@@ -57,7 +57,9 @@ def test_the_key_validates_and_is_documented(knob, reference):
     bad["mates"]["made_up_knob"] = -1
     assert [e.json_path for e in Draft202012Validator(schema).iter_errors(bad)] == ["$.mates.made_up_knob"]
     row = [line for line in reference.render(schema, config).splitlines() if "`mates.made_up_knob`" in line]
-    assert row == ["| `mates.made_up_knob` | integer | `0`; config.yaml: `3` | an example key: how a parameter is added |"]
+    assert row == [
+        "| `mates.made_up_knob` | integer | `0`; config.yaml: `3` | an example key: how a parameter is added |"
+    ]
 
 
 def test_the_rule_hands_it_to_the_command_and_the_command_reads_it(knob, tmp_path):
