@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from winnow.params import Params
 from winnow.provenance import inputs_sha256, write_sidecar
@@ -17,6 +18,25 @@ def json_arg(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+_ARG = re.compile(r"(--[a-z0-9][a-z0-9-]*)(?::(int|float|json))?(\+)?(\?)?\s+(\S.*)")
+_TYPES = {"int": int, "float": float, "json": json_arg}
+
+
+def add_args(p, table: str) -> None:
+    """Arguments written as a table, one a line: ``--flag[:type][+][?]  help``. Without ``?`` the
+    argument is required (with ``?``: optional, default None); ``+`` takes one or more values;
+    ``type`` is int, float or json (a JSON object). ``p`` is a parser or an argument group."""
+    for line in filter(None, map(str.strip, table.splitlines())):
+        m = _ARG.fullmatch(line)
+        if not m:
+            raise ValueError(f"not an argument line: {line!r}")
+        flag, kind, many, optional, text = m.groups()
+        kw = {"type": _TYPES[kind]} if kind else {}
+        kw |= {"nargs": "+"} if many else {}
+        kw |= {"default": None} if optional else {"required": True}
+        p.add_argument(flag, help=text, **kw)
 
 
 def add_trust(p: argparse.ArgumentParser, key: str = "model.trust_remote_code") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_args, add_threads, sidecars
 from winnow.io.atomic import write_json
 from winnow.params import add_params
 
@@ -14,45 +14,59 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("partition", help="the ids of one partition (a value of a docs/examples column)")
-    p.add_argument("--examples", required=True, help="EXAMPLES parquet (tokens/examples.parquet)")
-    p.add_argument("--docs", required=True, help="docs.parquet (for a column the examples table lacks)")
+    add_args(
+        p,
+        """
+        --examples  EXAMPLES parquet (tokens/examples.parquet)
+        --docs      docs.parquet (for a column the examples table lacks)
+        --value     the partition: rows whose column equals this
+        --out       IDS parquet
+        --report    JSON: examples, docs and tokens per split
+        """,
+    )
     add_params(p, "ablation partition")
-    p.add_argument("--value", required=True, help="the partition: rows whose column equals this")
     p.add_argument("--splits", nargs="+", default=["train"], help="splits whose ids are written")
-    p.add_argument("--out", required=True, help="IDS parquet")
-    p.add_argument("--report", required=True, help="JSON: examples, docs and tokens per split")
     add_threads(p)
     p.set_defaults(func=partition)
 
     p = sub.add_parser("mix", help="equal shares of several id lists (small ones repeated)")
-    p.add_argument("--parts", nargs="+", required=True, help="IDS parquet files, one per partition")
-    p.add_argument("--per-part", type=int, default=None, help="entries per partition (default: the largest)")
+    add_args(
+        p,
+        """
+        --parts+         IDS parquet files, one per partition
+        --per-part:int?  entries per partition (default: the largest)
+        --out            IDS parquet written: the mixture
+        """,
+    )
     add_params(p, "ablation mix")
-    p.add_argument("--out", required=True, help="IDS parquet written: the mixture")
     add_threads(p)
     p.set_defaults(func=mix)
 
     p = sub.add_parser("merge", help="uniform parameter average of model folders")
-    p.add_argument("--models", nargs="+", required=True, help="model.safetensors files in HF model folders")
-    p.add_argument("--out", required=True, help="model.safetensors of the merged folder")
-    p.add_argument("--members", required=True, help="JSON: members and what was averaged or copied")
+    add_args(
+        p,
+        """
+        --models+  model.safetensors files in HF model folders
+        --out      model.safetensors of the merged folder
+        --members  JSON: members and what was averaged or copied
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=merge)
 
     p = sub.add_parser("correlate", help="merged vs mixture perplexity: table, JSON and a plot")
-    p.add_argument("--evals", nargs="+", required=True, help=".../ablation/eval/**/ppl.json")
-    p.add_argument(
-        "--spec",
-        type=json_arg,
-        required=True,
-        help='JSON {"partitions", "mixtures", "macros", "metric"}: the resolved `ablation` block of the'
-        " workflow config (ablation.partitions, mixtures, macro_merges, metric)",
+    add_args(
+        p,
+        """
+        --evals+     .../ablation/eval/**/ppl.json
+        --spec:json  JSON {"partitions", "mixtures", "macros", "metric"}: the resolved `ablation` block of the workflow config (ablation.partitions, mixtures, macro_merges, metric)
+        --table      TSV: one row per (proxy, domain)
+        --json       JSON written: the correlations and their settings
+        --points     TSV: one row per (mixture, domain)
+        --ppl        parquet: every model × domain
+        --plot       PNG scatter
+        """,
     )
-    p.add_argument("--table", required=True, help="TSV: one row per (proxy, domain)")
-    p.add_argument("--json", required=True, help="JSON written: the correlations and their settings")
-    p.add_argument("--points", required=True, help="TSV: one row per (mixture, domain)")
-    p.add_argument("--ppl", required=True, help="parquet: every model × domain")
-    p.add_argument("--plot", required=True, help="PNG scatter")
     add_threads(p)
     p.set_defaults(func=correlate)
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from winnow.cli._common import (
+    add_args,
     add_device,
     add_model,
     add_store,
@@ -24,70 +25,102 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("ppl", help="rolling-window perplexity per domain on held-out docs")
     _add_model_args(p, "eval ppl")
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
-    p.add_argument("--max-len", type=int, default=None, help="window length in tokens (default: the model's context)")
-    p.add_argument("--out", required=True, help="ppl.json: token/word/char perplexity and bits per byte per domain")
+    add_args(
+        p,
+        """
+        --docs          DOCS parquet (data/docs.parquet)
+        --max-len:int?  window length in tokens (default: the model's context)
+        --out           ppl.json: token/word/char perplexity and bits per byte per domain
+        """,
+    )
     p.set_defaults(func=ppl)
 
     p = sub.add_parser("harness", help="lm-eval on locally generated tasks")
     _add_model_args(p, "eval harness")
-    p.add_argument("--lastword", required=True, help="last-word task JSONL (data eval-tasks --lastword)")
-    p.add_argument("--choice", required=True, help="multiple-choice task JSONL (data eval-tasks --choice)")
-    p.add_argument("--out", required=True, help="harness.json: lm-eval metrics per task")
+    add_args(
+        p,
+        """
+        --lastword  last-word task JSONL (data eval-tasks --lastword)
+        --choice    multiple-choice task JSONL (data eval-tasks --choice)
+        --out       harness.json: lm-eval metrics per task
+        """,
+    )
     p.set_defaults(func=harness)
 
     # eval.harness: standard lm-eval tasks and the user's task YAMLs (winnow.eval.user_tasks).
     p = sub.add_parser("harness-check", help="resolve lm-eval task names and load their data offline")
-    p.add_argument("--tasks", nargs="+", required=True, help="lm-eval task, group or tag names (eval.harness.tasks)")
-    p.add_argument("--include-path", default=None, help="folder of the user's task YAMLs (eval.harness.include_path)")
-    p.add_argument(
-        "--datasets-cache",
-        default=None,
-        help="local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)",
+    add_args(
+        p,
+        """
+        --tasks+           lm-eval task, group or tag names (eval.harness.tasks)
+        --include-path?    folder of the user's task YAMLs (eval.harness.include_path)
+        --datasets-cache?  local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)
+        --out              JSON: the resolved tasks (read by harness-tasks)
+        """,
     )
-    p.add_argument("--out", required=True, help="JSON: the resolved tasks (read by harness-tasks)")
     add_threads(p)
     p.set_defaults(func=harness_check)
     p = sub.add_parser("harness-tasks", help="lm-eval on the tasks harness-check resolved")
     _add_model_args(p, "eval harness-tasks")
-    p.add_argument("--resolved", required=True, help="harness-check's output")
-    p.add_argument("--out", required=True, help="harness-tasks.json: lm-eval metrics per task")
+    add_args(
+        p,
+        """
+        --resolved  harness-check's output
+        --out       harness-tasks.json: lm-eval metrics per task
+        """,
+    )
     p.set_defaults(func=harness_tasks)
 
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
-    p.add_argument("--evals", nargs="+", required=True, help="ppl.json, harness.json, target-*.json files")
-    p.add_argument("--out", required=True, help="TSV: one row per (method, seed), one column per metric")
+    add_args(
+        p,
+        """
+        --evals+  ppl.json, harness.json, target-*.json files
+        --out     TSV: one row per (method, seed), one column per metric
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=table)
 
     p = sub.add_parser("target", help="mean per-example loss on an id list (e.g. the PDS target set)")
     add_model(p)
     add_store(p)
-    p.add_argument("--ids", required=True, help="IDS parquet: the examples whose loss is averaged")
+    add_args(
+        p,
+        """
+        --ids  IDS parquet: the examples whose loss is averaged
+        --out  target-{name}.json: mean per-example loss (token-mean cross-entropy, nats) and the items
+        """,
+    )
     add_params(p, "eval target")
     add_device(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="target-{name}.json: mean per-example loss (token-mean cross-entropy, nats) and the items",
-    )
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=target)
 
     p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95%% bootstrap CI")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of the method and the baseline")
+    add_args(
+        p,
+        """
+        --evals+  eval files of the method and the baseline
+        --out     TSV: one row per (method, metric)
+        """,
+    )
     p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
-    p.add_argument("--out", required=True, help="TSV: one row per (method, metric)")
     add_threads(p)
     p.set_defaults(func=compare)
     p = sub.add_parser("leaderboard", help="bake-off: mean ± sd over seeds per method, ranked by one metric")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of every bake-off method and seed")
-    p.add_argument("--primary", required=True, help="the ranking metric, e.g. target/pds_target")
+    add_args(
+        p,
+        """
+        --evals+   eval files of every bake-off method and seed
+        --primary  the ranking metric, e.g. target/pds_target
+        --out      TSV: one row per method
+        --html     the same table as a page (for the report)
+        """,
+    )
     p.add_argument("--metrics", nargs="+", action="extend", required=True, help="columns of the HTML table, in order")
     p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
-    p.add_argument("--out", required=True, help="TSV: one row per method")
-    p.add_argument("--html", required=True, help="the same table as a page (for the report)")
     add_threads(p)
     p.set_defaults(func=leaderboard)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.cli._common import (
+    add_args,
     add_device,
     add_store,
     add_threads,
@@ -28,25 +29,33 @@ REFERENCE_SHARD = 1_000_000
 
 def register(sub) -> None:
     p = sub.add_parser("pools", help="one of the disjoint pools: the probe pool or a stage's pool")
-    p.add_argument("--pool", required=True, help="IDS parquet of the whole pool the disjoint pools are cut from")
+    add_args(
+        p,
+        """
+        --pool  IDS parquet of the whole pool the disjoint pools are cut from
+        --part  probe, or a stage number k
+        --out   IDS parquet
+        """,
+    )
     add_params(p, "mates pools")
-    p.add_argument("--part", required=True, help="probe, or a stage number k")
-    p.add_argument("--out", required=True, help="IDS parquet")
     add_threads(p)
     p.set_defaults(func=pools)
 
     p = sub.add_parser("reference", help="LAMBADA-style last-word reference examples (loss on the word)")
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
-    add_tokenizer(p)
-    p.add_argument("--split", required=True, help="split of the docs: val (the oracle's reference) or test (evals)")
-    p.add_argument(
-        "--n", type=int, required=True, help="last-word items (mates.reference.n, or n_eval for the test split)"
+    add_args(
+        p,
+        """
+        --docs      DOCS parquet (data/docs.parquet)
+        --split     split of the docs: val (the oracle's reference) or test (evals)
+        --n:int     last-word items (mates.reference.n, or n_eval for the test split)
+        --tokens    token file written (the reference store's one shard)
+        --examples  EXAMPLES parquet written (the reference store)
+        --ids       IDS parquet written: the reference items
+        --manifest  manifest.json written (the reference store)
+        """,
     )
+    add_tokenizer(p)
     add_params(p, "mates reference")
-    p.add_argument("--tokens", required=True, help="token file written (the reference store's one shard)")
-    p.add_argument("--examples", required=True, help="EXAMPLES parquet written (the reference store)")
-    p.add_argument("--ids", required=True, help="IDS parquet written: the reference items")
-    p.add_argument("--manifest", required=True, help="manifest.json written (the reference store)")
     add_threads(p)
     p.set_defaults(func=reference)
 
@@ -55,28 +64,32 @@ def register(sub) -> None:
     add_store(p)
     # Without --reference-examples/--reference-tokens the reference ids live in the corpus store
     # (the bake-off's MATES arm: the PDS target); with them, in a store of their own (last words).
-    p.add_argument(
-        "--reference-examples", default=None, help="EXAMPLES parquet of the reference store (mates reference)"
+    add_args(
+        p,
+        """
+        --reference-examples?  EXAMPLES parquet of the reference store (mates reference)
+        --reference-tokens?    token file of the reference store (mates reference)
+        --reference-ids        IDS parquet: the reference items whose loss is the target
+        --probe                probe pool (IDS parquet)
+        --seed:int             seed of the candidate draw (per stage and run seed)
+        --out                  ORACLE parquet written: per candidate, the reference loss change after one AdamW step on it
+        --report               JSON written: counts, reference loss, delta statistics, timings
+        """,
     )
-    p.add_argument("--reference-tokens", default=None, help="token file of the reference store (mates reference)")
-    p.add_argument("--reference-ids", required=True, help="IDS parquet: the reference items whose loss is the target")
-    p.add_argument("--probe", required=True, help="probe pool (IDS parquet)")
-    p.add_argument("--seed", type=int, required=True, help="seed of the candidate draw (per stage and run seed)")
     add_params(p, "mates oracle")
     add_device(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="ORACLE parquet written: per candidate, the reference loss change after one AdamW step on it",
-    )
-    p.add_argument("--report", required=True, help="JSON written: counts, reference loss, delta statistics, timings")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=oracle)
 
     p = sub.add_parser("compare", help="MATES vs random, stage by stage and seed by seed")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of mates_k{k} and mrandom_k{k} models")
-    p.add_argument("--out", required=True, help="TSV written: MATES minus random per stage and seed")
+    add_args(
+        p,
+        """
+        --evals+  eval files of mates_k{k} and mrandom_k{k} models
+        --out     TSV written: MATES minus random per stage and seed
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=compare)
 

@@ -24,6 +24,7 @@ not to the pretraining corpus's examples table.
 from __future__ import annotations
 
 from winnow.cli._common import (
+    add_args,
     add_batch_size,
     add_device,
     add_model,
@@ -65,7 +66,13 @@ def register(sub) -> None:
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="instruction examples, id lists and the define-choice task")
     source = p.add_argument_group("source (corpus docs, or the user's files)")
-    source.add_argument("--docs", default=None, help="DOCS parquet of the corpus (less.data.source corpus)")
+    add_args(
+        source,
+        """
+        --docs?     DOCS parquet of the corpus (less.data.source corpus)
+        --rejects?  REJECTS parquet written with the files' malformed records (with --files-config)
+        """,
+    )
     source.add_argument(
         "--files-config",
         type=json_arg,
@@ -73,29 +80,30 @@ def _add_data(sub) -> None:
         help=config_help("less.data.files", " (pool/target/eval paths, fields, chat_template)")
         + "; replaces --docs (less.data.source files)",
     )
-    source.add_argument(
-        "--rejects",
-        default=None,
-        help="REJECTS parquet written with the files' malformed records (with --files-config)",
-    )
     add_tokenizer(p)
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
-    p.add_argument("--num-shards", type=int, required=True, help="token shards of the instruction store")
+    add_args(
+        p,
+        """
+        --seq-len:int     tokens per example (tokenize.seq_len)
+        --num-shards:int  token shards of the instruction store
+        """,
+    )
     p.add_argument("--data-config", type=json_arg, required=True, help=config_help("less.data"))
     out = p.add_argument_group("outputs")
-    out.add_argument("--instructions", required=True, help="INSTRUCTIONS parquet: the built instruction items")
-    out.add_argument(
-        "--tokens", nargs="+", required=True, help="tokens-{shard}.bin, one per shard, in order, next to --manifest"
+    add_args(
+        out,
+        """
+        --instructions  INSTRUCTIONS parquet: the built instruction items
+        --tokens+       tokens-{shard}.bin, one per shard, in order, next to --manifest
+        --examples      EXAMPLES parquet of the instruction store
+        --manifest      manifest.json of the instruction store (layout, counts)
+        --pool          IDS parquet: the pool LESS selects from (train split)
+        --target        IDS parquet: the target's reference points (val split)
+        --eval-ids      IDS parquet: held-out items the arms are judged on (test split)
+        --subtasks      SUBTASKS parquet: task and subtask of every example
+        --choice        define-choice task JSONL for lm-eval (empty with --files-config)
+        """,
     )
-    out.add_argument("--examples", required=True, help="EXAMPLES parquet of the instruction store")
-    out.add_argument("--manifest", required=True, help="manifest.json of the instruction store (layout, counts)")
-    out.add_argument("--pool", required=True, help="IDS parquet: the pool LESS selects from (train split)")
-    out.add_argument("--target", required=True, help="IDS parquet: the target's reference points (val split)")
-    out.add_argument(
-        "--eval-ids", required=True, help="IDS parquet: held-out items the arms are judged on (test split)"
-    )
-    out.add_argument("--subtasks", required=True, help="SUBTASKS parquet: task and subtask of every example")
-    out.add_argument("--choice", required=True, help="define-choice task JSONL for lm-eval (empty with --files-config)")
     add_threads(p)
     p.set_defaults(func=data)
 
@@ -104,9 +112,14 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="LoRA warm-up (per-epoch checkpoints) or fine-tune (merged model)")
     add_store(p, "the instruction store")
     _add_base(p)
-    p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
-    p.add_argument(
-        "--fraction", type=float, default=None, help="train on a seeded fraction (0-1] of --ids (less.warmup.fraction)"
+    add_args(
+        p,
+        """
+        --ids              IDS parquet: the examples to train on
+        --fraction:float?  train on a seeded fraction (0-1] of --ids (less.warmup.fraction)
+        --seed:int         seed of the LoRA init, the data order and --fraction
+        --ckpt-root        folder of the intermediate (per-epoch) checkpoints
+        """,
     )
     _add_lora(p)
     p.add_argument(
@@ -115,11 +128,14 @@ def _add_train(sub) -> None:
         required=True,
         help=config_help("less.train", " (the LoRA recipe; epochs = less.warmup.epochs for the warm-up)"),
     )
-    p.add_argument("--seed", type=int, required=True, help="seed of the LoRA init, the data order and --fraction")
-    p.add_argument("--ckpt-root", required=True, help="folder of the intermediate (per-epoch) checkpoints")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--epochs-out", nargs="+", help="epoch-{e}/model.safetensors for e = 1..E (warm-up)")
-    mode.add_argument("--merged-out", help="model.safetensors of the merged model (fine-tune)")
+    add_args(
+        mode,
+        """
+        --epochs-out+?  epoch-{e}/model.safetensors for e = 1..E (warm-up)
+        --merged-out?   model.safetensors of the merged model (fine-tune)
+        """,
+    )
     p.add_argument("--report", required=True, help="JSON: ids, steps, mean lr of each epoch, summary")
     add_trust(p)
     add_threads(p)
@@ -130,19 +146,19 @@ def _add_features(sub) -> None:
     p = sub.add_parser("features", help="projected Adam (pool) and SGD (target) LoRA gradient features")
     add_store(p, "the instruction store")
     _add_base(p)
-    p.add_argument("--checkpoint", required=True, help="model.safetensors of one warm-up epoch")
+    add_args(
+        p,
+        """
+        --checkpoint      model.safetensors of one warm-up epoch
+        --pool            IDS parquet of the pool examples to featurise (Adam features)
+        --target          IDS parquet of the target examples (SGD features)
+        --dim:int?        projected feature dimension; required here or in --features-config
+        --proj-seed:int?  seed of the random projection; required here or in --features-config
+        --pool-out+       pool-{block}.npy, one per block of token shards
+        --target-out      target.npy: the target's features
+        """,
+    )
     _add_lora(p)
-    p.add_argument("--pool", required=True, help="IDS parquet of the pool examples to featurise (Adam features)")
-    p.add_argument("--target", required=True, help="IDS parquet of the target examples (SGD features)")
-    p.add_argument(
-        "--dim", type=int, default=None, help="projected feature dimension; required here or in --features-config"
-    )
-    p.add_argument(
-        "--proj-seed",
-        type=int,
-        default=None,
-        help="seed of the random projection; required here or in --features-config",
-    )
     p.add_argument(
         "--dtype",
         default="float16",
@@ -157,9 +173,7 @@ def _add_features(sub) -> None:
         help="per-example gradients: one batched backward with hooks, or vmap(grad); default hooks",
     )
     add_device(p)
-    p.add_argument("--pool-out", nargs="+", required=True, help="pool-{block}.npy, one per block of token shards")
     p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers; default 1")
-    p.add_argument("--target-out", required=True, help="target.npy: the target's features")
     p.add_argument(
         "--features-config",
         type=json_arg,
@@ -174,24 +188,24 @@ def _add_features(sub) -> None:
 
 def _add_match(sub) -> None:
     p = sub.add_parser("match", help="LESS scores: Σ_epochs w̄ cos, aggregated over the target")
-    p.add_argument("--pool-features", nargs="+", required=True, help="pool-{block}.npy of every epoch and block")
-    p.add_argument("--target-features", nargs="+", required=True, help="target.npy, one per epoch, in epoch order")
-    p.add_argument("--warmup", required=True, help="warm-up report (each epoch's mean lr)")
-    p.add_argument("--subtasks", default=None, help="SUBTASKS parquet; without it the target is one subtask")
+    add_args(
+        p,
+        """
+        --pool-features+      pool-{block}.npy of every epoch and block
+        --target-features+    target.npy, one per epoch, in epoch order
+        --warmup              warm-up report (each epoch's mean lr)
+        --subtasks?           SUBTASKS parquet; without it the target is one subtask
+        --match-config:json?  JSON {"aggregate": ...} (less.aggregate of the workflow config); replaces --aggregate
+        --out                 SCORES parquet: the LESS score of every pool example
+        --report              JSON: counts, epoch weights, score quantiles
+        """,
+    )
     p.add_argument(
         "--aggregate",
         default="subtask_max",
         choices=["subtask_max", "mean", "max", "min"],
         help="how a pool example's similarities to the target points are combined; default subtask_max",
     )
-    p.add_argument(
-        "--match-config",
-        type=json_arg,
-        default=None,
-        help='JSON {"aggregate": ...} (less.aggregate of the workflow config); replaces --aggregate',
-    )
-    p.add_argument("--out", required=True, help="SCORES parquet: the LESS score of every pool example")
-    p.add_argument("--report", required=True, help="JSON: counts, epoch weights, score quantiles")
     add_threads(p)
     p.set_defaults(func=match)
 
@@ -200,17 +214,20 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="learned predictor of the LESS score from hidden states")
     add_store(p, "the instruction store")
     _add_base(p)
-    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
-    p.add_argument("--scores", required=True, help="exact LESS scores of the whole pool")
-    p.add_argument(
-        "--fit-fraction", type=float, required=True, help="fraction (0-1) of the pool the ridge is fitted on"
+    add_args(
+        p,
+        """
+        --pool                IDS parquet of the pool
+        --scores              exact LESS scores of the whole pool
+        --fit-fraction:float  fraction (0-1) of the pool the ridge is fitted on
+        --ratio:float         selection ratio (0-1] for the overlap
+        --seed:int            seed of the fit sample and the ridge's CV folds
+        --out                 scores table: exact on the fit sample, predicted elsewhere
+        --report              JSON: held-out R²/Spearman, selection overlaps
+        """,
     )
-    p.add_argument("--ratio", type=float, required=True, help="selection ratio (0-1] for the overlap")
-    p.add_argument("--seed", type=int, required=True, help="seed of the fit sample and the ridge's CV folds")
     add_batch_size(p, 32)
     add_device(p)
-    p.add_argument("--out", required=True, help="scores table: exact on the fit sample, predicted elsewhere")
-    p.add_argument("--report", required=True, help="JSON: held-out R²/Spearman, selection overlaps")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=predict)
@@ -218,14 +235,19 @@ def _add_predict(sub) -> None:
 
 def _add_prefilter_sample(sub) -> None:
     p = sub.add_parser("prefilter-sample", help="the prefilter's fit sample S of the pool")
-    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
+    add_args(
+        p,
+        """
+        --pool  IDS parquet of the pool
+        --out   IDS parquet of S, sorted by example id
+        """,
+    )
     p.add_argument(
         "--predictor-config",
         type=json_arg,
         required=True,
         help='JSON {"fit_fraction", "seed"}: ' + config_help("less.predictor", " (these keys)"),
     )
-    p.add_argument("--out", required=True, help="IDS parquet of S, sorted by example id")
     p.set_defaults(func=prefilter_sample)
 
 
@@ -233,9 +255,17 @@ def _add_prefilter_predict(sub) -> None:
     p = sub.add_parser("prefilter-predict", help="ridge fitted on S's exact scores → predictions, the top T")
     add_store(p, "the instruction store")
     _add_base(p)
-    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
-    p.add_argument("--fit-ids", required=True, help="S (prefilter-sample)")
-    p.add_argument("--fit-scores", required=True, help="exact LESS scores of S (match over S's features)")
+    add_args(
+        p,
+        """
+        --pool        IDS parquet of the pool
+        --fit-ids     S (prefilter-sample)
+        --fit-scores  exact LESS scores of S (match over S's features)
+        --predicted   scores table: exact on S, predicted elsewhere
+        --top-ids     IDS parquet of T, best predicted first
+        --report      JSON: counts, ridge lambda, fit quality
+        """,
+    )
     p.add_argument(
         "--predictor-config",
         type=json_arg,
@@ -243,9 +273,6 @@ def _add_prefilter_predict(sub) -> None:
         help='JSON {"featurize_fraction", "seed", "device", "batch_size" (default 32)}: '
         + config_help("less.predictor", " (these keys, device from eval.device)"),
     )
-    p.add_argument("--predicted", required=True, help="scores table: exact on S, predicted elsewhere")
-    p.add_argument("--top-ids", required=True, help="IDS parquet of T, best predicted first")
-    p.add_argument("--report", required=True, help="JSON: counts, ridge lambda, fit quality")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=prefilter_predict)
@@ -253,14 +280,21 @@ def _add_prefilter_predict(sub) -> None:
 
 def _add_prefilter(sub) -> None:
     p = sub.add_parser("prefilter", help="the prefilter's scores and its report (vs full featurisation)")
-    p.add_argument("--pool", required=True, help="IDS parquet of the pool")
-    p.add_argument("--fit-ids", required=True, help="IDS parquet of S (prefilter-sample)")
-    p.add_argument("--fit-scores", required=True, help="exact LESS scores of S")
-    p.add_argument("--top-ids", required=True, help="IDS parquet of T (prefilter-predict)")
-    p.add_argument("--top-scores", required=True, help="exact LESS scores of T")
-    p.add_argument("--predicted", required=True, help="prefilter-predict's table (exact on S, predicted elsewhere)")
-    p.add_argument("--fit-match", required=True, help="match report of S (its epoch count)")
-    p.add_argument("--full-scores", default=None, help="exact scores of the whole pool, when the run has them")
+    add_args(
+        p,
+        """
+        --pool          IDS parquet of the pool
+        --fit-ids       IDS parquet of S (prefilter-sample)
+        --fit-scores    exact LESS scores of S
+        --top-ids       IDS parquet of T (prefilter-predict)
+        --top-scores    exact LESS scores of T
+        --predicted     prefilter-predict's table (exact on S, predicted elsewhere)
+        --fit-match     match report of S (its epoch count)
+        --full-scores?  exact scores of the whole pool, when the run has them
+        --out           scores table: exact on S ∪ T, the rest ranked below
+        --report        JSON: counts featurised, savings, recall of the exact top-k
+        """,
+    )
     p.add_argument(
         "--predictor-config",
         type=json_arg,
@@ -268,8 +302,6 @@ def _add_prefilter(sub) -> None:
         help='JSON {"mode", "fit_fraction", "featurize_fraction", "ratio"}: '
         + config_help("less.predictor", " (these keys, ratio from select.less.ratio)"),
     )
-    p.add_argument("--out", required=True, help="scores table: exact on S ∪ T, the rest ranked below")
-    p.add_argument("--report", required=True, help="JSON: counts featurised, savings, recall of the exact top-k")
     p.set_defaults(func=prefilter)
 
 
@@ -278,12 +310,17 @@ def _add_eval(sub) -> None:
     add_store(p, "the instruction store")
     add_model(p, what="the fine-tuned (merged) model")
     add_tokenizer(p)
-    p.add_argument("--eval-ids", required=True, help="IDS parquet: the held-out items (less data --eval-ids)")
-    p.add_argument("--subtasks", required=True, help="SUBTASKS parquet (less data --subtasks)")
-    p.add_argument("--choice", required=True, help="define-choice task JSONL (empty: the target loss alone)")
+    add_args(
+        p,
+        """
+        --eval-ids  IDS parquet: the held-out items (less data --eval-ids)
+        --subtasks  SUBTASKS parquet (less data --subtasks)
+        --choice    define-choice task JSONL (empty: the target loss alone)
+        --out       eval.json: target loss overall and per subtask, define-choice acc
+        """,
+    )
     add_batch_size(p, 16)
     add_device(p)
-    p.add_argument("--out", required=True, help="eval.json: target loss overall and per subtask, define-choice acc")
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=evaluate)
@@ -291,11 +328,16 @@ def _add_eval(sub) -> None:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="the arms' evals over seeds → one table")
-    p.add_argument("--evals", nargs="+", required=True, help=".../less/{arm}/s{seed}/eval.json")
-    p.add_argument("--selections", nargs="+", required=True, help=".../less/{arm}/s{seed}/ids.parquet")
-    p.add_argument("--examples", required=True, help="EXAMPLES parquet of the instruction store (tasks of the ids)")
-    p.add_argument("--out", required=True, help="TSV: each arm against random over seeds")
-    p.add_argument("--composition", required=True, help="TSV: task shares of each arm's selection")
+    add_args(
+        p,
+        """
+        --evals+       .../less/{arm}/s{seed}/eval.json
+        --selections+  .../less/{arm}/s{seed}/ids.parquet
+        --examples     EXAMPLES parquet of the instruction store (tasks of the ids)
+        --out          TSV: each arm against random over seeds
+        --composition  TSV: task shares of each arm's selection
+        """,
+    )
     p.set_defaults(func=compare)
 
 
