@@ -79,6 +79,13 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime(p: argparse.ArgumentParser, trust_key: str = "model.trust_remote_code") -> None:
+    """How a command that runs a model runs: ``--device``, ``--trust-remote-code``, ``--threads``."""
+    add_device(p)
+    add_trust(p, trust_key)
+    add_threads(p)
+
+
 def add_batch_size(p: argparse.ArgumentParser, default: int, what: str = "examples per forward pass") -> None:
     p.add_argument("--batch-size", type=int, default=default, help=f"{what}; default {default}")
 

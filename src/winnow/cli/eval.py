@@ -7,12 +7,11 @@ from pathlib import Path
 
 from winnow.cli._common import (
     add_args,
-    add_device,
     add_model,
+    add_runtime,
     add_store,
     add_threads,
     add_tokenizer,
-    add_trust,
     resolve_device,
     sidecars,
 )
@@ -93,9 +92,7 @@ def register(sub) -> None:
         """,
     )
     add_params(p, "eval target")
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
     p.set_defaults(func=target)
 
     p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95%% bootstrap CI")
@@ -130,9 +127,7 @@ def _add_model_args(p, command: str) -> None:
     add_model(p)
     add_tokenizer(p)
     add_params(p, command)
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
 
 
 def ppl(args) -> None:

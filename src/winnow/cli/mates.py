@@ -7,16 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import (
-    add_args,
-    add_device,
-    add_store,
-    add_threads,
-    add_tokenizer,
-    add_trust,
-    resolve_device,
-    sidecars,
-)
+from winnow.cli._common import add_args, add_runtime, add_store, add_threads, add_tokenizer, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
 from winnow.params import add_params
 
@@ -77,9 +68,7 @@ def register(sub) -> None:
         """,
     )
     add_params(p, "mates oracle")
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
     p.set_defaults(func=oracle)
 
     p = sub.add_parser("compare", help="MATES vs random, stage by stage and seed by seed")

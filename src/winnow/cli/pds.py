@@ -7,15 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import (
-    add_args,
-    add_device,
-    add_store,
-    add_threads,
-    add_trust,
-    resolve_device,
-    sidecars,
-)
+from winnow.cli._common import add_args, add_runtime, add_store, resolve_device, sidecars
 from winnow.io.atomic import write_json
 from winnow.params import add_params
 
@@ -38,9 +30,7 @@ def register(sub) -> None:
         """,
     )
     add_params(p, "pds solve")
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
     p.set_defaults(func=solve)
 
 

@@ -11,9 +11,9 @@ from winnow.cli._common import (
     add_args,
     add_batch_size,
     add_device,
+    add_runtime,
     add_store,
     add_threads,
-    add_trust,
     config_help,
     json_arg,
     resolve_device,
@@ -61,9 +61,7 @@ def register(sub) -> None:
     )
     add_store(p)
     add_batch_size(p, 64)
-    add_device(p)
-    add_trust(p, "the scorer block's trust_remote_code")
-    add_threads(p)
+    add_runtime(p, "the scorer block's trust_remote_code")
     p.set_defaults(func=score)
 
     p = sub.add_parser("merge", help="per-block scores → one scores table")

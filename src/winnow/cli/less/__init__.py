@@ -28,6 +28,7 @@ from winnow.cli._common import (
     add_batch_size,
     add_device,
     add_model,
+    add_runtime,
     add_store,
     add_threads,
     add_tokenizer,
@@ -227,9 +228,7 @@ def _add_predict(sub) -> None:
         """,
     )
     add_batch_size(p, 32)
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
     p.set_defaults(func=predict)
 
 
@@ -320,9 +319,7 @@ def _add_eval(sub) -> None:
         """,
     )
     add_batch_size(p, 16)
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
+    add_runtime(p)
     p.set_defaults(func=evaluate)
 
 

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import (
-    resolve_device,
-    sidecars,
-)
+from winnow.cli._common import resolve_device, sidecars
 from winnow.cli.less._shared import _counts, _ids, _scores_of, _store, base_input
 from winnow.io.atomic import read_json, write_json
 
