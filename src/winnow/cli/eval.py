@@ -69,7 +69,11 @@ def register(sub) -> None:
         """,
     )
     p.set_defaults(func=harness_tasks)
+    _add_tables(sub)
 
+
+def _add_tables(sub) -> None:
+    """table, target, compare and leaderboard: per-model tables and method comparisons."""
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
     add_args(
         p,

@@ -55,7 +55,11 @@ def register(sub) -> None:
     )
     add_threads(p)
     p.set_defaults(func=select)
+    _add_external(sub)
 
+
+def _add_external(sub) -> None:
+    """external-scores and heuristic-scores: score files made outside the workflow."""
     # External scores (docs/external_scores.md): a user's score file → the shared scores table.
     p = sub.add_parser("external-scores", help="a score file made elsewhere → validated scores of the pool")
     add_args(
