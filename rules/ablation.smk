@@ -25,11 +25,11 @@ rule ablation_partition:
     conda:
         ENV
     params:
-        column=verbatim(ABLATION.get("column", "domain")),
+        cfg=block_params("ablation partition"),
         code=code("ablation partition"),
     shell:
         "python -m winnow ablation partition --examples {input.examples:q} --docs {input.docs:q}"
-        " --column={params.column:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
+        " --params {params.cfg:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
         " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -44,10 +44,10 @@ rule ablation_mixture_ids:
     conda:
         ENV
     params:
-        seed=ABLATION.get("seed", 0),
+        cfg=block_params("ablation mix"),
         code=code("ablation mix"),
     shell:
-        "python -m winnow ablation mix --parts {input:q} --seed {params.seed:q} --out {output:q}"
+        "python -m winnow ablation mix --parts {input:q} --params {params.cfg:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -153,7 +153,7 @@ use rule eval_ppl as ablation_ppl with:
     # Many small evals: one thread each, so two share a 2-core machine (and their start-up).
     threads: 1
     params:
-        max_docs=ablation_max_docs(),
+        cfg=block_params("eval ppl", max_docs_per_domain=ablation_max_docs()),
 
 
 # Merged vs mixture perplexity across mixtures (and the naive mean of components): per domain and

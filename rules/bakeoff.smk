@@ -27,16 +27,15 @@ rule bakeoff_mates_oracle:
         **job_resources("oracle"),
     params:
         trust=model_trust(),
-        n_probe=BAKEOFF.get("n_probe"),
         seed=BAKEOFF_SEED,
-        oracle=as_json(config.get("mates", {}).get("oracle", {})),
+        cfg=block_params("mates oracle", n_probe=BAKEOFF.get("n_probe")),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
         "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --reference-ids {input.ref_ids:q}"
-        " --probe {input.probe:q} --n-probe {params.n_probe:q} --seed {params.seed:q}"
-        " --oracle-config {params.oracle:q} --device {params.device:q} --out {output.oracle:q}"
+        " --probe {input.probe:q} --seed {params.seed:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output.oracle:q}"
         " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -15,6 +15,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 from winnow.data.heldout import heldout_problems  # noqa: E402
 from winnow.io.shards import num_blocks  # noqa: E402
+from winnow.params import command_params  # noqa: E402
 from winnow.provenance import command_hash  # noqa: E402
 from winnow.workflow_env import export_source_tree, keep_other_runs_locks  # noqa: E402
 from winnow.workflow_script import script_hash  # noqa: E402
@@ -312,6 +313,14 @@ def script_code(script, command):
     return script_hash(Path(workflow.basedir, "workflow", "scripts", script), command)
 
 
+def block_params(command, **given):
+    """The config keys CLI `command` declares (winnow.params), as one JSON object for `--params`;
+    exactly those keys, so a job reruns when a key it reads changes and only then. `given` sets a
+    key from another block (the bake-off's n_probe). Lazy, so a block the run leaves out is read
+    by none of its jobs."""
+    return lambda wildcards: command_params(config, command, **given)
+
+
 # Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,
 # `expand` in every job's input function was a measurable part of the dry run.
 _BLOCK_PATHS = {}
@@ -530,11 +539,6 @@ def all_targets():
     files = sorted(set(files))
     # a report covers what exists (rules/common_report.smk): missing targets are not run
     return [f for f in files if Path(f).exists()] if REPORTING else files
-
-
-def harness_limit_arg():
-    limit = config["eval"].get("harness_limit")
-    return ["--limit", limit] if limit else []
 
 
 def pds_init_config():

@@ -20,15 +20,12 @@ rule eval_ppl:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        split=config["eval"]["split"],
-        max_docs=config["eval"]["max_docs_per_domain"],
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval ppl"),
         device=eval_device(),
         code=code("eval ppl"),
     shell:
         "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
-        " --split {params.split:q} --max-docs-per-domain {params.max_docs:q} --batch-size {params.batch_size:q}"
-        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # lm-eval (offline, task YAMLs generated at run time with absolute paths) on the local tasks.
@@ -51,14 +48,13 @@ rule eval_harness:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        limit=harness_limit_arg(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval harness"),
         device=eval_device(),
         code=code("eval harness"),
     shell:
         "python -m winnow eval harness {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
-        " --lastword {input.lastword:q} --choice {input.choice:q} {params.limit:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --lastword {input.lastword:q} --choice {input.choice:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -80,13 +76,13 @@ rule eval_target:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval target"),
         device=eval_device(),
         code=code("eval target"),
     shell:
         "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --ids {input.ids:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -38,11 +38,10 @@ rule eval_harness_tasks:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        limit=harness_limit_arg(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("eval harness-tasks"),
         device=eval_device(),
         code=code("eval harness-tasks"),
     shell:
         "python -m winnow eval harness-tasks {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
-        " --resolved {input.resolved:q} {params.limit:q} --batch-size {params.batch_size:q}"
+        " --resolved {input.resolved:q} --params {params.cfg:q}"
         " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"

@@ -19,14 +19,11 @@ rule mates_pools:
         ENV
     params:
         part=lambda wildcards: wildcards.pool.removeprefix("stage-"),
-        stage_size=lambda wildcards: MATES["stage_size"],
-        probe_size=lambda wildcards: MATES["probe_size"],
-        seed=lambda wildcards: MATES["seed"],
+        cfg=block_params("mates pools"),
         code=code("mates pools"),
     shell:
         "python -m winnow mates pools --pool {input.pool:q} --part {params.part:q}"
-        " --stage-size {params.stage_size:q} --probe-size {params.probe_size:q} --seed {params.seed:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The reference task: LAMBADA-style last words from held-out text (val: for the oracle; test: eval).
@@ -47,12 +44,11 @@ rule mates_reference:
         ENV
     params:
         n=mates_reference_size,
-        seed=lambda wildcards: MATES["seed"],
-        seq_len=config["tokenize"]["seq_len"],
+        cfg=block_params("mates reference"),
         code=code("mates reference"),
     shell:
         "python -m winnow mates reference --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
-        " --split {wildcards.split:q} --n {params.n:q} --seed {params.seed:q} --seq-len {params.seq_len:q}"
+        " --split {wildcards.split:q} --n {params.n:q} --params {params.cfg:q}"
         " --tokens {output.tokens:q} --examples {output.examples:q} --ids {output.ids:q}"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
 
@@ -134,16 +130,15 @@ rule mates_oracle:
         **job_resources("oracle"),
     params:
         trust=model_trust(),
-        n_probe=lambda wildcards: MATES["n_probe"],
         seed=mates_probe_seed,
-        oracle=as_json(config.get("mates", {}).get("oracle", {})),
+        cfg=block_params("mates oracle"),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
         "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
         " --manifest {input.manifest:q} --reference-examples {input.ref_examples:q}"
         " --reference-tokens {input.ref_tokens:q} --reference-ids {input.ref_ids:q} --probe {input.probe:q}"
-        " --n-probe {params.n_probe:q} --seed {params.seed:q} --oracle-config {params.oracle:q}"
+        " --seed {params.seed:q} --params {params.cfg:q}"
         " --device {params.device:q} --out {output.oracle:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 

@@ -41,13 +41,13 @@ rule pds_solve:
         **job_resources("solver"),
     params:
         trust=model_trust(),
-        solver=as_json(config.get("pds", {}).get("solver", {})),
+        cfg=block_params("pds solve"),
         work_dir="results/{run}/pds/trajectory",
         device=eval_device(),
         code=code("pds solve"),
     shell:
         "python -m winnow pds solve {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --init {input.init:q} --pool {input.pool:q} --proxy {input.proxy:q}"
-        " --target {input.target:q} --solver-config {params.solver:q} --work-dir {params.work_dir:q}"
+        " --target {input.target:q} --params {params.cfg:q} --work-dir {params.work_dir:q}"
         " --device {params.device:q} --gamma {output.gamma:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"

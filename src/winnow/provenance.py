@@ -113,8 +113,16 @@ def command_hash(command: str) -> str:
 
     group = command.split()[0]
     digest = hashlib.sha256(code_hash(*COMMANDS[command]).encode())
-    digest.update(module_path(f"winnow.cli.{group}").read_bytes())
+    for path in cli_sources(group):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def cli_sources(group: str) -> list[Path]:
+    """The source files of CLI group ``group``: its module, or every module of its package
+    (winnow/cli/less/), whose commands live in the package's modules."""
+    path = module_path(f"winnow.cli.{group}")
+    return sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
 
 
 def command_modules(command: str) -> list[str]:

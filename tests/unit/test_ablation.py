@@ -311,7 +311,8 @@ def test_cli_partition_and_mix(tmp_path):
 
     examples, docs = _examples(tmp_path)
     out, rep = tmp_path / "kjv.parquet", tmp_path / "kjv.json"
-    main(["ablation", "partition", "--examples", examples, "--docs", docs, "--value", "kjv"]
+    domain = ["--params", '{"column": "domain"}']
+    main(["ablation", "partition", "--examples", examples, "--docs", docs, *domain, "--value", "kjv"]
          + ["--out", str(out), "--report", str(rep)])  # fmt: skip
     assert pq.read_table(out)["example_id"].to_pylist() == [0, 1]  # d0 (train); d1 is test
     report = json.loads(rep.read_text())
@@ -319,14 +320,14 @@ def test_cli_partition_and_mix(tmp_path):
     assert json.loads(Path(f"{out}.prov.json").read_text())["command"] == "ablation partition"
     # A column only the docs table has (source): joined through doc_id.
     src = tmp_path / "dict.parquet"
-    main(["ablation", "partition", "--examples", examples, "--docs", docs, "--column", "source", "--value", "dict"]
+    main(["ablation", "partition", "--examples", examples, "--docs", docs, "--params", '{"column": "source"}', "--value", "dict"]
          + ["--out", str(src), "--report", str(tmp_path / "dict.json")])  # fmt: skip
     assert pq.read_table(src)["example_id"].to_pylist() == [5, 6, 7, 8]
     with pytest.raises(ValueError, match="no examples"):
-        main(["ablation", "partition", "--examples", examples, "--docs", docs, "--value", "milton"]
+        main(["ablation", "partition", "--examples", examples, "--docs", docs, *domain, "--value", "milton"]
              + ["--out", str(tmp_path / "m.parquet"), "--report", str(tmp_path / "m.json")])  # fmt: skip
     mixed = tmp_path / "mix.parquet"
-    main(["ablation", "mix", "--parts", str(out), str(src), "--seed", "0", "--out", str(mixed)])
+    main(["ablation", "mix", "--parts", str(out), str(src), "--params", '{"seed": 0}', "--out", str(mixed)])
     ids = pq.read_table(mixed)["example_id"].to_pylist()
     assert Counter(i < 5 for i in ids) == {True: 4, False: 4}  # the 2-example partition repeated twice
 

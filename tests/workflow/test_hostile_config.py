@@ -389,9 +389,9 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
         [dash, "shakespeare"]
     ]
     assert by["eval leaderboard"].primary == dash == by["eval leaderboard"].metrics[0]
-    assert by["ablation partition"].column == dash
+    assert by["ablation partition"].params.column == dash  # the config keys arrive as one JSON object
     assert by["select external-scores"].score_column == dash
-    assert by["eval harness"].limit == 5 and by["audit verify"].strict is True
+    assert by["eval harness"].params.harness_limit == 5 and by["audit verify"].strict is True
 
 
 # ---- every field of every rule's shell command is quoted ----------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
+from winnow.params import Params
 from winnow.provenance import inputs_sha256, write_sidecar
 
 
@@ -16,6 +18,25 @@ def json_arg(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+_ARG = re.compile(r"(--[a-z0-9][a-z0-9-]*)(?::(int|float|json))?(\+)?(\?)?\s+(\S.*)")
+_TYPES = {"int": int, "float": float, "json": json_arg}
+
+
+def add_args(p, table: str) -> None:
+    """Arguments written as a table, one a line: ``--flag[:type][+][?]  help``. Without ``?`` the
+    argument is required (with ``?``: optional, default None); ``+`` takes one or more values;
+    ``type`` is int, float or json (a JSON object). ``p`` is a parser or an argument group."""
+    for line in filter(None, map(str.strip, table.splitlines())):
+        m = _ARG.fullmatch(line)
+        if not m:
+            raise ValueError(f"not an argument line: {line!r}")
+        flag, kind, many, optional, text = m.groups()
+        kw = {"type": _TYPES[kind]} if kind else {}
+        kw |= {"nargs": "+"} if many else {}
+        kw |= {"default": None} if optional else {"required": True}
+        p.add_argument(flag, help=text, **kw)
 
 
 def add_trust(p: argparse.ArgumentParser, key: str = "model.trust_remote_code") -> None:
@@ -58,6 +79,13 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime(p: argparse.ArgumentParser, trust_key: str = "model.trust_remote_code") -> None:
+    """How a command that runs a model runs: ``--device``, ``--trust-remote-code``, ``--threads``."""
+    add_device(p)
+    add_trust(p, trust_key)
+    add_threads(p)
+
+
 def add_batch_size(p: argparse.ArgumentParser, default: int, what: str = "examples per forward pass") -> None:
     p.add_argument("--batch-size", type=int, default=default, help=f"{what}; default {default}")
 
@@ -74,7 +102,13 @@ def add_tokenizer(p: argparse.ArgumentParser, what: str = "the corpus tokenizer"
 def params_of(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> dict:
     """The parsed arguments that define the result (paths and thread counts are not params)."""
     skip = {"func", "group", "command", "threads", "log_level"} | set(drop)
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    out = {}
+    for k, v in vars(args).items():
+        if k in skip:
+            continue
+        # A command's config keys (--params) are recorded one by one, as the flags they replace were.
+        out.update(v.as_dict() if isinstance(v, Params) else {k: v})
+    return dict(sorted(out.items()))
 
 
 def sidecars(args, command: str, outputs: list, inputs: list, seed=None, extra=None, drop=(), hashes=None) -> None:

@@ -5,55 +5,68 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import add_threads, json_arg, sidecars
+from winnow.cli._common import add_args, add_threads, sidecars
 from winnow.io.atomic import write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
     p = sub.add_parser("partition", help="the ids of one partition (a value of a docs/examples column)")
-    p.add_argument("--examples", required=True, help="EXAMPLES parquet (tokens/examples.parquet)")
-    p.add_argument("--docs", required=True, help="docs.parquet (for a column the examples table lacks)")
-    p.add_argument(
-        "--column", default="domain", help="docs/examples column whose values are the partitions (ablation.column)"
+    add_args(
+        p,
+        """
+        --examples  EXAMPLES parquet (tokens/examples.parquet)
+        --docs      docs.parquet (for a column the examples table lacks)
+        --value     the partition: rows whose column equals this
+        --out       IDS parquet
+        --report    JSON: examples, docs and tokens per split
+        """,
     )
-    p.add_argument("--value", required=True, help="the partition: rows whose column equals this")
+    add_params(p, "ablation partition")
     p.add_argument("--splits", nargs="+", default=["train"], help="splits whose ids are written")
-    p.add_argument("--out", required=True, help="IDS parquet")
-    p.add_argument("--report", required=True, help="JSON: examples, docs and tokens per split")
     add_threads(p)
     p.set_defaults(func=partition)
 
     p = sub.add_parser("mix", help="equal shares of several id lists (small ones repeated)")
-    p.add_argument("--parts", nargs="+", required=True, help="IDS parquet files, one per partition")
-    p.add_argument("--per-part", type=int, default=None, help="entries per partition (default: the largest)")
-    p.add_argument("--seed", type=int, required=True, help="seed of the equal-share draws (ablation.seed)")
-    p.add_argument("--out", required=True, help="IDS parquet written: the mixture")
+    add_args(
+        p,
+        """
+        --parts+         IDS parquet files, one per partition
+        --per-part:int?  entries per partition (default: the largest)
+        --out            IDS parquet written: the mixture
+        """,
+    )
+    add_params(p, "ablation mix")
     add_threads(p)
     p.set_defaults(func=mix)
 
     p = sub.add_parser("merge", help="uniform parameter average of model folders")
-    p.add_argument("--models", nargs="+", required=True, help="model.safetensors files in HF model folders")
-    p.add_argument("--out", required=True, help="model.safetensors of the merged folder")
-    p.add_argument("--members", required=True, help="JSON: members and what was averaged or copied")
+    add_args(
+        p,
+        """
+        --models+  model.safetensors files in HF model folders
+        --out      model.safetensors of the merged folder
+        --members  JSON: members and what was averaged or copied
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=merge)
 
     p = sub.add_parser("correlate", help="merged vs mixture perplexity: table, JSON and a plot")
-    p.add_argument("--evals", nargs="+", required=True, help=".../ablation/eval/**/ppl.json")
-    p.add_argument(
-        "--spec",
-        type=json_arg,
-        required=True,
-        help='JSON {"partitions", "mixtures", "macros", "metric"}: the resolved `ablation` block of the'
-        " workflow config (ablation.partitions, mixtures, macro_merges, metric)",
+    add_args(
+        p,
+        """
+        --evals+     .../ablation/eval/**/ppl.json
+        --spec:json  JSON {"partitions", "mixtures", "macros", "metric"}: the resolved `ablation` block of the workflow config (ablation.partitions, mixtures, macro_merges, metric)
+        --table      TSV: one row per (proxy, domain)
+        --json       JSON written: the correlations and their settings
+        --points     TSV: one row per (mixture, domain)
+        --ppl        parquet: every model × domain
+        --plot       PNG scatter
+        """,
     )
-    p.add_argument("--table", required=True, help="TSV: one row per (proxy, domain)")
-    p.add_argument("--json", required=True, help="JSON written: the correlations and their settings")
-    p.add_argument("--points", required=True, help="TSV: one row per (mixture, domain)")
-    p.add_argument("--ppl", required=True, help="parquet: every model × domain")
-    p.add_argument("--plot", required=True, help="PNG scatter")
     add_threads(p)
     p.set_defaults(func=correlate)
 
@@ -67,23 +80,24 @@ def partition(args) -> None:
     from winnow.io.tables import EXAMPLES, IDS, read_table, write_table
     from winnow.methods.ablation import partition_mask
 
+    column = args.params.column
     examples = read_table(args.examples, EXAMPLES)
-    if args.column in examples.column_names:
-        values = examples[args.column].to_pylist()
+    if column in examples.column_names:
+        values = examples[column].to_pylist()
     else:
-        docs = pq.read_table(args.docs, columns=["doc_id", args.column])
-        by_doc = dict(zip(docs["doc_id"].to_pylist(), docs[args.column].to_pylist()))
+        docs = pq.read_table(args.docs, columns=["doc_id", column])
+        by_doc = dict(zip(docs["doc_id"].to_pylist(), docs[column].to_pylist()))
         values = [by_doc.get(d) for d in examples["doc_id"].to_pylist()]
     mask = partition_mask(values, args.value)
     splits = np.asarray(examples["split"].to_pylist(), dtype=object)
     chosen = mask & np.isin(splits, args.splits)
     ids = np.sort(examples["example_id"].to_numpy()[chosen])
     if ids.size == 0:
-        raise ValueError(f"partition {args.value!r}: no examples with {args.column} == {args.value!r} in {args.splits}")
+        raise ValueError(f"partition {args.value!r}: no examples with {column} == {args.value!r} in {args.splits}")
     lengths = examples["length"].to_numpy()
     doc_ids = np.asarray(examples["doc_id"].to_pylist(), dtype=object)
     report = {
-        "column": args.column,
+        "column": column,
         "value": args.value,
         "splits_written": args.splits,
         "examples": dict(sorted(Counter(splits[mask].tolist()).items())),
@@ -93,7 +107,7 @@ def partition(args) -> None:
     }
     write_table(args.out, _ids_table(ids), IDS)
     write_json(args.report, report)
-    log.info("partition %s=%s: %s", args.column, args.value, report)
+    log.info("partition %s=%s: %s", column, args.value, report)
     sidecars(args, "ablation partition", [args.out, args.report], [args.examples, args.docs])
 
 
@@ -102,11 +116,12 @@ def mix(args) -> None:
     from winnow.methods.ablation import equal_shares
 
     lists = [read_table(p, IDS)["example_id"].to_numpy() for p in args.parts]
-    ids, counts = equal_shares(lists, args.seed, args.per_part)
+    seed = args.params.seed
+    ids, counts = equal_shares(lists, seed, args.per_part)
     write_table(args.out, _ids_table(ids), IDS)
     sizes = [int(x.size) for x in lists]
     log.info("mixture of %d partitions: sizes %s → %s entries each (%d in all)", len(lists), sizes, counts[0], ids.size)
-    sidecars(args, "ablation mix", [args.out], args.parts, seed=args.seed, extra={"sizes": sizes, "entries": counts})
+    sidecars(args, "ablation mix", [args.out], args.parts, seed=seed, extra={"sizes": sizes, "entries": counts})
 
 
 def merge(args) -> None:

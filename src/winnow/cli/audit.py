@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from winnow.cli._common import add_args
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -11,9 +12,14 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="re-hash every artifact; compare bytes, code, inputs, dirty flag")
-    p.add_argument("--root", required=True, help="results/{run}")
-    p.add_argument("--out", required=True, help="TSV, one row per artifact")
-    p.add_argument("--summary", required=True, help="JSON: counts and the failing artifacts per check")
+    add_args(
+        p,
+        """
+        --root     results/{run}
+        --out      TSV, one row per artifact
+        --summary  JSON: counts and the failing artifacts per check
+        """,
+    )
     p.add_argument(
         "--strict",
         action="store_true",
@@ -46,10 +52,15 @@ def verify(args) -> None:
 
 def register_compare(sub) -> None:
     p = sub.add_parser("compare", help="two runs of one config: identical, close (GPU steps) or different")
-    p.add_argument("--a", required=True, help="results/{run} of the first run")
-    p.add_argument("--b", required=True, help="results/{run} of the second run")
-    p.add_argument("--out", required=True, help="TSV, one row per artifact of either run")
-    p.add_argument("--summary", required=True, help="JSON: counts per verdict and the differing artifacts")
+    add_args(
+        p,
+        """
+        --a        results/{run} of the first run
+        --b        results/{run} of the second run
+        --out      TSV, one row per artifact of either run
+        --summary  JSON: counts per verdict and the differing artifacts
+        """,
+    )
     p.add_argument(
         "--rtol", type=float, default=1e-4, help="relative tolerance of a close number (|a-b| ≤ atol + rtol·|b|)"
     )

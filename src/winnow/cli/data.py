@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import SCHEMA, add_threads, add_tokenizer, config_help, json_arg, sidecars
+from winnow.cli._common import SCHEMA, add_args, add_threads, add_tokenizer, config_help, json_arg, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -26,17 +26,20 @@ def register(sub) -> None:
 
 def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="raw records → docs + rejects + manifest")
-    p.add_argument("--inputs", nargs="+", required=True, help="raw corpus files (corpus.inputs): JSONL, parquet, ...")
+    add_args(
+        p,
+        """
+        --inputs+          raw corpus files (corpus.inputs): JSONL, parquet, ...
+        --id-field?        record field holding the doc id (corpus.id_field); default: a content hash
+        --default-domain?  domain of records without one (corpus.default_domain); default: the input's file stem
+        --docs             DOCS parquet written: the accepted documents with their split
+        --rejects          REJECTS parquet written: unusable records and why
+        --manifest         ingest.json written: counts per input, split and domain
+        --failed-rejects?  where the rejects also go when no document is accepted (a place the workflow keeps after a failed job, which loses its outputs)
+        """,
+    )
     p.add_argument("--text-field", default="text", help="record field holding the text (corpus.text_field)")
     p.add_argument("--domain-field", default="domain", help="record field holding the domain (corpus.domain_field)")
-    p.add_argument(
-        "--id-field", default=None, help="record field holding the doc id (corpus.id_field); default: a content hash"
-    )
-    p.add_argument(
-        "--default-domain",
-        default=None,
-        help="domain of records without one (corpus.default_domain); default: the input's file stem",
-    )
     p.add_argument(
         "--max-chars",
         type=int,
@@ -57,22 +60,20 @@ def _add_ingest(sub) -> None:
         help='JSON {"<path>": {"split": "target", "domain": "lima"}}: the split and/or domain forced on an'
         " input's records (the object entries of corpus.inputs)",
     )
-    p.add_argument("--docs", required=True, help="DOCS parquet written: the accepted documents with their split")
-    p.add_argument("--rejects", required=True, help="REJECTS parquet written: unusable records and why")
-    p.add_argument("--manifest", required=True, help="ingest.json written: counts per input, split and domain")
-    p.add_argument(
-        "--failed-rejects",
-        default=None,
-        help="where the rejects also go when no document is accepted (a place the workflow keeps"
-        " after a failed job, which loses its outputs)",
-    )
     add_threads(p)
     p.set_defaults(func=ingest)
 
 
 def _add_tokenizer(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE on the train docs, or copy a local one")
-    p.add_argument("--docs", required=True, help="DOCS parquet; the BPE is trained on its train split")
+    add_args(
+        p,
+        """
+        --docs    DOCS parquet; the BPE is trained on its train split
+        --local?  a local HF tokenizer folder to use instead (tokenizer.path)
+        --out     output tokenizer.json (its folder holds the HF files)
+        """,
+    )
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (tokenizer.vocab_size)")
     p.add_argument(
         "--min-frequency", type=int, default=2, help="least count of a merged pair (tokenizer.min_frequency)"
@@ -83,37 +84,45 @@ def _add_tokenizer(sub) -> None:
         default=20_000_000,
         help="cap on training text, in characters (tokenizer.max_train_chars)",
     )
-    p.add_argument("--local", default=None, help="a local HF tokenizer folder to use instead (tokenizer.path)")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let the --local tokenizer's own Python code run (tokenizer.trust_remote_code; off by default)",
     )
-    p.add_argument("--out", required=True, help="output tokenizer.json (its folder holds the HF files)")
     add_threads(p)
     p.set_defaults(func=tokenizer)
 
 
 def _add_tokenize(sub) -> None:
     p = sub.add_parser("tokenize", help="one block of token shards + their examples, in one folder")
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
+    add_args(
+        p,
+        """
+        --docs         DOCS parquet (data/docs.parquet)
+        --block:int    index of the block of shards to write (0-based)
+        --seq-len:int  tokens per example (tokenize.seq_len)
+        --out          the block's folder: tokens-{shard}.bin, examples-{shard}.parquet
+        """,
+    )
     add_tokenizer(p)
-    p.add_argument("--block", type=int, required=True, help="index of the block of shards to write (0-based)")
     _add_layout(p)
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
-    p.add_argument("--out", required=True, help="the block's folder: tokens-{shard}.bin, examples-{shard}.parquet")
     add_threads(p)
     p.set_defaults(func=tokenize)
 
 
 def _add_merge_examples(sub) -> None:
     p = sub.add_parser("merge-examples", help="per-shard examples of all blocks → examples.parquet + manifest")
-    p.add_argument("--blocks", nargs="+", required=True, help="the block folders written by `data tokenize`")
+    add_args(
+        p,
+        """
+        --blocks+      the block folders written by `data tokenize`
+        --seq-len:int  tokens per example (tokenize.seq_len)
+        --out          EXAMPLES parquet written: every example of every shard
+        --manifest     manifest.json written: seq_len, dtype, ids, shard layout
+        """,
+    )
     _add_layout(p)
     add_tokenizer(p)
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
-    p.add_argument("--out", required=True, help="EXAMPLES parquet written: every example of every shard")
-    p.add_argument("--manifest", required=True, help="manifest.json written: seq_len, dtype, ids, shard layout")
     add_threads(p)
     p.set_defaults(func=merge_examples)
 
@@ -132,50 +141,71 @@ def _add_sample_subset(sub) -> None:
     )
     p.add_argument("--exclude", nargs="*", default=[], help="id lists whose ids are excluded")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--n", type=int, help="number of ids to draw (subsets.<name>.n)")
-    g.add_argument(
-        "--fraction", type=float, help="fraction (0-1] of the eligible ids to draw (subsets.<name>.fraction)"
+    add_args(
+        g,
+        """
+        --n:int?           number of ids to draw (subsets.<name>.n)
+        --fraction:float?  fraction (0-1] of the eligible ids to draw (subsets.<name>.fraction)
+        """,
     )
     p.add_argument("--key", default="subset", help="config key of the size (n or fraction), named in errors")
-    p.add_argument("--seed", type=int, required=True, help="seed of the draw (subsets.<name>.seed)")
-    p.add_argument("--out", required=True, help="IDS parquet written")
+    add_args(
+        p,
+        """
+        --seed:int  seed of the draw (subsets.<name>.seed)
+        --out       IDS parquet written
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=sample_subset)
 
 
 def _add_contract(sub) -> None:
     p = sub.add_parser("contract", help="check the config's data requests against ingest/tokenize counts")
-    p.add_argument("--ingest", required=True, help="data/ingest.json")
-    p.add_argument("--manifest", required=True, help="tokens/manifest.json")
+    add_args(
+        p,
+        """
+        --ingest    data/ingest.json
+        --manifest  tokens/manifest.json
+        --out       contract.json written: what was checked and the counts
+        """,
+    )
     p.add_argument(
         "--config",
         required=True,
         help="the workflow config's `subsets`, `methods`, `eval.split` and `ablation` (column, partitions,"
         f" seed_mix) as one JSON object (winnow.data.contract.config_part); keys in {SCHEMA}",
     )
-    p.add_argument("--out", required=True, help="contract.json written: what was checked and the counts")
     add_threads(p)
     p.set_defaults(func=contract)
 
 
 def _add_eval_tasks(sub) -> None:
     p = sub.add_parser("eval-tasks", help="last-word and multiple-choice task data from held-out docs")
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
+    add_args(
+        p,
+        """
+        --docs      DOCS parquet (data/docs.parquet)
+        --lastword  last-word task JSONL written
+        --choice    multiple-choice task JSONL written
+        """,
+    )
     p.add_argument("--split", default="test", help="split the task items come from (eval.split); default test")
     p.add_argument("--n-lastword", type=int, default=500, help="last-word items (eval.n_lastword); default 500")
     p.add_argument("--n-choice", type=int, default=500, help="multiple-choice items (eval.n_choice); default 500")
     p.add_argument("--seed", type=int, default=0, help="seed of the item draw (eval.task_seed); default 0")
-    p.add_argument("--lastword", required=True, help="last-word task JSONL written")
-    p.add_argument("--choice", required=True, help="multiple-choice task JSONL written")
     add_threads(p)
     p.set_defaults(func=eval_tasks)
 
 
 def _add_layout(p) -> None:
     """How the token shards are grouped into blocks (one folder per block)."""
-    p.add_argument("--shards-per-block", type=int, required=True, help="token shards in one block (folder)")
-    p.add_argument(
-        "--num-shards", type=int, required=True, help="token shards of the whole corpus (tokenize.num_shards)"
+    add_args(
+        p,
+        """
+        --shards-per-block:int  token shards in one block (folder)
+        --num-shards:int        token shards of the whole corpus (tokenize.num_shards)
+        """,
     )
 
 

@@ -6,113 +6,132 @@ import logging
 from pathlib import Path
 
 from winnow.cli._common import (
-    add_batch_size,
-    add_device,
+    add_args,
     add_model,
+    add_runtime,
     add_store,
     add_threads,
     add_tokenizer,
-    add_trust,
     resolve_device,
     sidecars,
 )
 from winnow.io.atomic import write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
     p = sub.add_parser("ppl", help="rolling-window perplexity per domain on held-out docs")
-    _add_model_args(p, batch_size=8)
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
-    p.add_argument("--split", default="test", help="split of the docs to evaluate on (eval.split); default test")
-    p.add_argument(
-        "--max-docs-per-domain",
-        type=int,
-        default=100,
-        help="at most this many docs per domain (eval.max_docs_per_domain); default 100",
+    _add_model_args(p, "eval ppl")
+    add_args(
+        p,
+        """
+        --docs          DOCS parquet (data/docs.parquet)
+        --max-len:int?  window length in tokens (default: the model's context)
+        --out           ppl.json: token/word/char perplexity and bits per byte per domain
+        """,
     )
-    p.add_argument("--max-len", type=int, default=None, help="window length in tokens (default: the model's context)")
-    p.add_argument("--out", required=True, help="ppl.json: token/word/char perplexity and bits per byte per domain")
     p.set_defaults(func=ppl)
 
     p = sub.add_parser("harness", help="lm-eval on locally generated tasks")
-    _add_model_args(p)
-    p.add_argument("--lastword", required=True, help="last-word task JSONL (data eval-tasks --lastword)")
-    p.add_argument("--choice", required=True, help="multiple-choice task JSONL (data eval-tasks --choice)")
-    _add_limit(p)
-    p.add_argument("--out", required=True, help="harness.json: lm-eval metrics per task")
+    _add_model_args(p, "eval harness")
+    add_args(
+        p,
+        """
+        --lastword  last-word task JSONL (data eval-tasks --lastword)
+        --choice    multiple-choice task JSONL (data eval-tasks --choice)
+        --out       harness.json: lm-eval metrics per task
+        """,
+    )
     p.set_defaults(func=harness)
 
     # eval.harness: standard lm-eval tasks and the user's task YAMLs (winnow.eval.user_tasks).
     p = sub.add_parser("harness-check", help="resolve lm-eval task names and load their data offline")
-    p.add_argument("--tasks", nargs="+", required=True, help="lm-eval task, group or tag names (eval.harness.tasks)")
-    p.add_argument("--include-path", default=None, help="folder of the user's task YAMLs (eval.harness.include_path)")
-    p.add_argument(
-        "--datasets-cache",
-        default=None,
-        help="local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)",
+    add_args(
+        p,
+        """
+        --tasks+           lm-eval task, group or tag names (eval.harness.tasks)
+        --include-path?    folder of the user's task YAMLs (eval.harness.include_path)
+        --datasets-cache?  local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)
+        --out              JSON: the resolved tasks (read by harness-tasks)
+        """,
     )
-    p.add_argument("--out", required=True, help="JSON: the resolved tasks (read by harness-tasks)")
     add_threads(p)
     p.set_defaults(func=harness_check)
     p = sub.add_parser("harness-tasks", help="lm-eval on the tasks harness-check resolved")
-    _add_model_args(p)
-    p.add_argument("--resolved", required=True, help="harness-check's output")
-    _add_limit(p)
-    p.add_argument("--out", required=True, help="harness-tasks.json: lm-eval metrics per task")
+    _add_model_args(p, "eval harness-tasks")
+    add_args(
+        p,
+        """
+        --resolved  harness-check's output
+        --out       harness-tasks.json: lm-eval metrics per task
+        """,
+    )
     p.set_defaults(func=harness_tasks)
+    _add_tables(sub)
 
+
+def _add_tables(sub) -> None:
+    """table, target, compare and leaderboard: per-model tables and method comparisons."""
     p = sub.add_parser("table", help="one TSV row per evaluated model (paths .../eval/{method}/s{seed}/)")
-    p.add_argument("--evals", nargs="+", required=True, help="ppl.json, harness.json, target-*.json files")
-    p.add_argument("--out", required=True, help="TSV: one row per (method, seed), one column per metric")
+    add_args(
+        p,
+        """
+        --evals+  ppl.json, harness.json, target-*.json files
+        --out     TSV: one row per (method, seed), one column per metric
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=table)
 
     p = sub.add_parser("target", help="mean per-example loss on an id list (e.g. the PDS target set)")
     add_model(p)
     add_store(p)
-    p.add_argument("--ids", required=True, help="IDS parquet: the examples whose loss is averaged")
-    add_batch_size(p, 16)
-    add_device(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="target-{name}.json: mean per-example loss (token-mean cross-entropy, nats) and the items",
+    add_args(
+        p,
+        """
+        --ids  IDS parquet: the examples whose loss is averaged
+        --out  target-{name}.json: mean per-example loss (token-mean cross-entropy, nats) and the items
+        """,
     )
-    add_trust(p)
-    add_threads(p)
+    add_params(p, "eval target")
+    add_runtime(p)
     p.set_defaults(func=target)
 
     p = sub.add_parser("compare", help="each method against a baseline: per-seed differences, 95%% bootstrap CI")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of the method and the baseline")
+    add_args(
+        p,
+        """
+        --evals+  eval files of the method and the baseline
+        --out     TSV: one row per (method, metric)
+        """,
+    )
     p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
-    p.add_argument("--out", required=True, help="TSV: one row per (method, metric)")
     add_threads(p)
     p.set_defaults(func=compare)
     p = sub.add_parser("leaderboard", help="bake-off: mean ± sd over seeds per method, ranked by one metric")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of every bake-off method and seed")
-    p.add_argument("--primary", required=True, help="the ranking metric, e.g. target/pds_target")
+    add_args(
+        p,
+        """
+        --evals+   eval files of every bake-off method and seed
+        --primary  the ranking metric, e.g. target/pds_target
+        --out      TSV: one row per method
+        --html     the same table as a page (for the report)
+        """,
+    )
     p.add_argument("--metrics", nargs="+", action="extend", required=True, help="columns of the HTML table, in order")
     p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
-    p.add_argument("--out", required=True, help="TSV: one row per method")
-    p.add_argument("--html", required=True, help="the same table as a page (for the report)")
     add_threads(p)
     p.set_defaults(func=leaderboard)
 
 
-def _add_model_args(p, batch_size: int = 16) -> None:
-    """The model under evaluation and how it runs: shared by ppl, harness and harness-tasks."""
+def _add_model_args(p, command: str) -> None:
+    """The model under evaluation, how it runs and the command's config keys (ppl, harness, harness-tasks)."""
     add_model(p)
     add_tokenizer(p)
-    add_batch_size(p, batch_size, "examples (windows, requests) per forward pass")
-    add_device(p)
-    add_trust(p)
-    add_threads(p)
-
-
-def _add_limit(p) -> None:
-    p.add_argument("--limit", type=int, default=None, help="items per task at most (eval.harness_limit); default: all")
+    add_params(p, command)
+    add_runtime(p)
 
 
 def ppl(args) -> None:
@@ -129,27 +148,28 @@ def ppl(args) -> None:
     model = load_pretrained(Path(args.model).parent, trust_remote_code=args.trust_remote_code).to(device).eval()
     tok = load(Path(args.tokenizer).parent)
     docs = read_table(args.docs, DOCS)
-    docs = docs.filter(np.asarray([s == args.split for s in docs["split"].to_pylist()]))
+    cfg = args.params
+    docs = docs.filter(np.asarray([s == cfg.split for s in docs["split"].to_pylist()]))
     per_domain: dict[str, int] = {}
     chosen = []
     # Docs are in table order; the first N per domain keeps the set fixed across models.
     doc_ids = []
     for doc_id, domain, text in zip(docs["doc_id"].to_pylist(), docs["domain"].to_pylist(), docs["text"].to_pylist()):
-        if per_domain.get(domain, 0) < args.max_docs_per_domain:
+        if per_domain.get(domain, 0) < cfg.max_docs_per_domain:
             per_domain[domain] = per_domain.get(domain, 0) + 1
             chosen.append((domain, text))
             doc_ids.append(doc_id)
     max_len = args.max_len or model.config.max_position_embeddings
     per_doc: list[dict] = []
     result = domain_perplexity(
-        model, tok, chosen, max_len=max_len, batch_size=args.batch_size, device=device, per_doc=per_doc
+        model, tok, chosen, max_len=max_len, batch_size=cfg.batch_size, device=device, per_doc=per_doc
     )
     # Per-document sums: the paired bootstrap of a comparison resamples documents (winnow.stats).
     items = {
         "doc_id": doc_ids,
         **{k: [d[k] for d in per_doc] for k in ("domain", "sum_logprob", "n_tokens", "n_bytes")},
     }
-    write_json(args.out, {"split": args.split, "max_len": max_len, "domains": result, "items": items})
+    write_json(args.out, {"split": cfg.split, "max_len": max_len, "domains": result, "items": items})
     sidecars(args, "eval ppl", [args.out], [args.model, args.tokenizer, args.docs])
 
 
@@ -165,8 +185,8 @@ def harness(args) -> None:
         Path(args.tokenizer).parent,
         {"lastword": Path(args.lastword).resolve(), "choice": Path(args.choice).resolve()},
         device=resolve_device(args.device),
-        batch_size=args.batch_size,
-        limit=args.limit,
+        batch_size=args.params.batch_size,
+        limit=args.params.harness_limit,
         work_dir=out.parent / f".harness-{out.stem}",
         trust_remote_code=args.trust_remote_code,
     )
@@ -196,8 +216,8 @@ def harness_tasks(args) -> None:
         Path(args.tokenizer).parent,
         resolved,
         device=resolve_device(args.device),
-        batch_size=args.batch_size,
-        limit=args.limit,
+        batch_size=args.params.batch_size,
+        limit=args.params.harness_limit,
         trust_remote_code=args.trust_remote_code,
     )
     write_json(args.out, result)
@@ -247,7 +267,7 @@ def target(args) -> None:
     store, manifest = open_store(args.examples, args.manifest)
     ids = read_table(args.ids, IDS)["example_id"].to_numpy()
     losses = per_example_losses(
-        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device
+        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.params.batch_size, device
     )
     result = {
         "loss": float(losses.mean()),

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import (
-    add_device,
-    add_store,
-    add_threads,
-    add_tokenizer,
-    add_trust,
-    config_help,
-    json_arg,
-    resolve_device,
-    sidecars,
-)
+from winnow.cli._common import add_args, add_runtime, add_store, add_threads, add_tokenizer, resolve_device, sidecars
 from winnow.io.atomic import read_json, write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +20,33 @@ REFERENCE_SHARD = 1_000_000
 
 def register(sub) -> None:
     p = sub.add_parser("pools", help="one of the disjoint pools: the probe pool or a stage's pool")
-    p.add_argument("--pool", required=True, help="IDS parquet of the whole pool the disjoint pools are cut from")
-    p.add_argument("--stage-size", type=int, required=True, help="examples in each stage's pool (mates.stage_size)")
-    p.add_argument("--probe-size", type=int, required=True, help="examples in the probe pool (mates.probe_size)")
-    p.add_argument("--seed", type=int, required=True, help="seed of the split into pools (mates.seed)")
-    p.add_argument("--part", required=True, help="probe, or a stage number k")
-    p.add_argument("--out", required=True, help="IDS parquet")
+    add_args(
+        p,
+        """
+        --pool  IDS parquet of the whole pool the disjoint pools are cut from
+        --part  probe, or a stage number k
+        --out   IDS parquet
+        """,
+    )
+    add_params(p, "mates pools")
     add_threads(p)
     p.set_defaults(func=pools)
 
     p = sub.add_parser("reference", help="LAMBADA-style last-word reference examples (loss on the word)")
-    p.add_argument("--docs", required=True, help="DOCS parquet (data/docs.parquet)")
-    add_tokenizer(p)
-    p.add_argument("--split", required=True, help="split of the docs: val (the oracle's reference) or test (evals)")
-    p.add_argument(
-        "--n", type=int, required=True, help="last-word items (mates.reference.n, or n_eval for the test split)"
+    add_args(
+        p,
+        """
+        --docs      DOCS parquet (data/docs.parquet)
+        --split     split of the docs: val (the oracle's reference) or test (evals)
+        --n:int     last-word items (mates.reference.n, or n_eval for the test split)
+        --tokens    token file written (the reference store's one shard)
+        --examples  EXAMPLES parquet written (the reference store)
+        --ids       IDS parquet written: the reference items
+        --manifest  manifest.json written (the reference store)
+        """,
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the item draw (mates.seed); default 0")
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per example (tokenize.seq_len)")
-    p.add_argument("--tokens", required=True, help="token file written (the reference store's one shard)")
-    p.add_argument("--examples", required=True, help="EXAMPLES parquet written (the reference store)")
-    p.add_argument("--ids", required=True, help="IDS parquet written: the reference items")
-    p.add_argument("--manifest", required=True, help="manifest.json written (the reference store)")
+    add_tokenizer(p)
+    add_params(p, "mates reference")
     add_threads(p)
     p.set_defaults(func=reference)
 
@@ -59,31 +55,30 @@ def register(sub) -> None:
     add_store(p)
     # Without --reference-examples/--reference-tokens the reference ids live in the corpus store
     # (the bake-off's MATES arm: the PDS target); with them, in a store of their own (last words).
-    p.add_argument(
-        "--reference-examples", default=None, help="EXAMPLES parquet of the reference store (mates reference)"
+    add_args(
+        p,
+        """
+        --reference-examples?  EXAMPLES parquet of the reference store (mates reference)
+        --reference-tokens?    token file of the reference store (mates reference)
+        --reference-ids        IDS parquet: the reference items whose loss is the target
+        --probe                probe pool (IDS parquet)
+        --seed:int             seed of the candidate draw (per stage and run seed)
+        --out                  ORACLE parquet written: per candidate, the reference loss change after one AdamW step on it
+        --report               JSON written: counts, reference loss, delta statistics, timings
+        """,
     )
-    p.add_argument("--reference-tokens", default=None, help="token file of the reference store (mates reference)")
-    p.add_argument("--reference-ids", required=True, help="IDS parquet: the reference items whose loss is the target")
-    p.add_argument("--probe", required=True, help="probe pool (IDS parquet)")
-    p.add_argument(
-        "--n-probe", type=int, required=True, help="oracle points: candidates drawn from --probe (mates.n_probe)"
-    )
-    p.add_argument("--seed", type=int, required=True, help="seed of the candidate draw")
-    p.add_argument("--oracle-config", type=json_arg, default={}, help=config_help("mates.oracle") + "; default {}")
-    add_device(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="ORACLE parquet written: per candidate, the reference loss change after one AdamW step on it",
-    )
-    p.add_argument("--report", required=True, help="JSON written: counts, reference loss, delta statistics, timings")
-    add_trust(p)
-    add_threads(p)
+    add_params(p, "mates oracle")
+    add_runtime(p)
     p.set_defaults(func=oracle)
 
     p = sub.add_parser("compare", help="MATES vs random, stage by stage and seed by seed")
-    p.add_argument("--evals", nargs="+", required=True, help="eval files of mates_k{k} and mrandom_k{k} models")
-    p.add_argument("--out", required=True, help="TSV written: MATES minus random per stage and seed")
+    add_args(
+        p,
+        """
+        --evals+  eval files of mates_k{k} and mrandom_k{k} models
+        --out     TSV written: MATES minus random per stage and seed
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=compare)
 
@@ -95,16 +90,17 @@ def pools(args) -> None:
     from winnow.data.subsets import ids_table, partition_ids
     from winnow.io.tables import IDS, read_table, write_table
 
+    cfg = args.params
     ids = read_table(args.pool, IDS)["example_id"].to_numpy()
     if args.part == "probe":
-        part = partition_ids(ids, [args.probe_size], args.seed)[0]
+        part = partition_ids(ids, [cfg.probe_size], cfg.seed)[0]
     else:
         k = int(args.part)
         if k < 0:
             raise ValueError(f"--part: a stage number ≥ 0 or 'probe', got {args.part!r}")
-        part = partition_ids(ids, [args.probe_size] + [args.stage_size] * (k + 1), args.seed)[-1]
+        part = partition_ids(ids, [cfg.probe_size] + [cfg.stage_size] * (k + 1), cfg.seed)[-1]
     write_table(args.out, ids_table(part), IDS)
-    sidecars(args, "mates pools", [args.out], [args.pool], seed=args.seed)
+    sidecars(args, "mates pools", [args.out], [args.pool], seed=cfg.seed)
 
 
 def reference(args) -> None:
@@ -119,7 +115,8 @@ def reference(args) -> None:
 
     docs = read_table(args.docs, DOCS)
     rows = [r for r in docs.to_pylist() if r["split"] == args.split and r["prompt"] is None]
-    items = build_lastword(rows, args.n, args.seed)
+    cfg = args.params
+    items = build_lastword(rows, args.n, cfg.seed)
     if not items:
         raise ValueError(f"no last-word items could be built from the {args.split} split")
     # Each item is a prompt/response document: the context is the prompt, the word the response,
@@ -138,7 +135,7 @@ def reference(args) -> None:
     if Path(args.tokens) != Path(args.manifest).parent / FLAT_LAYOUT.format(shard=REFERENCE_SHARD):
         raise ValueError(f"--tokens must be {FLAT_LAYOUT.format(shard=REFERENCE_SHARD)} next to the manifest")
     tok = load(Path(args.tokenizer).parent)
-    tokens, examples, stats = tokenize_shard(ref_docs, tok, 0, 1, args.seq_len)
+    tokens, examples, stats = tokenize_shard(ref_docs, tok, 0, 1, cfg.seq_len)
     offset = REFERENCE_SHARD * ID_STRIDE
     examples = examples.set_column(0, "example_id", pc.add(examples["example_id"], offset))
     examples = examples.set_column(2, "shard", pa.array([REFERENCE_SHARD] * examples.num_rows, pa.int32()))
@@ -149,7 +146,7 @@ def reference(args) -> None:
     write_table(args.ids, ids_table(examples["example_id"].to_numpy()), IDS)
     manifest = {
         "examples": examples.num_rows,
-        "seq_len": args.seq_len,
+        "seq_len": cfg.seq_len,
         "dtype": token_dtype(len(tok)).str,
         "vocab_size": len(tok),
         "eos_token_id": tok.eos_token_id,
@@ -170,7 +167,7 @@ def reference(args) -> None:
         "mates reference",
         [args.tokens, args.examples, args.ids, args.manifest],
         [args.docs, args.tokenizer],
-        seed=args.seed,
+        seed=cfg.seed,
     )
 
 
@@ -191,15 +188,16 @@ def oracle(args) -> None:
         extra = (args.reference_examples, {REFERENCE_SHARD: args.reference_tokens})
     store, manifest = open_store(args.examples, args.manifest, extra)
     probe_pool = np.sort(read_table(args.probe, IDS)["example_id"].to_numpy())
-    if args.n_probe > probe_pool.size:
-        raise ValueError(f"n_probe {args.n_probe} > probe pool {probe_pool.size}")
-    candidates = probe_pool[np.random.default_rng(args.seed).permutation(probe_pool.size)[: args.n_probe]]
+    n_probe = args.params.n_probe
+    if n_probe > probe_pool.size:
+        raise ValueError(f"n_probe {n_probe} > probe pool {probe_pool.size}")
+    candidates = probe_pool[np.random.default_rng(args.seed).permutation(probe_pool.size)[:n_probe]]
     ref_ids = read_table(args.reference_ids, IDS)["example_id"].to_numpy()
     ckpt_dir = Path(args.ckpt).parent
     model = load_pretrained(ckpt_dir, trust_remote_code=args.trust_remote_code).to(device)
     trainer_state = read_json(ckpt_dir / "trainer_state.json")
-    cfg = OracleConfig.from_trainer_state(trainer_state, **args.oracle_config)
-    state = load_state(ckpt_dir, model=model, device=device, **args.oracle_config)
+    cfg = OracleConfig.from_trainer_state(trainer_state, **args.params.oracle)
+    state = load_state(ckpt_dir, model=model, device=device, **args.params.oracle)
     table, result = probe(model, state, store, candidates, ref_ids, manifest["seq_len"], manifest["pad_token_id"], cfg)
     write_table(args.out, table, ORACLE)
     report = {

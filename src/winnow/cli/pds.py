@@ -7,17 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import (
-    add_device,
-    add_store,
-    add_threads,
-    add_trust,
-    config_help,
-    json_arg,
-    resolve_device,
-    sidecars,
-)
+from winnow.cli._common import add_args, add_runtime, add_store, resolve_device, sidecars
 from winnow.io.atomic import write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +17,20 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("solve", help="PMP solver: trajectory, costates, per-example contributions")
     add_store(p)
-    p.add_argument("--init", required=True, help="model.safetensors of θ0 (an HF model folder)")
-    p.add_argument("--pool", required=True, help="ids the trajectory batches are drawn from")
-    p.add_argument("--proxy", required=True, help="ids to score (gamma)")
-    p.add_argument("--target", required=True, help="ids whose mean loss is J")
-    p.add_argument("--solver-config", type=json_arg, required=True, help=config_help("pds.solver"))
-    p.add_argument("--work-dir", required=True, help="trajectory files (θ every k steps, batches)")
-    add_device(p)
-    p.add_argument(
-        "--gamma",
-        required=True,
-        help="parquet written: grad_gamma of every proxy id (and gamma, variant paper): the scorer's labels",
+    add_args(
+        p,
+        """
+        --init      model.safetensors of θ0 (an HF model folder)
+        --pool      ids the trajectory batches are drawn from
+        --proxy     ids to score (gamma)
+        --target    ids whose mean loss is J
+        --work-dir  trajectory files (θ every k steps, batches)
+        --gamma     parquet written: grad_gamma of every proxy id (and gamma, variant paper): the scorer's labels
+        --report    JSON written: the solver's settings, objective and timings
+        """,
     )
-    p.add_argument("--report", required=True, help="JSON written: the solver's settings, objective and timings")
-    add_trust(p)
-    add_threads(p)
+    add_params(p, "pds solve")
+    add_runtime(p)
     p.set_defaults(func=solve)
 
 
@@ -56,7 +47,7 @@ def solve(args) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store, manifest = open_store(args.examples, args.manifest)
-    cfg = PMPConfig(**args.solver_config)
+    cfg = PMPConfig(**args.params.solver)
     pool = np.sort(read_table(args.pool, IDS)["example_id"].to_numpy())
     proxy = read_table(args.proxy, IDS)["example_id"].to_numpy()
     target = read_table(args.target, IDS)["example_id"].to_numpy()

@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from winnow.cli._common import sidecars
+from winnow.cli._common import add_args, sidecars
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
     p = sub.add_parser("plots", help="figures and tables of what each method scored and selected")
-    p.add_argument("--examples", required=True, help="the corpus examples table (domains of the ids)")
+    add_args(
+        p,
+        """
+        --examples  the corpus examples table (domains of the ids)
+        --out-dir   folder the figures (PNG) and tables (TSV) are written to
+        """,
+    )
     p.add_argument("--selection", nargs="+", default=[], help="NAME=ids.parquet, one per selection")
     p.add_argument("--scores", nargs="*", default=[], help="NAME=scores.parquet, one per score table")
     p.add_argument("--mates-evals", nargs="*", default=[], help=".../eval/{mates|mrandom}_k{k}/s{seed}/reference.json")
     p.add_argument("--curves", nargs="*", default=[], help="NAME=trainer_state.json, NAME = {method}_s{seed}")
-    p.add_argument("--out-dir", required=True, help="folder the figures (PNG) and tables (TSV) are written to")
     p.set_defaults(func=plots)
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from winnow.cli._common import (
+    add_args,
     add_batch_size,
     add_device,
+    add_runtime,
     add_store,
     add_threads,
-    add_trust,
     config_help,
     json_arg,
     resolve_device,
@@ -26,12 +27,15 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("fit", help="fit the scorer to a labels table (model selection by val Spearman)")
     add_store(p)
-    p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
-    p.add_argument("--labels", required=True, help="parquet with example_id and the label column")
-    p.add_argument(
-        "--label-column",
-        required=True,
-        help="the column of --labels to fit: grad_gamma or gamma (PDS), delta (MATES oracle), score (LESS)",
+    add_args(
+        p,
+        """
+        --tokenizer     the corpus tokenizer.json
+        --labels        parquet with example_id and the label column
+        --label-column  the column of --labels to fit: grad_gamma or gamma (PDS), delta (MATES oracle), score (LESS)
+        --out           model.safetensors (its folder gets the rest)
+        --report        JSON: model selection by val Spearman, fit curve
+        """,
     )
     p.add_argument(
         "--scorer-config",
@@ -40,28 +44,34 @@ def register(sub) -> None:
         help=config_help("pds.scorer or mates.scorer", " (encoder sizes or pretrained, fit settings)"),
     )
     add_device(p)
-    p.add_argument("--out", required=True, help="model.safetensors (its folder gets the rest)")
-    p.add_argument("--report", required=True, help="JSON: model selection by val Spearman, fit curve")
     add_threads(p)
     p.set_defaults(func=fit)
 
     p = sub.add_parser("score", help="score the ids that live in one block of token shards (resumable)")
-    p.add_argument("--scorer", required=True, help="the scorer's model.safetensors")
+    add_args(
+        p,
+        """
+        --scorer     the scorer's model.safetensors
+        --block:int  the block of shards (manifest's layout) to score
+        --tokenizer  the corpus tokenizer.json
+        --ids        IDS parquet; only the ids of this block are scored
+        --state      prefix of the resume state files
+        --out        SCORES parquet written: the scores of this block's ids
+        """,
+    )
     add_store(p)
-    p.add_argument("--block", type=int, required=True, help="the block of shards (manifest's layout) to score")
-    p.add_argument("--tokenizer", required=True, help="the corpus tokenizer.json")
-    p.add_argument("--ids", required=True, help="IDS parquet; only the ids of this block are scored")
     add_batch_size(p, 64)
-    add_device(p)
-    p.add_argument("--state", required=True, help="prefix of the resume state files")
-    p.add_argument("--out", required=True, help="SCORES parquet written: the scores of this block's ids")
-    add_trust(p, "the scorer block's trust_remote_code")
-    add_threads(p)
+    add_runtime(p, "the scorer block's trust_remote_code")
     p.set_defaults(func=score)
 
     p = sub.add_parser("merge", help="per-block scores → one scores table")
-    p.add_argument("--parts", nargs="+", required=True, help="per-block SCORES parquet files (scorer score)")
-    p.add_argument("--out", required=True, help="SCORES parquet written: all blocks, sorted by example id")
+    add_args(
+        p,
+        """
+        --parts+  per-block SCORES parquet files (scorer score)
+        --out     SCORES parquet written: all blocks, sorted by example id
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=merge)
 

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from winnow.cli._common import add_threads, sidecars
+from winnow.cli._common import add_args, add_threads, sidecars
 from winnow.io.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("random-scores", help="equal scores for a pool: Gumbel-top-k on them is uniform sampling")
-    p.add_argument("--pool", required=True, help="id list (IDS parquet) to score")
-    p.add_argument("--out", required=True, help="SCORES parquet written: every pool id with score 0")
+    add_args(
+        p,
+        """
+        --pool  id list (IDS parquet) to score
+        --out   SCORES parquet written: every pool id with score 0
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=random_scores)
 
@@ -26,8 +31,13 @@ def register(sub) -> None:
         "--direction", choices=("higher", "lower"), required=True, help="which scores are better (select.<method>)"
     )
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ratio", type=float, help="fraction (0-1] of the scored ids to keep (select.<method>.ratio)")
-    g.add_argument("--k", type=int, help="number of ids to keep (select.<method>.k)")
+    add_args(
+        g,
+        """
+        --ratio:float?  fraction (0-1] of the scored ids to keep (select.<method>.ratio)
+        --k:int?        number of ids to keep (select.<method>.k)
+        """,
+    )
     p.add_argument(
         "--temperature",
         type=float,
@@ -35,17 +45,34 @@ def register(sub) -> None:
         help="Gumbel-top-k temperature (≥ 0; 0: deterministic top-k) (select.<method>.temperature); default 0",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (the run's seed); default 0")
-    p.add_argument("--key", default=None, help="config key of the ratio / k, named when it keeps 0 examples")
-    p.add_argument("--out", required=True, help="IDS parquet written: the selected ids")
-    p.add_argument("--manifest", required=True, help="JSON written: counts and the selection parameters")
+    add_args(
+        p,
+        """
+        --key?      config key of the ratio / k, named when it keeps 0 examples
+        --out       IDS parquet written: the selected ids
+        --manifest  JSON written: counts and the selection parameters
+        """,
+    )
     add_threads(p)
     p.set_defaults(func=select)
+    _add_external(sub)
 
+
+def _add_external(sub) -> None:
+    """external-scores and heuristic-scores: score files made outside the workflow."""
     # External scores (docs/external_scores.md): a user's score file → the shared scores table.
     p = sub.add_parser("external-scores", help="a score file made elsewhere → validated scores of the pool")
-    p.add_argument("--scores-file", required=True, help="the user's file (jsonl, parquet, tsv, csv)")
-    p.add_argument("--examples", required=True, help="the token store's examples table")
-    p.add_argument("--pool", required=True, help="id list (IDS parquet) of the candidate pool")
+    add_args(
+        p,
+        """
+        --scores-file  the user's file (jsonl, parquet, tsv, csv)
+        --examples     the token store's examples table
+        --pool         id list (IDS parquet) of the candidate pool
+        --out          scores table (example_id, score)
+        --rejects      one row per unusable record, with its reason
+        --report       JSON: counts per reason, coverage of the pool
+        """,
+    )
     p.add_argument(
         "--key",
         choices=("doc_id", "example_id"),
@@ -73,9 +100,6 @@ def register(sub) -> None:
         help="which scores are better; with --missing lowest, where the worst end is; default higher",
     )
     p.add_argument("--where", default="external", help="config key named in errors")
-    p.add_argument("--out", required=True, help="scores table (example_id, score)")
-    p.add_argument("--rejects", required=True, help="one row per unusable record, with its reason")
-    p.add_argument("--report", required=True, help="JSON: counts per reason, coverage of the pool")
     add_threads(p)
     p.set_defaults(func=external_scores)
 
@@ -83,8 +107,13 @@ def register(sub) -> None:
         "heuristic-scores",
         help="DEMO: a doc_id score file from a length × type-token-ratio heuristic (not a recommended method)",
     )
-    p.add_argument("--docs", required=True, help="the ingested documents (data/docs.parquet)")
-    p.add_argument("--out", required=True, help="the score file; its format from the suffix")
+    add_args(
+        p,
+        """
+        --docs  the ingested documents (data/docs.parquet)
+        --out   the score file; its format from the suffix
+        """,
+    )
     p.add_argument(
         "--format",
         default="auto",

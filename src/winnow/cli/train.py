@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from winnow.cli._common import add_store, add_threads, add_tokenizer, config_help, json_arg, sidecars
+from winnow.cli._common import add_args, add_store, add_threads, add_tokenizer, config_help, json_arg, sidecars
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,16 @@ def register(sub) -> None:
     p = sub.add_parser("lm", help="train a causal LM on exactly the ids given")
     add_store(p)
     add_tokenizer(p)
-    p.add_argument("--ids", required=True, help="IDS parquet: the examples to train on")
+    add_args(
+        p,
+        """
+        --ids           IDS parquet: the examples to train on
+        --resume-from?  checkpoint folder to continue from
+        --ckpt-root     folder for intermediate checkpoints
+        --out           final model.safetensors (folder gets the rest)
+        --gpus:int?     processes to start, one per GPU (torchrun, DDP) when > 1; default: the GPUs the job sees (CUDA_VISIBLE_DEVICES, else torch.cuda.device_count()); without CUDA, N > 1 runs N CPU processes (gloo)
+        """,
+    )
     p.add_argument(
         "--model-config",
         type=json_arg,
@@ -36,16 +45,6 @@ def register(sub) -> None:
         type=json_arg,
         required=True,
         help=config_help("train", " (steps, batch sizes, lr and schedule; plus seed, set per job)"),
-    )
-    p.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
-    p.add_argument("--ckpt-root", required=True, help="folder for intermediate checkpoints")
-    p.add_argument("--out", required=True, help="final model.safetensors (folder gets the rest)")
-    p.add_argument(
-        "--gpus",
-        type=int,
-        default=None,
-        help="processes to start, one per GPU (torchrun, DDP) when > 1; default: the GPUs the job sees"
-        " (CUDA_VISIBLE_DEVICES, else torch.cuda.device_count()); without CUDA, N > 1 runs N CPU processes (gloo)",
     )
     add_threads(p)
     p.set_defaults(func=lm)
