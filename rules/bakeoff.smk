@@ -40,7 +40,7 @@ rule bakeoff_mates_oracle:
 
 
 # LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).
-rule bakeoff_less_warmup:
+use rule less_warmup as bakeoff_less_warmup with:
     input:
         examples=EXAMPLES,
         manifest=MANIFEST,
@@ -53,30 +53,14 @@ rule bakeoff_less_warmup:
         logs("bakeoff_less_warmup.log"),
     benchmark:
         benchmarks("bakeoff_less_warmup.tsv")
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("lora"),
     params:
-        trust=model_trust(),
-        fraction=LESS.get("warmup", {}).get("fraction"),
-        lora=verbatim(less_lora() if LESS else ""),
-        recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         seed=BAKEOFF_SEED,
         ckpt_root="results/{run}/bakeoff/less_pool/warmup/checkpoints",
-        code=code("less train"),
-    shell:
-        "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
-        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {params.seed:q}"
-        " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS arm, features at one warm-up epoch: Adam features of the proxy sample, SGD features of the
 # PDS target (the same projection and store format as rules/less.smk).
-rule bakeoff_less_features:
+use rule less_features as bakeoff_less_features with:
     input:
         examples=EXAMPLES,
         manifest=MANIFEST,
@@ -94,30 +78,8 @@ rule bakeoff_less_features:
         logs("bakeoff_less_features/epoch{epoch}.log"),
     benchmark:
         benchmarks("bakeoff_less_features/epoch{epoch}.tsv")
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("features"),
     params:
-        trust=model_trust(),
-        lora=verbatim(less_lora() if LESS else ""),
-        dim=LESS.get("features", {}).get("dim"),
-        seed=LESS.get("features", {}).get("seed", 0),
-        dtype=LESS.get("features", {}).get("dtype", "float16"),
-        batch_size=LESS.get("features", {}).get("batch_size", 16),
-        method=LESS.get("features", {}).get("method", "hooks"),
-        shards_per_block=SHARDS_PER_BLOCK,
-        device=eval_device(),
-        code=code("less features"),
-    shell:
-        "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --base {input.base:q} --checkpoint {input.checkpoint:q}"
-        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
-        " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
-        " --batch-size {params.batch_size:q} --method {params.method:q} --device {params.device:q}"
-        " --pool-out {output.pool:q} --shards-per-block {params.shards_per_block:q}"
-        " --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
+        blocks=verbatim(["--shards-per-block", SHARDS_PER_BLOCK]),
 
 
 # LESS arm, labels: lr-weighted cosine of each proxy example with the target, averaged over the

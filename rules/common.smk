@@ -303,6 +303,17 @@ def verbatim(value):
     return lambda wildcards: value
 
 
+def input_flags(wildcards, input):
+    """A param: every named input but the model as --NAME PATH, in the rule's order (a list, quoted
+    by the rule), so rules that differ only in their inputs share one shell command."""
+    return [
+        arg
+        for name, path in input.items()
+        if name != "model"
+        for arg in (f"--{name}", path)
+    ]
+
+
 def code(command):
     """Hash of the package code a CLI command runs; as a param it reruns jobs whose code changed."""
     return command_hash(command)
@@ -365,14 +376,24 @@ def select_args(wildcards):
     if wildcards.method.startswith("external-"):
         return external_select_args(wildcards)  # rules/common_external.smk
     spec = config["select"][wildcards.method]
-    size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
     key = f"select.{wildcards.method}.{'ratio' if 'ratio' in spec else 'k'}"
+    return spec_select_args(spec, key)
+
+
+def spec_select_args(spec, key, seed=None):
+    """Arguments of `select select` for a select spec (direction, ratio or k, temperature), an
+    optional draw seed, and ``key``: the config key a size error names (a list, quoted by the rule).
+    """
+    size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
+    draw = [] if seed is None else ["--seed", seed]
+    temperature = spec.get("temperature", 0.0)
     return [
         "--direction",
         spec["direction"],
         *size,
         "--temperature",
-        spec.get("temperature", 0.0),
+        temperature,
+        *draw,
         "--key",
         key,
     ]

@@ -80,17 +80,9 @@ def external_name(wildcards):
 def external_select_args(wildcards):
     """Arguments of `select select` for arm external-<name> (a list, quoted by the rule)."""
     name = external_name(wildcards)
-    spec = external_select_spec(name)
-    size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
-    return [
-        "--direction",
-        spec["direction"],
-        *size,
-        "--temperature",
-        spec.get("temperature", 0.0),
-        "--key",
-        _external_size_key(name),
-    ]
+    return spec_select_args(
+        external_select_spec(name), _external_size_key(name)
+    )  # rules/common.smk
 
 
 def external_file(wildcards):

@@ -232,19 +232,9 @@ def less_arm_scores(wildcards):
 
 def less_select_args(wildcards):
     name = "less_random" if wildcards.arm == "random" else "less"
-    spec = config["select"][name]
-    return [
-        "--direction",
-        spec["direction"],
-        "--ratio",
-        spec["ratio"],
-        "--temperature",
-        spec.get("temperature", 0.0),
-        "--seed",
-        wildcards.seed,
-        "--key",
-        f"select.{name}.ratio",
-    ]
+    return spec_select_args(
+        config["select"][name], f"select.{name}.ratio", seed=wildcards.seed
+    )
 
 
 def less_compare_inputs(wildcards):

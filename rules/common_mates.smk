@@ -27,21 +27,11 @@ def mates_select_args(wildcards):
     seed = int(wildcards.seed) * 1000 + int(
         wildcards.k
     )  # a different draw at every stage
-    key = ["--key", "select.mates.ratio"]  # named when ratio × stage_size keeps 0
     spec = config["select"]["mates"]
     if wildcards.arm == "mrandom":
         spec = {"direction": "higher", "ratio": spec["ratio"], "temperature": 1.0}
-    return [
-        "--direction",
-        spec["direction"],
-        "--ratio",
-        spec["ratio"],
-        "--temperature",
-        spec["temperature"],
-        "--seed",
-        seed,
-        *key,
-    ]
+    # The key is named when ratio × stage_size keeps 0.
+    return spec_select_args(spec, "select.mates.ratio", seed=seed)
 
 
 def _corpus_inputs(wildcards):

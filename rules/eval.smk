@@ -2,6 +2,8 @@
 
 
 # Rolling-window perplexity (token, word, char; bits per byte) per domain on held-out docs.
+# The eval commands that load a model share this rule's shape: every named input after the model
+# is passed as --NAME PATH, in order, and the command's config block as --params.
 rule eval_ppl:
     input:
         model=MODEL,
@@ -19,17 +21,19 @@ rule eval_ppl:
     resources:
         **job_resources("infer"),
     params:
+        command="eval ppl",
         trust=model_trust(),
+        inputs=input_flags,
         cfg=block_params("eval ppl"),
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow eval ppl {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q} --docs {input.docs:q}"
+        "python -m winnow {params.command} {params.trust:q} --model {input.model:q} {params.inputs:q}"
         " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # lm-eval (offline, task YAMLs generated at run time with absolute paths) on the local tasks.
-rule eval_harness:
+use rule eval_ppl as eval_harness with:
     input:
         model=MODEL,
         tokenizer=TOKENIZER,
@@ -41,21 +45,10 @@ rule eval_harness:
         logs("eval_harness/{method}-s{seed}.log"),
     benchmark:
         benchmarks("eval_harness/{method}-s{seed}.tsv")
-    conda:
-        ENV
-    threads: THREADS["eval"]
-    resources:
-        **job_resources("infer"),
     params:
-        trust=model_trust(),
+        command="eval harness",
         cfg=block_params("eval harness"),
-        device=eval_device(),
         code=code("eval harness"),
-    shell:
-        "python -m winnow eval harness {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
-        " --lastword {input.lastword:q} --choice {input.choice:q}"
-        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.

@@ -20,7 +20,7 @@ rule eval_harness_check:
 
 
 # lm-eval on the checked eval.harness tasks; results join ppl/harness/target in the tables.
-rule eval_harness_tasks:
+use rule eval_ppl as eval_harness_tasks with:
     input:
         model=MODEL,
         tokenizer=TOKENIZER,
@@ -31,17 +31,7 @@ rule eval_harness_tasks:
         logs("eval_harness_tasks/{method}-s{seed}.log"),
     benchmark:
         benchmarks("eval_harness_tasks/{method}-s{seed}.tsv")
-    conda:
-        ENV
-    threads: THREADS["eval"]
-    resources:
-        **job_resources("infer"),
     params:
-        trust=model_trust(),
+        command="eval harness-tasks",
         cfg=block_params("eval harness-tasks"),
-        device=eval_device(),
         code=code("eval harness-tasks"),
-    shell:
-        "python -m winnow eval harness-tasks {params.trust:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
-        " --resolved {input.resolved:q} --params {params.cfg:q}"
-        " --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"

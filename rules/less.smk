@@ -68,12 +68,13 @@ rule less_warmup:
         fraction=LESS.get("warmup", {}).get("fraction"),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
+        seed="{seed}",
         ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
         code=code("less train"),
     shell:
         "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
-        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
+        " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {params.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
@@ -110,6 +111,8 @@ rule less_features:
         dtype=LESS.get("features", {}).get("dtype", "float16"),
         batch_size=LESS.get("features", {}).get("batch_size", 16),
         method=LESS.get("features", {}).get("method", "hooks"),
+        # One .npy per token shard here; the bake-off's store packs shards into blocks.
+        blocks=verbatim([]),
         device=eval_device(),
         code=code("less features"),
     shell:
@@ -118,7 +121,7 @@ rule less_features:
         " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
         " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
         " --batch-size {params.batch_size:q} --method {params.method:q} --device {params.device:q}"
-        " --pool-out {output.pool:q}"
+        " --pool-out {output.pool:q} {params.blocks:q}"
         " --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
 
 
