@@ -6,12 +6,12 @@
 
 # MATES arm: exact oracle influence on θ0 (one AdamW step per proxy candidate, from θ0's moments),
 # measured on the PDS target; the shared scorer (rules/scorer.smk, scorer `mates_pool`) fits it.
-rule bakeoff_mates_oracle:
+use rule mates_oracle as bakeoff_mates_oracle with:
     input:
         ckpt="results/{run}/pds/init/model/model.safetensors",
         examples=EXAMPLES,
         manifest=MANIFEST,
-        ref_ids="results/{run}/subsets/pds_target/ids.parquet",
+        reference_ids="results/{run}/subsets/pds_target/ids.parquet",
         probe="results/{run}/subsets/pds_proxy/ids.parquet",
     output:
         oracle="results/{run}/bakeoff/mates_pool/oracle.parquet",
@@ -20,23 +20,9 @@ rule bakeoff_mates_oracle:
         logs("bakeoff_mates_oracle.log"),
     benchmark:
         benchmarks("bakeoff_mates_oracle.tsv")
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("oracle"),
     params:
-        trust=model_trust(),
         seed=BAKEOFF_SEED,
         cfg=block_params("mates oracle", n_probe=BAKEOFF.get("n_probe")),
-        device=eval_device(),
-        code=code("mates oracle"),
-    shell:
-        "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
-        " --manifest {input.manifest:q} --reference-ids {input.ref_ids:q}"
-        " --probe {input.probe:q} --seed {params.seed:q}"
-        " --params {params.cfg:q} --device {params.device:q} --out {output.oracle:q}"
-        " --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS arm, warm-up: LoRA on θ0 over a seeded fraction of the pool (less.warmup, less.lora).

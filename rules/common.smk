@@ -152,6 +152,12 @@ NUM_SHARDS = config["tokenize"]["num_shards"]
 # Jobs work on blocks of shards (tokenize, score_pool), so the DAG grows with blocks, not shards.
 SHARDS_PER_BLOCK = config["tokenize"].get("shards_per_block") or -(-NUM_SHARDS // 64)
 BLOCKS = list(range(num_blocks(NUM_SHARDS, SHARDS_PER_BLOCK)))
+# The token store's layout, params of its writer (tokenize) and its reader (merge_examples) alike.
+TOKEN_LAYOUT = {
+    "num_shards": NUM_SHARDS,
+    "shards_per_block": SHARDS_PER_BLOCK,
+    "seq_len": config["tokenize"]["seq_len"],
+}
 # Jobs that gather every block (merge_examples, merge_scores) name each one on their command line;
 # past ~1,000 blocks that line nears the kernel's 128 KiB limit on one argument.
 if len(BLOCKS) > 1000:
@@ -304,13 +310,13 @@ def verbatim(value):
 
 
 def input_flags(wildcards, input):
-    """A param: every named input but the model as --NAME PATH, in the rule's order (a list, quoted
-    by the rule), so rules that differ only in their inputs share one shell command."""
+    """A param: every named input as --NAME PATH (underscores as dashes), in the rule's order (a
+    list, quoted by the rule), so rules that differ only in their inputs share one shell command.
+    """
     return [
         arg
         for name, path in input.items()
-        if name != "model"
-        for arg in (f"--{name}", path)
+        for arg in (f"--{name.replace('_', '-')}", path)
     ]
 
 

@@ -63,9 +63,7 @@ rule tokenize:
     conda:
         ENV
     params:
-        num_shards=NUM_SHARDS,
-        shards_per_block=SHARDS_PER_BLOCK,
-        seq_len=config["tokenize"]["seq_len"],
+        **TOKEN_LAYOUT,
         code=code("data tokenize"),
     shell:
         "python -m winnow data tokenize --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
@@ -88,9 +86,7 @@ rule merge_examples:
     conda:
         ENV
     params:
-        num_shards=NUM_SHARDS,
-        shards_per_block=SHARDS_PER_BLOCK,
-        seq_len=config["tokenize"]["seq_len"],
+        **TOKEN_LAYOUT,
         code=code("data merge-examples"),
     shell:
         "python -m winnow data merge-examples --blocks {input.blocks:q} --tokenizer {input.tokenizer:q}"

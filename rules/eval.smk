@@ -2,8 +2,8 @@
 
 
 # Rolling-window perplexity (token, word, char; bits per byte) per domain on held-out docs.
-# The eval commands that load a model share this rule's shape: every named input after the model
-# is passed as --NAME PATH, in order, and the command's config block as --params.
+# The eval commands that load a model share this rule's shape: every named input is passed as
+# --NAME PATH, in order, and the command's config block as --params.
 rule eval_ppl:
     input:
         model=MODEL,
@@ -28,7 +28,7 @@ rule eval_ppl:
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow {params.command} {params.trust:q} --model {input.model:q} {params.inputs:q}"
+        "python -m winnow {params.command} {params.trust:q} {params.inputs:q}"
         " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -106,23 +106,16 @@ rule less_features:
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
-        dim=LESS.get("features", {}).get("dim"),
-        seed=LESS.get("features", {}).get("seed", 0),
-        dtype=LESS.get("features", {}).get("dtype", "float16"),
-        batch_size=LESS.get("features", {}).get("batch_size", 16),
-        method=LESS.get("features", {}).get("method", "hooks"),
+        features=verbatim(less_feature_flags()),
         # One .npy per token shard here; the bake-off's store packs shards into blocks.
         blocks=verbatim([]),
-        device=eval_device(),
         code=code("less features"),
     shell:
         "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
-        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
-        " --dim {params.dim:q} --proj-seed {params.seed:q} --dtype {params.dtype:q}"
-        " --batch-size {params.batch_size:q} --method {params.method:q} --device {params.device:q}"
-        " --pool-out {output.pool:q} {params.blocks:q}"
-        " --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
+        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q} {params.features:q}"
+        " --pool-out {output.pool:q} {params.blocks:q} --target-out {output.target:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # LESS scores of the pool: Σ over epochs of w̄ (normalised mean lr) × cosine, aggregated over the
@@ -205,11 +198,11 @@ rule less_prefilter_sample:
 
 # The same feature command as less_features, over a part's id list (fit: S, top: T) at one warm-up
 # epoch: one pool-0.npy for the part (every token shard in one block) and the target's features.
-rule less_prefilter_features:
+use rule less_features as less_prefilter_features with:
     input:
         unpack(less_model_inputs),
         checkpoint="results/{run}/less/s{seed}/warmup/epoch-{epoch}/model.safetensors",
-        ids="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
+        pool="results/{run}/less/s{seed}/prefilter/{part}-ids.parquet",
         target=f"{LESS_DATA}/target.parquet",
     output:
         pool="results/{run}/less/s{seed}/prefilter/features/{part}/epoch-{epoch}/pool-0.npy",
@@ -223,22 +216,13 @@ rule less_prefilter_features:
     wildcard_constraints:
         part="fit|top",
         epoch=r"\d+",
-    conda:
-        ENV
-    threads: THREADS["train"]
-    resources:
-        **job_resources("features"),
     params:
-        trust=model_trust(),
-        lora=verbatim(less_lora() if LESS else ""),
-        features=less_features_config(shards_per_block=len(LESS_SHARDS)),
-        code=code("less features"),
-    shell:
-        "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --base {input.base:q} --checkpoint {input.checkpoint:q}"
-        " --lora-config {params.lora:q} --pool {input.ids:q} --target {input.target:q}"
-        " --features-config {params.features:q}"
-        " --pool-out {output.pool:q} --target-out {output.target:q} --threads {threads:q} > {log:q} 2>&1"
+        features=verbatim(
+            [
+                "--features-config",
+                less_features_config(shards_per_block=len(LESS_SHARDS)),
+            ]
+        ),
 
 
 # Exact LESS scores of a part (the same matching command as less_match).

@@ -112,9 +112,9 @@ rule mates_oracle:
         ckpt=mates_previous_model,
         examples=EXAMPLES,
         manifest=MANIFEST,
-        ref_examples="results/{run}/mates/reference/val/examples.parquet",
-        ref_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
-        ref_ids="results/{run}/mates/reference/val/ids.parquet",
+        reference_examples="results/{run}/mates/reference/val/examples.parquet",
+        reference_tokens="results/{run}/mates/reference/val/tokens-1000000.bin",
+        reference_ids="results/{run}/mates/reference/val/ids.parquet",
         probe="results/{run}/mates/pools/probe.parquet",
     output:
         oracle="results/{run}/mates/mates/s{seed}/stage-{k}/oracle.parquet",
@@ -130,14 +130,14 @@ rule mates_oracle:
         **job_resources("oracle"),
     params:
         trust=model_trust(),
+        # Each named input is its --flag: the bake-off's oracle (rules/bakeoff.smk) has other inputs.
+        inputs=input_flags,
         seed=mates_probe_seed,
         cfg=block_params("mates oracle"),
         device=eval_device(),
         code=code("mates oracle"),
     shell:
-        "python -m winnow mates oracle {params.trust:q} --ckpt {input.ckpt:q} --examples {input.examples:q}"
-        " --manifest {input.manifest:q} --reference-examples {input.ref_examples:q}"
-        " --reference-tokens {input.ref_tokens:q} --reference-ids {input.ref_ids:q} --probe {input.probe:q}"
+        "python -m winnow mates oracle {params.trust:q} {params.inputs:q}"
         " --seed {params.seed:q} --params {params.cfg:q}"
         " --device {params.device:q} --out {output.oracle:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
