@@ -21,14 +21,14 @@ rule eval_ppl:
     resources:
         **job_resources("infer"),
     params:
-        command="eval ppl",
+        command="ppl",
         trust=model_trust(),
         inputs=input_flags,
         cfg=block_params("eval ppl"),
         device=eval_device(),
         code=code("eval ppl"),
     shell:
-        "python -m winnow {params.command} {params.trust:q} {params.inputs:q}"
+        "python -m winnow eval {params.command:q} {params.trust:q} {params.inputs:q}"
         " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -46,7 +46,7 @@ use rule eval_ppl as eval_harness with:
     benchmark:
         benchmarks("eval_harness/{method}-s{seed}.tsv")
     params:
-        command="eval harness",
+        command="harness",
         cfg=block_params("eval harness"),
         code=code("eval harness"),
 

@@ -32,6 +32,6 @@ use rule eval_ppl as eval_harness_tasks with:
     benchmark:
         benchmarks("eval_harness_tasks/{method}-s{seed}.tsv")
     params:
-        command="eval harness-tasks",
+        command="harness-tasks",
         cfg=block_params("eval harness-tasks"),
         code=code("eval harness-tasks"),
