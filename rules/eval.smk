@@ -52,7 +52,7 @@ use rule eval_ppl as eval_harness with:
 
 
 # Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.
-rule eval_target:
+use rule eval_ppl as eval_target with:
     input:
         model=MODEL,
         examples=EXAMPLES,
@@ -62,21 +62,12 @@ rule eval_target:
         "results/{run}/eval/{method}/s{seed}/target-{subset}.json",
     log:
         logs("eval_target/{method}-s{seed}-{subset}.log"),
-    conda:
-        ENV
-    threads: THREADS["eval"]
-    resources:
-        **job_resources("infer"),
+    benchmark:
+        benchmarks("eval_target/{method}-s{seed}-{subset}.tsv")
     params:
-        trust=model_trust(),
+        command="target",
         cfg=block_params("eval target"),
-        device=eval_device(),
         code=code("eval target"),
-    shell:
-        "python -m winnow eval target {params.trust:q} --model {input.model:q} --examples {input.examples:q}"
-        " --manifest {input.manifest:q} --ids {input.ids:q}"
-        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
 
 
 # One row per (method, seed): the headline numbers of every evaluated model, side by side.

@@ -171,6 +171,8 @@ use rule eval_target as mates_eval_reference with:
         "results/{run}/eval/{method}/s{seed}/reference.json",
     log:
         logs("mates_eval_reference/{method}-s{seed}.log"),
+    benchmark:
+        benchmarks("mates_eval_reference/{method}-s{seed}.tsv")
 
 
 # MATES against the random arm, stage by stage, over every seed.

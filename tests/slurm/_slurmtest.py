@@ -46,7 +46,13 @@ def gpu_rule_kinds() -> dict[str, str]:
                 kinds[m.group(1) or m.group(3)] = kind.group(1)
             elif m and m.group(2):  # `use rule BASE as NAME with:` keeps BASE's resources
                 bases[m.group(3)] = m.group(2)
-    return kinds | {name: kinds[base] for name, base in bases.items() if base in kinds}
+
+    def base_kind(name: str) -> str | None:  # a chain of `use rule`s ends at a rule with resources
+        while name not in kinds and name in bases:
+            name = bases[name]
+        return kinds.get(name)
+
+    return kinds | {name: kind for name in bases if (kind := base_kind(name))}
 
 
 def gpu_rules() -> list[str]:
