@@ -392,13 +392,12 @@ def spec_select_args(spec, key, seed=None):
     """
     size = ["--ratio", spec["ratio"]] if "ratio" in spec else ["--k", spec["k"]]
     draw = [] if seed is None else ["--seed", seed]
-    temperature = spec.get("temperature", 0.0)
     return [
         "--direction",
         spec["direction"],
         *size,
         "--temperature",
-        temperature,
+        spec.get("temperature", 0.0),
         *draw,
         "--key",
         key,

@@ -80,9 +80,8 @@ def external_name(wildcards):
 def external_select_args(wildcards):
     """Arguments of `select select` for arm external-<name> (a list, quoted by the rule)."""
     name = external_name(wildcards)
-    return spec_select_args(
-        external_select_spec(name), _external_size_key(name)
-    )  # rules/common.smk
+    spec = external_select_spec(name)
+    return spec_select_args(spec, _external_size_key(name))  # rules/common.smk
 
 
 def external_file(wildcards):
