@@ -82,10 +82,12 @@ rule bakeoff_less_match:
     conda:
         ENV
     params:
+        # One subtask: the mean over the target, whatever less.aggregate says.
+        cfg=block_params("less match", aggregate="mean"),
         code=code("less match"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
-        " --warmup {input.warmup:q} --aggregate mean --out {output.scores:q} --report {output.report:q}"
+        " --warmup {input.warmup:q} --params {params.cfg:q} --out {output.scores:q} --report {output.report:q}"
         " > {log:q} 2>&1"
 
 

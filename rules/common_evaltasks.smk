@@ -32,12 +32,3 @@ def harness_include_files():
         for p in Path(root).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     )
-
-
-def harness_check_args():
-    args = ["--tasks", *HARNESS_TASKS]
-    if HARNESS.get("include_path"):
-        args.append(f"--include-path={HARNESS['include_path']}")
-    if HARNESS.get("datasets_cache"):
-        args.append(f"--datasets-cache={HARNESS['datasets_cache']}")
-    return args

@@ -198,43 +198,6 @@ def less_prefilter_config(*keys):
     return as_json({k: {**LESS_PREDICTOR, **extra}[k] for k in keys})
 
 
-def _less_features():
-    """less.features with its defaults, and eval.device."""
-    feats = LESS.get("features", {})
-    return {
-        "dim": feats.get("dim"),
-        "seed": feats.get("seed", 0),
-        "dtype": feats.get("dtype", "float16"),
-        "batch_size": feats.get("batch_size", 16),
-        "method": feats.get("method", "hooks"),
-        "device": eval_device(),
-    }
-
-
-def less_features_config(**extra):
-    """less.features (and eval.device) for `less features --features-config`, as JSON."""
-    return as_json({**_less_features(), **extra})
-
-
-# The flag of each less.features key on `less features` (the other way to hand it the settings).
-_LESS_FEATURE_FLAGS = {
-    "dim": "--dim",
-    "seed": "--proj-seed",
-    "dtype": "--dtype",
-    "batch_size": "--batch-size",
-    "method": "--method",
-    "device": "--device",
-}
-
-
-def less_feature_flags():
-    """less.features (and eval.device) as `less features` flags (a list, quoted by the rule)."""
-    cfg = _less_features()
-    return [
-        arg for key, flag in _LESS_FEATURE_FLAGS.items() for arg in (flag, cfg[key])
-    ]
-
-
 def less_arm_ids(wildcards):
     """The examples an arm fine-tunes on: the whole pool (`full`) or its selection."""
     if wildcards.arm == "full":

@@ -13,10 +13,10 @@ rule eval_harness_check:
     conda:
         ENV
     params:
-        args=verbatim(harness_check_args()),
+        cfg=block_params("eval harness-check"),
         code=code("eval harness-check"),
     shell:
-        "python -m winnow eval harness-check {params.args:q} --out {output:q} > {log:q} 2>&1"
+        "python -m winnow eval harness-check --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
 # lm-eval on the checked eval.harness tasks; results join ppl/harness/target in the tables.

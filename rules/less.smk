@@ -65,7 +65,7 @@ rule less_warmup:
         **job_resources("lora"),
     params:
         trust=model_trust(),
-        fraction=LESS.get("warmup", {}).get("fraction"),
+        cfg=block_params("less train"),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         seed="{seed}",
@@ -73,7 +73,7 @@ rule less_warmup:
         code=code("less train"),
     shell:
         "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --base {input.base:q} --ids {input.pool:q} --fraction {params.fraction:q}"
+        " --base {input.base:q} --ids {input.pool:q} --params {params.cfg:q}"
         " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {params.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --epochs-out {output.epochs:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
@@ -106,14 +106,16 @@ rule less_features:
     params:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
-        features=verbatim(less_feature_flags()),
+        cfg=block_params("less features"),
+        device=eval_device(),
         # One .npy per token shard here; the bake-off's store packs shards into blocks.
         blocks=verbatim([]),
         code=code("less features"),
     shell:
         "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
-        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q} {params.features:q}"
+        " --lora-config {params.lora:q} --pool {input.pool:q} --target {input.target:q}"
+        " --params {params.cfg:q} --device {params.device:q}"
         " --pool-out {output.pool:q} {params.blocks:q} --target-out {output.target:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
@@ -133,11 +135,11 @@ rule less_match:
     conda:
         ENV
     params:
-        aggregate=LESS.get("aggregate", "subtask_max"),
+        cfg=block_params("less match"),
         code=code("less match"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
-        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --aggregate {params.aggregate:q}"
+        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --params {params.cfg:q}"
         " --out {output.scores:q} --report {output.report:q} > {log:q} 2>&1"
 
 
@@ -160,16 +162,13 @@ rule less_predict:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        fit_fraction=LESS.get("predictor", {}).get("fit_fraction", 0.5),
-        seed=LESS.get("predictor", {}).get("seed", 0),
-        ratio=config["select"].get("less", {}).get("ratio"),
+        cfg=block_params("less predict"),
         device=eval_device(),
         code=code("less predict"),
     shell:
         "python -m winnow less predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --scores {input.scores:q}"
-        " --fit-fraction {params.fit_fraction:q} --ratio {params.ratio:q} --seed {params.seed:q}"
-        " --device {params.device:q} --out {output.scores:q} --report {output.report:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output.scores:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -217,12 +216,7 @@ use rule less_features as less_prefilter_features with:
         part="fit|top",
         epoch=r"\d+",
     params:
-        features=verbatim(
-            [
-                "--features-config",
-                less_features_config(shards_per_block=len(LESS_SHARDS)),
-            ]
-        ),
+        blocks=verbatim(["--shards-per-block", len(LESS_SHARDS)]),
 
 
 # Exact LESS scores of a part (the same matching command as less_match).
@@ -241,11 +235,11 @@ rule less_prefilter_match:
     conda:
         ENV
     params:
-        match=as_json({"aggregate": LESS.get("aggregate", "subtask_max")}),
+        cfg=block_params("less match"),
         code=code("less match"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
-        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --match-config {params.match:q}"
+        " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --params {params.cfg:q}"
         " --out {output.scores:q} --report {output.report:q} > {log:q} 2>&1"
 
 
@@ -357,11 +351,13 @@ rule less_finetune:
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe() if LESS else "",
+        # A fine-tune trains on all of --ids: the warm-up's fraction is not its key.
+        cfg=block_params("less train", fraction=None),
         ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
         code=code("less train"),
     shell:
         "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
-        " --base {input.base:q} --ids {input.ids:q}"
+        " --base {input.base:q} --ids {input.ids:q} --params {params.cfg:q}"
         " --lora-config {params.lora:q} --train-config {params.recipe:q} --seed {wildcards.seed:q}"
         " --ckpt-root {params.ckpt_root:q} --merged-out {output.model:q} --report {output.report:q}"
         " --threads {threads:q} > {log:q} 2>&1"
@@ -389,14 +385,14 @@ rule less_eval:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        batch_size=config["eval"]["batch_size"],
+        cfg=block_params("less eval"),
         device=eval_device(),
         code=code("less eval"),
     shell:
         "python -m winnow less eval {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --eval-ids {input.eval_ids:q} --subtasks {input.subtasks:q} --choice {input.choice:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --out {output:q}"
+        " --params {params.cfg:q} --device {params.device:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 

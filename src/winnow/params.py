@@ -209,3 +209,42 @@ class HarnessTasksParams(HarnessParams):
 @command("eval target", "eval")
 class TargetParams(Params):
     batch_size: int
+
+
+@command("eval harness-check", "eval.harness")
+class HarnessCheckParams(Params):
+    tasks: list
+    include_path: str | None = None
+    datasets_cache: str | None = None
+
+
+@command("less train", "less.warmup")
+class LessTrainParams(Params):
+    # The warm-up's seeded fraction of --ids; a fine-tune rule passes None (all of --ids).
+    fraction: float | None = None
+
+
+@command("less features", "less.features")
+class LessFeaturesParams(Params):
+    dim: int
+    seed: int = 0
+    dtype: str = "float16"
+    batch_size: int = 16
+    method: str = "hooks"
+
+
+@command("less match", "less")
+class LessMatchParams(Params):
+    aggregate: str = "subtask_max"
+
+
+@command("less predict", "less.predictor")
+class LessPredictParams(Params):
+    ratio: float = dataclasses.field(metadata={"key": "select.less.ratio"})
+    fit_fraction: float = 0.5
+    seed: int = 0
+
+
+@command("less eval", "eval")
+class LessEvalParams(Params):
+    batch_size: int

@@ -198,13 +198,11 @@ def test_prefilter_command_writes_scores_report_and_sidecars(tmp_path):
     assert rep["n_featurised"] == 26
 
 
-def test_features_config_rejects_unknown_keys():
-    from argparse import Namespace
+def test_features_params_reject_unknown_keys():
+    from winnow.params import COMMANDS
 
-    from winnow.cli.less import _FEATURES_KEYS, _apply_config
+    cls = COMMANDS["less features"]
+    assert cls.from_dict({"dim": 64, "seed": 3, "dtype": "float16", "batch_size": 4, "method": "hooks"}).seed == 3
+    with pytest.raises(ValueError, match="unknown key 'dims'"):
+        cls.from_dict({"dims": 64})
 
-    args = Namespace(dim=None, proj_seed=None)
-    _apply_config(args, {"dim": 64, "seed": 3}, _FEATURES_KEYS, "--features-config")
-    assert (args.dim, args.proj_seed) == (64, 3)
-    with pytest.raises(ValueError, match="unknown keys"):
-        _apply_config(args, {"dims": 64}, _FEATURES_KEYS, "--features-config")

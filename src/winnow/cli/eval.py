@@ -51,12 +51,10 @@ def register(sub) -> None:
     add_args(
         p,
         """
-        --tasks+           lm-eval task, group or tag names (eval.harness.tasks)
-        --include-path?    folder of the user's task YAMLs (eval.harness.include_path)
-        --datasets-cache?  local HF datasets cache folder of the built-in tasks' data (eval.harness.datasets_cache)
-        --out              JSON: the resolved tasks (read by harness-tasks)
+        --out  JSON: the resolved tasks (read by harness-tasks)
         """,
     )
+    add_params(p, "eval harness-check")
     add_threads(p)
     p.set_defaults(func=harness_check)
     p = sub.add_parser("harness-tasks", help="lm-eval on the tasks harness-check resolved")
@@ -197,7 +195,7 @@ def harness(args) -> None:
 def harness_check(args) -> None:
     from winnow.eval.user_tasks import local_inputs, resolve
 
-    resolved = resolve(args.tasks, args.include_path, args.datasets_cache)
+    resolved = resolve(list(args.params.tasks), args.params.include_path, args.params.datasets_cache)
     write_json(args.out, resolved)
     sidecars(args, "eval harness-check", [args.out], local_inputs(resolved))
 

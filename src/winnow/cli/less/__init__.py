@@ -36,13 +36,12 @@ from winnow.cli._common import (
     config_help,
     json_arg,
 )
-from winnow.cli.less._shared import _FEATURES_KEYS, _apply_config, base_input
+from winnow.cli.less._shared import base_input
 from winnow.cli.less.build import data, epoch_mean_lrs, features, less_train_config, match, train, warmup_ids
 from winnow.cli.less.predict import compare, evaluate, predict, prefilter, prefilter_predict, prefilter_sample
+from winnow.params import add_params
 
 __all__ = [
-    "_FEATURES_KEYS",
-    "_apply_config",
     "base_input",
     "epoch_mean_lrs",
     "less_train_config",
@@ -117,11 +116,11 @@ def _add_train(sub) -> None:
         p,
         """
         --ids              IDS parquet: the examples to train on
-        --fraction:float?  train on a seeded fraction (0-1] of --ids (less.warmup.fraction)
-        --seed:int         seed of the LoRA init, the data order and --fraction
+        --seed:int         seed of the LoRA init, the data order and the warm-up's fraction
         --ckpt-root        folder of the intermediate (per-epoch) checkpoints
         """,
     )
+    add_params(p, "less train")
     _add_lora(p)
     p.add_argument(
         "--train-config",
@@ -153,35 +152,14 @@ def _add_features(sub) -> None:
         --checkpoint      model.safetensors of one warm-up epoch
         --pool            IDS parquet of the pool examples to featurise (Adam features)
         --target          IDS parquet of the target examples (SGD features)
-        --dim:int?        projected feature dimension; required here or in --features-config
-        --proj-seed:int?  seed of the random projection; required here or in --features-config
         --pool-out+       pool-{block}.npy, one per block of token shards
         --target-out      target.npy: the target's features
         """,
     )
     _add_lora(p)
-    p.add_argument(
-        "--dtype",
-        default="float16",
-        choices=["float16", "float32"],
-        help="dtype of the stored features; default float16",
-    )
-    add_batch_size(p, 16)
-    p.add_argument(
-        "--method",
-        default="hooks",
-        choices=["hooks", "vmap"],
-        help="per-example gradients: one batched backward with hooks, or vmap(grad); default hooks",
-    )
+    add_params(p, "less features")
     add_device(p)
     p.add_argument("--shards-per-block", type=int, default=1, help="shards a pool-{block}.npy file covers; default 1")
-    p.add_argument(
-        "--features-config",
-        type=json_arg,
-        default=None,
-        help=config_help("less.features", " (plus eval.device and shards_per_block)")
-        + f"; replaces the flags of these keys: {sorted(_FEATURES_KEYS)}",
-    )
     add_trust(p)
     add_threads(p)
     p.set_defaults(func=features)
@@ -196,17 +174,11 @@ def _add_match(sub) -> None:
         --target-features+    target.npy, one per epoch, in epoch order
         --warmup              warm-up report (each epoch's mean lr)
         --subtasks?           SUBTASKS parquet; without it the target is one subtask
-        --match-config:json?  JSON {"aggregate": ...} (less.aggregate of the workflow config); replaces --aggregate
         --out                 SCORES parquet: the LESS score of every pool example
         --report              JSON: counts, epoch weights, score quantiles
         """,
     )
-    p.add_argument(
-        "--aggregate",
-        default="subtask_max",
-        choices=["subtask_max", "mean", "max", "min"],
-        help="how a pool example's similarities to the target points are combined; default subtask_max",
-    )
+    add_params(p, "less match")
     add_threads(p)
     p.set_defaults(func=match)
 
@@ -220,13 +192,11 @@ def _add_predict(sub) -> None:
         """
         --pool                IDS parquet of the pool
         --scores              exact LESS scores of the whole pool
-        --fit-fraction:float  fraction (0-1) of the pool the ridge is fitted on
-        --ratio:float         selection ratio (0-1] for the overlap
-        --seed:int            seed of the fit sample and the ridge's CV folds
         --out                 scores table: exact on the fit sample, predicted elsewhere
         --report              JSON: held-out R²/Spearman, selection overlaps
         """,
     )
+    add_params(p, "less predict")
     add_batch_size(p, 32)
     add_runtime(p)
     p.set_defaults(func=predict)
@@ -318,7 +288,7 @@ def _add_eval(sub) -> None:
         --out       eval.json: target loss overall and per subtask, define-choice acc
         """,
     )
-    add_batch_size(p, 16)
+    add_params(p, "less eval")
     add_runtime(p)
     p.set_defaults(func=evaluate)
 

@@ -14,27 +14,6 @@ def base_input(path: str) -> str | Path:
     return Path(path).parent if Path(path).name == "config.json" else path
 
 
-# `less features` JSON keys → argument names (the rules pass config values as one JSON object).
-_FEATURES_KEYS = {
-    "dim": "dim",
-    "seed": "proj_seed",
-    "dtype": "dtype",
-    "batch_size": "batch_size",
-    "method": "method",
-    "device": "device",
-    "shards_per_block": "shards_per_block",
-}
-
-
-def _apply_config(args, cfg: dict | None, keys: dict[str, str], flag: str) -> None:
-    """Set the arguments named by ``keys`` from the JSON object ``cfg`` (unknown keys fail)."""
-    unknown = sorted(set(cfg or {}) - set(keys))
-    if unknown:
-        raise ValueError(f"{flag}: unknown keys {unknown} (known: {sorted(keys)})")
-    for key, value in (cfg or {}).items():
-        setattr(args, keys[key], value)
-
-
 def _store(args):
     from winnow.train.batches import open_store
 

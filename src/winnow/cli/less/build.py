@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.cli._common import resolve_device, sidecars
-from winnow.cli.less._shared import _FEATURES_KEYS, _apply_config, _counts, _ids, _store, base_input
+from winnow.cli.less._shared import _counts, _ids, _store, base_input
 from winnow.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ def train(args) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     store, manifest = _store(args)
     ids = _ids(args.ids)
-    if args.fraction is not None:  # LESS's warm-up: a seeded random fraction of the pool
-        ids = warmup_ids(ids, args.fraction, args.seed)
+    if args.params.fraction is not None:  # LESS's warm-up: a seeded random fraction of the pool
+        ids = warmup_ids(ids, args.params.fraction, args.seed)
     tc, spe = less_train_config(args.train_config, ids.size, manifest["seq_len"], args.seed)
     base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code)
     model = add_lora(base, seed=args.seed, **args.lora_config)
@@ -215,12 +215,9 @@ def features(args) -> None:
     from winnow.methods.less import RademacherProjector, featurize, load_lora_checkpoint, write_features
     from winnow.models.build import load_pretrained
 
-    _apply_config(args, args.features_config, _FEATURES_KEYS, "--features-config")
-    for name in ("dim", "proj_seed"):
-        if getattr(args, name) is None:
-            raise ValueError(f"less features: {name} is required (flag or --features-config)")
-    if args.dtype not in ("float16", "float32") or args.method not in ("hooks", "vmap"):
-        raise ValueError(f"less features: dtype {args.dtype!r} / method {args.method!r} not supported")
+    cfg = args.params
+    if cfg.dtype not in ("float16", "float32") or cfg.method not in ("hooks", "vmap"):
+        raise ValueError(f"less features: dtype {cfg.dtype!r} / method {cfg.method!r} not supported")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     store, manifest = _store(args)
@@ -231,15 +228,15 @@ def features(args) -> None:
 
     names = lora_param_names(model)
     n_in = sum(dict(model.named_parameters())[n].numel() for n in names)
-    projector = RademacherProjector(n_in, args.dim, args.proj_seed)
+    projector = RademacherProjector(n_in, cfg.dim, cfg.seed)
     pool = _ids(args.pool)
     # A pool id's block, from its shard (example_id = shard · 2**32 + index): one file per block
     # keeps the job resumable per file and its file list short at thousands of shards.
     block_of = (pool >> 32) // args.shards_per_block
-    common = {"checkpoint": str(Path(args.checkpoint).parent), "d": args.dim, "seed": args.proj_seed}
-    common["dtype"] = args.dtype
+    common = {"checkpoint": str(Path(args.checkpoint).parent), "d": cfg.dim, "seed": cfg.seed}
+    common["dtype"] = cfg.dtype
     kw = dict(names=names, projector=projector, seq_len=manifest["seq_len"], pad_id=manifest["pad_token_id"])
-    kw.update(batch_size=args.batch_size, device=device, method=args.method)
+    kw.update(batch_size=cfg.batch_size, device=device, method=cfg.method)
     if str(device).startswith("cuda"):
         kw["amp"] = "bf16"  # as the trainer on GPU: bf16 autocast over the fp32 parameters
     for path in args.pool_out:
@@ -254,7 +251,7 @@ def features(args) -> None:
         "less features",
         list(args.pool_out) + [args.target_out],
         [args.examples, base_input(args.base), args.checkpoint, args.pool, args.target],
-        seed=args.proj_seed,
+        seed=cfg.seed,
     )
 
 
@@ -288,7 +285,9 @@ def match(args) -> None:
     from winnow.io.tables import SCORES, SUBTASKS, read_table, write_table
     from winnow.methods.less import checkpoint_weights, less_scores, read_features
 
-    _apply_config(args, args.match_config, {"aggregate": "aggregate"}, "--match-config")
+    aggregate = args.params.aggregate
+    if aggregate not in ("subtask_max", "mean", "max", "min"):
+        raise ValueError(f"less match: aggregate {aggregate!r} is not subtask_max, mean, max or min")
     torch.set_num_threads(args.threads)
     pool = _pool_features_by_epoch(args.pool_features, args.target_features)
     ids = pool[0][1]
@@ -321,7 +320,7 @@ def match(args) -> None:
         [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f, _ in target],
         weights,
         subtasks,
-        aggregate=args.aggregate,
+        aggregate=aggregate,
     )
     scores = np.asarray(scores, dtype=np.float32)
     write_table(args.out, pa.table({"example_id": ids.astype(np.int64), "score": scores}, schema=SCORES), SCORES)
@@ -332,7 +331,7 @@ def match(args) -> None:
             "n_target": int(target_ids.size),
             "subtasks": _counts(subtasks),
             "epoch_weights": [float(w) for w in weights],
-            "aggregate": args.aggregate,
+            "aggregate": aggregate,
             "score": {
                 q: float(np.quantile(scores, v)) if scores.size else None
                 for q, v in (("min", 0), ("median", 0.5), ("max", 1))

@@ -34,12 +34,12 @@ def predict(args) -> None:
     exact = read_table(args.scores, SCORES)
     exact_of = dict(zip(exact["example_id"].to_pylist(), exact["score"].to_pylist(), strict=True))
     y = np.asarray([exact_of[int(e)] for e in pool], dtype=np.float64)
-    fit_ids = prefilter_fit_ids(pool, args.fit_fraction, args.seed)  # the prefilter's S too
+    fit_ids = prefilter_fit_ids(pool, args.params.fit_fraction, args.params.seed)  # the prefilter's S too
     fit_mask = np.isin(pool, fit_ids)
     base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code).to(device)
     x = mean_hidden_states(base, store, pool, args.batch_size, manifest["seq_len"], manifest["pad_token_id"], device)
     x = np.asarray(x, dtype=np.float64)
-    model = fit_ridge(x[fit_mask], y[fit_mask], seed=args.seed)
+    model = fit_ridge(x[fit_mask], y[fit_mask], seed=args.params.seed)
     pred = np.asarray(predict_ridge(model, x), dtype=np.float64)
     held = ~fit_mask
     report = {
@@ -54,7 +54,7 @@ def predict(args) -> None:
     # Selection from predictions: exact scores where they were computed (the featurised sample),
     # predictions elsewhere; compared with the exact LESS selection over the whole pool.
     hybrid = np.where(fit_mask, y, pred)
-    params = SelectParams(direction="higher", ratio=args.ratio, temperature=0.0)
+    params = SelectParams(direction="higher", ratio=args.params.ratio, temperature=0.0)
     k = params.count(pool.size)
     top_exact = set(select(pool, y, params)[0].tolist())
     for name, s in (("hybrid", hybrid), ("predicted", pred)):
@@ -72,7 +72,7 @@ def predict(args) -> None:
         "less predict",
         [args.out, args.report],
         [args.examples, base_input(args.base), args.pool, args.scores],
-        seed=args.seed,
+        seed=args.params.seed,
     )
 
 
@@ -245,7 +245,7 @@ def evaluate(args) -> None:
     ids = _ids(args.eval_ids)
     model = load_pretrained(Path(args.model).parent, trust_remote_code=args.trust_remote_code).to(device)
     losses = per_example_losses(
-        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.batch_size, device
+        model, store, ids, manifest["seq_len"], manifest["pad_token_id"], args.params.batch_size, device
     )
     sub = read_table(args.subtasks, SUBTASKS)
     sub = sub.filter(pc.is_in(sub["example_id"], pa.array(ids)))
@@ -261,7 +261,7 @@ def evaluate(args) -> None:
             Path(args.tokenizer).parent,
             {"define_choice": Path(args.choice).resolve()},
             device=device,
-            batch_size=args.batch_size,
+            batch_size=args.params.batch_size,
             limit=None,
             work_dir=out.parent / f".harness-{out.stem}",
             trust_remote_code=args.trust_remote_code,
