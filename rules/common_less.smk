@@ -189,15 +189,6 @@ def less_prefilter_full_arg(wildcards, input):
     return ["--full-scores", input.full_scores] if "full_scores" in input.keys() else []
 
 
-def less_prefilter_config(*keys):
-    """The less.predictor keys (and select.less.ratio, device) a prefilter command reads, as JSON."""
-    extra = {
-        "ratio": config["select"].get("less", {}).get("ratio"),
-        "device": eval_device(),
-    }
-    return as_json({k: {**LESS_PREDICTOR, **extra}[k] for k in keys})
-
-
 def less_arm_ids(wildcards):
     """The examples an arm fine-tunes on: the whole pool (`full`) or its selection."""
     if wildcards.arm == "full":

@@ -127,12 +127,8 @@ rule eval_tasks:
     conda:
         ENV
     params:
-        split=config["eval"]["split"],
-        n_lastword=config["eval"]["n_lastword"],
-        n_choice=config["eval"]["n_choice"],
-        seed=config["eval"]["task_seed"],
+        cfg=block_params("data eval-tasks"),
         code=code("data eval-tasks"),
     shell:
-        "python -m winnow data eval-tasks --docs {input.docs:q} --split {params.split:q}"
-        " --n-lastword {params.n_lastword:q} --n-choice {params.n_choice:q} --seed {params.seed:q}"
+        "python -m winnow data eval-tasks --docs {input.docs:q} --params {params.cfg:q}"
         " --lastword {output.lastword:q} --choice {output.choice:q} --threads {threads:q} > {log:q} 2>&1"

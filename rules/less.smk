@@ -31,14 +31,12 @@ rule less_data:
     conda:
         ENV
     params:
-        data=lambda wildcards: as_json(LESS["data"]),
-        seq_len=config["tokenize"]["seq_len"],
-        num_shards=len(LESS_SHARDS),
+        cfg=block_params("less data"),
         code=code("less data"),
         source=less_data_source_args,
     shell:
         "python -m winnow less data {params.source:q} --tokenizer {input.tokenizer:q}"
-        " --seq-len {params.seq_len:q} --num-shards {params.num_shards:q} --data-config {params.data:q}"
+        " --params {params.cfg:q}"
         " --instructions {output.instructions:q} --tokens {output.tokens:q} --examples {output.examples:q}"
         " --manifest {output.manifest:q} --pool {output.pool:q} --target {output.target:q}"
         " --eval-ids {output.eval_ids:q} --subtasks {output.subtasks:q} --choice {output.choice:q}"
@@ -188,11 +186,11 @@ rule less_prefilter_sample:
     conda:
         ENV
     params:
-        predictor=less_prefilter_config("fit_fraction", "seed"),
+        cfg=block_params("less prefilter-sample"),
         code=code("less prefilter-sample"),
     shell:
         "python -m winnow less prefilter-sample --pool {input.pool:q}"
-        " --predictor-config {params.predictor:q} --out {output:q} > {log:q} 2>&1"
+        " --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The same feature command as less_features, over a part's id list (fit: S, top: T) at one warm-up
@@ -267,12 +265,13 @@ rule less_prefilter_predict:
         **job_resources("infer"),
     params:
         trust=model_trust(),
-        predictor=less_prefilter_config("featurize_fraction", "seed", "device"),
+        cfg=block_params("less prefilter-predict"),
+        device=eval_device(),
         code=code("less prefilter-predict"),
     shell:
         "python -m winnow less prefilter-predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --fit-ids {input.fit_ids:q} --fit-scores {input.fit_scores:q}"
-        " --predictor-config {params.predictor:q} --predicted {output.predicted:q}"
+        " --params {params.cfg:q} --device {params.device:q} --predicted {output.predicted:q}"
         " --top-ids {output.top_ids:q} --report {output.report:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -291,15 +290,13 @@ rule less_prefilter:
         ENV
     params:
         full=less_prefilter_full_arg,
-        predictor=less_prefilter_config(
-            "mode", "fit_fraction", "featurize_fraction", "ratio"
-        ),
+        cfg=block_params("less prefilter"),
         code=code("less prefilter"),
     shell:
         "python -m winnow less prefilter --pool {input.pool:q} --fit-ids {input.fit_ids:q}"
         " --fit-scores {input.fit_scores:q} --top-ids {input.top_ids:q} --top-scores {input.top_scores:q}"
         " --predicted {input.predicted:q} --fit-match {input.fit_match:q} {params.full:q}"
-        " --predictor-config {params.predictor:q} --out {output.scores:q} --report {output.report:q}"
+        " --params {params.cfg:q} --out {output.scores:q} --report {output.report:q}"
         " > {log:q} 2>&1"
 
 

@@ -188,6 +188,14 @@ class MixParams(Params):
     seed: int
 
 
+@command("data eval-tasks", "eval")
+class EvalTasksParams(Params):
+    split: str
+    n_lastword: int
+    n_choice: int
+    task_seed: int
+
+
 @command("eval ppl", "eval")
 class PplParams(Params):
     split: str
@@ -218,6 +226,12 @@ class HarnessCheckParams(Params):
     datasets_cache: str | None = None
 
 
+@command("less data", "less")
+class LessDataParams(Params):
+    data: dict
+    seq_len: int = dataclasses.field(metadata={"key": "tokenize.seq_len"})
+
+
 @command("less train", "less.warmup")
 class LessTrainParams(Params):
     # The warm-up's seeded fraction of --ids; a fine-tune rule passes None (all of --ids).
@@ -243,6 +257,26 @@ class LessPredictParams(Params):
     ratio: float = dataclasses.field(metadata={"key": "select.less.ratio"})
     fit_fraction: float = 0.5
     seed: int = 0
+
+
+@command("less prefilter-sample", "less.predictor")
+class PrefilterSampleParams(Params):
+    fit_fraction: float = 0.5
+    seed: int = 0
+
+
+@command("less prefilter-predict", "less.predictor")
+class PrefilterPredictParams(Params):
+    featurize_fraction: float = 0.15
+    seed: int = 0
+
+
+@command("less prefilter", "less.predictor")
+class PrefilterParams(Params):
+    ratio: float = dataclasses.field(metadata={"key": "select.less.ratio"})
+    mode: str = "full"
+    fit_fraction: float = 0.5
+    featurize_fraction: float = 0.15
 
 
 @command("less eval", "eval")

@@ -10,6 +10,7 @@ import numpy as np
 
 from winnow.cli._common import SCHEMA, add_args, add_threads, add_tokenizer, config_help, json_arg, sidecars
 from winnow.io.atomic import write_json
+from winnow.params import add_params
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +191,7 @@ def _add_eval_tasks(sub) -> None:
         --choice    multiple-choice task JSONL written
         """,
     )
-    p.add_argument("--split", default="test", help="split the task items come from (eval.split); default test")
-    p.add_argument("--n-lastword", type=int, default=500, help="last-word items (eval.n_lastword); default 500")
-    p.add_argument("--n-choice", type=int, default=500, help="multiple-choice items (eval.n_choice); default 500")
-    p.add_argument("--seed", type=int, default=0, help="seed of the item draw (eval.task_seed); default 0")
+    add_params(p, "data eval-tasks")
     add_threads(p)
     p.set_defaults(func=eval_tasks)
 
@@ -401,20 +399,21 @@ def eval_tasks(args) -> None:
     from winnow.data.tasks import build_choice, build_lastword, write_jsonl
     from winnow.io.tables import DOCS, read_table
 
+    cfg = args.params
     docs = read_table(args.docs, DOCS)
-    held = docs.filter(np.asarray([s == args.split for s in docs["split"].to_pylist()]))
+    held = docs.filter(np.asarray([s == cfg.split for s in docs["split"].to_pylist()]))
     held = held.filter(np.asarray([p is None for p in held["prompt"].to_pylist()]))
     rows = held.to_pylist()
-    lastword = build_lastword(rows, args.n_lastword, args.seed)
-    choice = build_choice(rows, args.n_choice, args.seed)
+    lastword = build_lastword(rows, cfg.n_lastword, cfg.task_seed)
+    choice = build_choice(rows, cfg.n_choice, cfg.task_seed)
     write_jsonl(args.lastword, lastword)
     write_jsonl(args.choice, choice)
-    log.info("%d last-word items, %d choice items from %d %s docs", len(lastword), len(choice), len(rows), args.split)
+    log.info("%d last-word items, %d choice items from %d %s docs", len(lastword), len(choice), len(rows), cfg.split)
     sidecars(
         args,
         "data eval-tasks",
         [args.lastword, args.choice],
         [args.docs],
-        seed=args.seed,
+        seed=cfg.task_seed,
         extra={"n_lastword": len(lastword), "n_choice": len(choice)},
     )

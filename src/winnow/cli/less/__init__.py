@@ -81,14 +81,7 @@ def _add_data(sub) -> None:
         + "; replaces --docs (less.data.source files)",
     )
     add_tokenizer(p)
-    add_args(
-        p,
-        """
-        --seq-len:int     tokens per example (tokenize.seq_len)
-        --num-shards:int  token shards of the instruction store
-        """,
-    )
-    p.add_argument("--data-config", type=json_arg, required=True, help=config_help("less.data"))
+    add_params(p, "less data")
     out = p.add_argument_group("outputs")
     add_args(
         out,
@@ -211,12 +204,7 @@ def _add_prefilter_sample(sub) -> None:
         --out   IDS parquet of S, sorted by example id
         """,
     )
-    p.add_argument(
-        "--predictor-config",
-        type=json_arg,
-        required=True,
-        help='JSON {"fit_fraction", "seed"}: ' + config_help("less.predictor", " (these keys)"),
-    )
+    add_params(p, "less prefilter-sample")
     p.set_defaults(func=prefilter_sample)
 
 
@@ -235,15 +223,9 @@ def _add_prefilter_predict(sub) -> None:
         --report      JSON: counts, ridge lambda, fit quality
         """,
     )
-    p.add_argument(
-        "--predictor-config",
-        type=json_arg,
-        required=True,
-        help='JSON {"featurize_fraction", "seed", "device", "batch_size" (default 32)}: '
-        + config_help("less.predictor", " (these keys, device from eval.device)"),
-    )
-    add_trust(p)
-    add_threads(p)
+    add_params(p, "less prefilter-predict")
+    add_batch_size(p, 32)
+    add_runtime(p)
     p.set_defaults(func=prefilter_predict)
 
 
@@ -264,13 +246,7 @@ def _add_prefilter(sub) -> None:
         --report        JSON: counts featurised, savings, recall of the exact top-k
         """,
     )
-    p.add_argument(
-        "--predictor-config",
-        type=json_arg,
-        required=True,
-        help='JSON {"mode", "fit_fraction", "featurize_fraction", "ratio"}: '
-        + config_help("less.predictor", " (these keys, ratio from select.less.ratio)"),
-    )
+    add_params(p, "less prefilter")
     p.set_defaults(func=prefilter)
 
 

@@ -29,9 +29,9 @@ def data(args) -> None:
     from winnow.io.shards import FLAT_LAYOUT, layout_entry, token_dtype, write_shard
     from winnow.io.tables import DOCS, EXAMPLES, IDS, INSTRUCTIONS, SUBTASKS, read_table, write_table
 
-    cfg = args.data_config
-    if len(args.tokens) != args.num_shards:
-        raise ValueError(f"--tokens names {len(args.tokens)} files for {args.num_shards} shards")
+    cfg, seq_len, num_shards = args.params.data, args.params.seq_len, len(args.tokens)
+    if cfg.get("num_shards", num_shards) != num_shards:
+        raise ValueError(f"--tokens names {num_shards} files for less.data.num_shards {cfg['num_shards']}")
     for shard, path in enumerate(args.tokens):  # readers find them through the manifest's layout
         if Path(path) != Path(args.manifest).parent / FLAT_LAYOUT.format(shard=shard):
             raise ValueError(f"--tokens: shard {shard} must be {FLAT_LAYOUT.format(shard=shard)} next to the manifest")
@@ -60,7 +60,7 @@ def data(args) -> None:
     as_docs = inst.select([f.name for f in DOCS])
     parts, stats = [], {}
     for shard, path in enumerate(args.tokens):
-        tokens, examples, st = tokenize_shard(as_docs, tok, shard, args.num_shards, args.seq_len)
+        tokens, examples, st = tokenize_shard(as_docs, tok, shard, num_shards, seq_len)
         write_shard(path, tokens, dtype)
         parts.append(examples)
         stats[str(shard)] = st
@@ -76,14 +76,14 @@ def data(args) -> None:
         args.manifest,
         {
             "examples": examples.num_rows,
-            "seq_len": args.seq_len,
+            "seq_len": seq_len,
             "dtype": dtype.str,
             "vocab_size": len(tok),
             "eos_token_id": tok.eos_token_id,
             "pad_token_id": tok.pad_token_id,
-            "num_shards": args.num_shards,
+            "num_shards": num_shards,
             "shards": {int(t["shard"][0].as_py()): t.num_rows for t in parts if t.num_rows},
-            "layout": layout_entry(FLAT_LAYOUT, 1, args.num_shards),
+            "layout": layout_entry(FLAT_LAYOUT, 1, num_shards),
             "stats": stats,
             **sets.summary,
             **({"files": file_counts} if files is not None else {}),

@@ -82,11 +82,11 @@ def prefilter_sample(args) -> None:
     from winnow.io.tables import IDS, write_table
     from winnow.methods.less_prefilter import prefilter_fit_ids
 
-    cfg = args.predictor_config
-    fit = prefilter_fit_ids(_ids(args.pool), cfg["fit_fraction"], cfg["seed"])
+    cfg = args.params
+    fit = prefilter_fit_ids(_ids(args.pool), cfg.fit_fraction, cfg.seed)
     write_table(args.out, ids_table(fit), IDS)
     log.info("prefilter: fit sample S of %d examples", fit.size)
-    sidecars(args, "less prefilter-sample", [args.out], [args.pool], seed=cfg["seed"])
+    sidecars(args, "less prefilter-sample", [args.out], [args.pool], seed=cfg.seed)
 
 
 def prefilter_predict(args) -> None:
@@ -99,9 +99,9 @@ def prefilter_predict(args) -> None:
     from winnow.methods.less_prefilter import prefilter_top_ids
     from winnow.models.build import load_pretrained
 
-    cfg = args.predictor_config
+    cfg = args.params
     torch.set_num_threads(args.threads)
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(args.device)
     store, manifest = _store(args)
     pool = np.sort(_ids(args.pool))
     fit_ids = np.sort(_ids(args.fit_ids))
@@ -110,15 +110,13 @@ def prefilter_predict(args) -> None:
     y_fit = _scores_of(args.fit_scores, fit_ids, "fit-sample")
     fit_mask = np.isin(pool, fit_ids)  # pool is sorted, so pool[fit_mask] == fit_ids
     base = load_pretrained(Path(args.base).parent, trust_remote_code=args.trust_remote_code).to(device)
-    x = mean_hidden_states(
-        base, store, pool, cfg.get("batch_size", 32), manifest["seq_len"], manifest["pad_token_id"], device
-    )
+    x = mean_hidden_states(base, store, pool, args.batch_size, manifest["seq_len"], manifest["pad_token_id"], device)
     x = np.asarray(x, dtype=np.float64)
-    model = fit_ridge(x[fit_mask], y_fit, seed=cfg["seed"])
+    model = fit_ridge(x[fit_mask], y_fit, seed=cfg.seed)
     pred = np.asarray(predict_ridge(model, x), dtype=np.float64)
     hybrid = pred.copy()
     hybrid[fit_mask] = y_fit
-    top = prefilter_top_ids(pool, pred, fit_ids, cfg["featurize_fraction"])
+    top = prefilter_top_ids(pool, pred, fit_ids, cfg.featurize_fraction)
     write_table(
         args.predicted, pa.table({"example_id": pool, "score": hybrid.astype(np.float32)}, schema=SCORES), SCORES
     )
@@ -130,7 +128,7 @@ def prefilter_predict(args) -> None:
             "n_pool": int(pool.size),
             "n_fit": int(fit_ids.size),
             "n_top": int(top.size),
-            "featurize_fraction": cfg["featurize_fraction"],
+            "featurize_fraction": cfg.featurize_fraction,
             "ridge_lambda": float(model["lambda"]),
             "cv_mse_best": float(np.min(model["cv_mse"])),
             "fit": regression_report(y_fit, pred[fit_mask]),
@@ -143,7 +141,7 @@ def prefilter_predict(args) -> None:
         "less prefilter-predict",
         [args.predicted, args.top_ids, args.report],
         [args.examples, base_input(args.base), args.pool, args.fit_ids, args.fit_scores],
-        seed=cfg["seed"],
+        seed=cfg.seed,
     )
 
 
@@ -153,7 +151,7 @@ def prefilter(args) -> None:
     from winnow.io.tables import SCORES, write_table
     from winnow.methods.less_prefilter import prefilter_comparison, prefilter_scores
 
-    cfg = args.predictor_config
+    cfg = args.params
     pool = np.sort(_ids(args.pool))
     fit_ids, top_ids = np.sort(_ids(args.fit_ids)), _ids(args.top_ids)
     if np.intersect1d(fit_ids, top_ids).size or not np.isin(np.concatenate([fit_ids, top_ids]), pool).all():
@@ -169,19 +167,19 @@ def prefilter(args) -> None:
     n, n_fit, n_top = int(pool.size), int(fit_ids.size), int(top_ids.size)
     n_feat = n_fit + n_top
     epochs = len(read_json(args.fit_match)["epoch_weights"])
-    k = int(math.floor(cfg["ratio"] * n))
+    k = int(math.floor(cfg.ratio * n))
     featurised = np.isin(pool, exact_ids)
     fit = np.isin(pool, fit_ids)
     comparison = None
     if args.full_scores:
         full = _scores_of(args.full_scores, pool, "full-pool")
-        comparison = prefilter_comparison(pool, full, final.astype(np.float32), hybrid, featurised, fit, cfg["ratio"])
+        comparison = prefilter_comparison(pool, full, final.astype(np.float32), hybrid, featurised, fit, cfg.ratio)
     recall = (lambda key: comparison[key]["recall_at_k"]) if comparison else (lambda key: None)
     report = {
-        "mode": cfg["mode"],
-        "fit_fraction": cfg["fit_fraction"],
-        "featurize_fraction": cfg["featurize_fraction"],
-        "ratio": cfg["ratio"],
+        "mode": cfg.mode,
+        "fit_fraction": cfg.fit_fraction,
+        "featurize_fraction": cfg.featurize_fraction,
+        "ratio": cfg.ratio,
         "k": k,
         "n_pool": n,
         "n_fit": n_fit,
