@@ -111,10 +111,10 @@ rule bakeoff_leaderboard:
     conda:
         ENV
     params:
-        primary=verbatim(BAKEOFF.get("primary", "target/pds_target_eval")),
+        cfg=block_params("eval leaderboard"),
         metrics=verbatim([f"--metrics={m}" for m in bakeoff_metrics()]),
         code=code("eval leaderboard"),
     shell:
-        "python -m winnow eval leaderboard --evals {input:q} --primary={params.primary:q}"
+        "python -m winnow eval leaderboard --evals {input:q} --params {params.cfg:q}"
         " {params.metrics:q} --baseline random --out {output.table:q} --html {output.html:q}"
         " > {log:q} 2>&1"

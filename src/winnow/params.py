@@ -226,6 +226,11 @@ class HarnessCheckParams(Params):
     datasets_cache: str | None = None
 
 
+@command("eval leaderboard", "bakeoff")
+class LeaderboardParams(Params):
+    primary: str = "target/pds_target_eval"
+
+
 @command("less data", "less")
 class LessDataParams(Params):
     data: dict

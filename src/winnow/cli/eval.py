@@ -112,13 +112,19 @@ def _add_tables(sub) -> None:
     add_args(
         p,
         """
-        --evals+   eval files of every bake-off method and seed
-        --primary  the ranking metric, e.g. target/pds_target
-        --out      TSV: one row per method
-        --html     the same table as a page (for the report)
+        --evals+  eval files of every bake-off method and seed
+        --out     TSV: one row per method
+        --html    the same table as a page (for the report)
         """,
     )
-    p.add_argument("--metrics", nargs="+", action="extend", required=True, help="columns of the HTML table, in order")
+    add_params(p, "eval leaderboard")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        action="extend",
+        required=True,
+        help="columns of the HTML table, in order (primary first)",
+    )
     p.add_argument("--baseline", default="random", help="method the others are compared with; default random")
     add_threads(p)
     p.set_defaults(func=leaderboard)
@@ -243,10 +249,10 @@ def leaderboard(args) -> None:
     from winnow.io.atomic import write_text
 
     summary, items = evals_and_items(args.evals)
-    rows = leaderboard_rows(summary, args.primary, args.baseline, items)
+    rows = leaderboard_rows(summary, args.params.primary, args.baseline, items)
     write_tsv(args.out, rows)
     metrics = [m for m in args.metrics if any(m in r for r in rows)]
-    write_text(args.html, leaderboard_html(rows, args.primary, metrics, "Bake-off: one pool, one budget"))
+    write_text(args.html, leaderboard_html(rows, args.params.primary, metrics, "Bake-off: one pool, one budget"))
     sidecars(args, "eval leaderboard", [args.out, args.html], args.evals)
 
 
