@@ -25,8 +25,7 @@ rule ablation_partition:
     conda:
         ENV
     params:
-        cfg=block_params("ablation partition"),
-        code=code("ablation partition"),
+        **cli_params("ablation partition"),
     shell:
         "python -m winnow ablation partition --examples {input.examples:q} --docs {input.docs:q}"
         " --params {params.cfg:q} --value={wildcards.part:q} --splits train --out {output.ids:q}"
@@ -44,8 +43,7 @@ rule ablation_mixture_ids:
     conda:
         ENV
     params:
-        cfg=block_params("ablation mix"),
-        code=code("ablation mix"),
+        **cli_params("ablation mix"),
     shell:
         "python -m winnow ablation mix --parts {input:q} --params {params.cfg:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"

@@ -83,8 +83,7 @@ rule bakeoff_less_match:
         ENV
     params:
         # One subtask: the mean over the target, whatever less.aggregate says.
-        cfg=block_params("less match", aggregate="mean"),
-        code=code("less match"),
+        **cli_params("less match", aggregate="mean"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
         " --warmup {input.warmup:q} --params {params.cfg:q} --out {output.scores:q} --report {output.report:q}"
@@ -111,9 +110,8 @@ rule bakeoff_leaderboard:
     conda:
         ENV
     params:
-        cfg=block_params("eval leaderboard"),
+        **cli_params("eval leaderboard"),
         metrics=verbatim([f"--metrics={m}" for m in bakeoff_metrics()]),
-        code=code("eval leaderboard"),
     shell:
         "python -m winnow eval leaderboard --evals {input:q} --params {params.cfg:q}"
         " {params.metrics:q} --baseline random --out {output.table:q} --html {output.html:q}"

@@ -338,6 +338,12 @@ def block_params(command, **given):
     return lambda wildcards: command_params(config, command, **given)
 
 
+def cli_params(command, **given):
+    """Params of a job of CLI `command` that reads config keys, as `**cli_params(command)`:
+    `cfg` (block_params, shell `--params {params.cfg:q}`) and `code` (the command's code hash)."""
+    return {"cfg": block_params(command, **given), "code": code(command)}
+
+
 # Block folder lists, built once per (pattern, run, ...) and copied per call: with many blocks,
 # `expand` in every job's input function was a measurable part of the dry run.
 _BLOCK_PATHS = {}

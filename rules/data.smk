@@ -127,8 +127,7 @@ rule eval_tasks:
     conda:
         ENV
     params:
-        cfg=block_params("data eval-tasks"),
-        code=code("data eval-tasks"),
+        **cli_params("data eval-tasks"),
     shell:
         "python -m winnow data eval-tasks --docs {input.docs:q} --params {params.cfg:q}"
         " --lastword {output.lastword:q} --choice {output.choice:q} --threads {threads:q} > {log:q} 2>&1"

@@ -21,12 +21,11 @@ rule eval_ppl:
     resources:
         **job_resources("infer"),
     params:
+        **cli_params("eval ppl"),
         command="ppl",
         trust=model_trust(),
         inputs=input_flags,
-        cfg=block_params("eval ppl"),
         device=eval_device(),
-        code=code("eval ppl"),
     shell:
         "python -m winnow eval {params.command:q} {params.trust:q} {params.inputs:q}"
         " --params {params.cfg:q} --device {params.device:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
@@ -46,9 +45,8 @@ use rule eval_ppl as eval_harness with:
     benchmark:
         benchmarks("eval_harness/{method}-s{seed}.tsv")
     params:
+        **cli_params("eval harness"),
         command="harness",
-        cfg=block_params("eval harness"),
-        code=code("eval harness"),
 
 
 # Mean loss on a target subset (e.g. the PDS target J): per-example token-mean CE, averaged.
@@ -65,9 +63,8 @@ use rule eval_ppl as eval_target with:
     benchmark:
         benchmarks("eval_target/{method}-s{seed}-{subset}.tsv")
     params:
+        **cli_params("eval target"),
         command="target",
-        cfg=block_params("eval target"),
-        code=code("eval target"),
 
 
 # One row per (method, seed): the headline numbers of every evaluated model, side by side.

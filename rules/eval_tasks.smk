@@ -13,8 +13,7 @@ rule eval_harness_check:
     conda:
         ENV
     params:
-        cfg=block_params("eval harness-check"),
-        code=code("eval harness-check"),
+        **cli_params("eval harness-check"),
     shell:
         "python -m winnow eval harness-check --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
@@ -32,6 +31,5 @@ use rule eval_ppl as eval_harness_tasks with:
     benchmark:
         benchmarks("eval_harness_tasks/{method}-s{seed}.tsv")
     params:
+        **cli_params("eval harness-tasks"),
         command="harness-tasks",
-        cfg=block_params("eval harness-tasks"),
-        code=code("eval harness-tasks"),

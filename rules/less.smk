@@ -31,8 +31,7 @@ rule less_data:
     conda:
         ENV
     params:
-        cfg=block_params("less data"),
-        code=code("less data"),
+        **cli_params("less data"),
         source=less_data_source_args,
     shell:
         "python -m winnow less data {params.source:q} --tokenizer {input.tokenizer:q}"
@@ -62,13 +61,12 @@ rule less_warmup:
     resources:
         **job_resources("lora"),
     params:
+        **cli_params("less train"),
         trust=model_trust(),
-        cfg=block_params("less train"),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe(LESS["warmup"]["epochs"]) if LESS else "",
         seed="{seed}",
         ckpt_root="results/{run}/less/s{seed}/warmup/checkpoints",
-        code=code("less train"),
     shell:
         "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.pool:q} --params {params.cfg:q}"
@@ -102,13 +100,12 @@ rule less_features:
     resources:
         **job_resources("features"),
     params:
+        **cli_params("less features"),
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
-        cfg=block_params("less features"),
         device=eval_device(),
         # One .npy per token shard here; the bake-off's store packs shards into blocks.
         blocks=verbatim([]),
-        code=code("less features"),
     shell:
         "python -m winnow less features {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --checkpoint {input.checkpoint:q}"
@@ -133,8 +130,7 @@ rule less_match:
     conda:
         ENV
     params:
-        cfg=block_params("less match"),
-        code=code("less match"),
+        **cli_params("less match"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
         " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --params {params.cfg:q}"
@@ -159,10 +155,9 @@ rule less_predict:
     resources:
         **job_resources("infer"),
     params:
+        **cli_params("less predict"),
         trust=model_trust(),
-        cfg=block_params("less predict"),
         device=eval_device(),
-        code=code("less predict"),
     shell:
         "python -m winnow less predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --scores {input.scores:q}"
@@ -186,8 +181,7 @@ rule less_prefilter_sample:
     conda:
         ENV
     params:
-        cfg=block_params("less prefilter-sample"),
-        code=code("less prefilter-sample"),
+        **cli_params("less prefilter-sample"),
     shell:
         "python -m winnow less prefilter-sample --pool {input.pool:q}"
         " --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
@@ -233,8 +227,7 @@ rule less_prefilter_match:
     conda:
         ENV
     params:
-        cfg=block_params("less match"),
-        code=code("less match"),
+        **cli_params("less match"),
     shell:
         "python -m winnow less match --pool-features {input.pool:q} --target-features {input.target:q}"
         " --warmup {input.warmup:q} --subtasks {input.subtasks:q} --params {params.cfg:q}"
@@ -264,10 +257,9 @@ rule less_prefilter_predict:
     resources:
         **job_resources("infer"),
     params:
+        **cli_params("less prefilter-predict"),
         trust=model_trust(),
-        cfg=block_params("less prefilter-predict"),
         device=eval_device(),
-        code=code("less prefilter-predict"),
     shell:
         "python -m winnow less prefilter-predict {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --pool {input.pool:q} --fit-ids {input.fit_ids:q} --fit-scores {input.fit_scores:q}"
@@ -289,9 +281,8 @@ rule less_prefilter:
     conda:
         ENV
     params:
+        **cli_params("less prefilter"),
         full=less_prefilter_full_arg,
-        cfg=block_params("less prefilter"),
-        code=code("less prefilter"),
     shell:
         "python -m winnow less prefilter --pool {input.pool:q} --fit-ids {input.fit_ids:q}"
         " --fit-scores {input.fit_scores:q} --top-ids {input.top_ids:q} --top-scores {input.top_scores:q}"
@@ -345,13 +336,12 @@ rule less_finetune:
     resources:
         **job_resources("lora"),
     params:
+        **cli_params("less train", fraction=None),
         trust=model_trust(),
         lora=verbatim(less_lora() if LESS else ""),
         recipe=less_train_recipe() if LESS else "",
         # A fine-tune trains on all of --ids: the warm-up's fraction is not its key.
-        cfg=block_params("less train", fraction=None),
         ckpt_root="results/{run}/less/{arm}/s{seed}/checkpoints",
-        code=code("less train"),
     shell:
         "python -m winnow less train {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --base {input.base:q} --ids {input.ids:q} --params {params.cfg:q}"
@@ -381,10 +371,9 @@ rule less_eval:
     resources:
         **job_resources("infer"),
     params:
+        **cli_params("less eval"),
         trust=model_trust(),
-        cfg=block_params("less eval"),
         device=eval_device(),
-        code=code("less eval"),
     shell:
         "python -m winnow less eval {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --model {input.model:q} --tokenizer {input.tokenizer:q}"

@@ -18,9 +18,8 @@ rule mates_pools:
     conda:
         ENV
     params:
+        **cli_params("mates pools"),
         part=lambda wildcards: wildcards.pool.removeprefix("stage-"),
-        cfg=block_params("mates pools"),
-        code=code("mates pools"),
     shell:
         "python -m winnow mates pools --pool {input.pool:q} --part {params.part:q}"
         " --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
@@ -43,9 +42,8 @@ rule mates_reference:
     conda:
         ENV
     params:
+        **cli_params("mates reference"),
         n=mates_reference_size,
-        cfg=block_params("mates reference"),
-        code=code("mates reference"),
     shell:
         "python -m winnow mates reference --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
         " --split {wildcards.split:q} --n {params.n:q} --params {params.cfg:q}"
@@ -129,13 +127,12 @@ rule mates_oracle:
     resources:
         **job_resources("oracle"),
     params:
+        **cli_params("mates oracle"),
         trust=model_trust(),
         # Each named input is its --flag: the bake-off's oracle (rules/bakeoff.smk) has other inputs.
         inputs=input_flags,
         seed=mates_probe_seed,
-        cfg=block_params("mates oracle"),
         device=eval_device(),
-        code=code("mates oracle"),
     shell:
         "python -m winnow mates oracle {params.trust:q} {params.inputs:q}"
         " --seed {params.seed:q} --params {params.cfg:q}"

@@ -40,11 +40,10 @@ rule pds_solve:
     resources:
         **job_resources("solver"),
     params:
+        **cli_params("pds solve"),
         trust=model_trust(),
-        cfg=block_params("pds solve"),
         work_dir="results/{run}/pds/trajectory",
         device=eval_device(),
-        code=code("pds solve"),
     shell:
         "python -m winnow pds solve {params.trust:q} --examples {input.examples:q} --manifest {input.manifest:q}"
         " --init {input.init:q} --pool {input.pool:q} --proxy {input.proxy:q}"

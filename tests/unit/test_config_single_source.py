@@ -66,7 +66,7 @@ def test_the_rule_hands_it_to_the_command_and_the_command_reads_it(knob, tmp_pat
     from winnow.cli import build_parser
 
     _, config = knob
-    # What the rule's `cfg=block_params("mates pools")` param renders (rules/common.smk).
+    # What the rule's `**cli_params("mates pools")` (its `cfg` param) renders (rules/common.smk).
     text = P.command_params(config, "mates pools")
     assert json.loads(text) == {"made_up_knob": 3, "probe_size": 1000, "seed": 0, "stage_size": 4000}
     argv = ["mates", "pools", "--pool", "p.parquet", "--part", "0", "--params", text, "--out", "o.parquet"]
@@ -115,7 +115,8 @@ def test_no_rule_or_flag_mirrors_a_declared_key():
         for field in dataclasses.fields(cls):
             flag = "--" + field.name.replace("_", "-")
             assert flag not in flags, f"{name}: {flag} mirrors config key {cls.config_key(field)}"
-        assert f'block_params("{name}"' in rules, f"no rule hands {name} its params"
+        # cli_params (cfg and code) or, beside other params of the command, block_params
+        assert f'params("{name}"' in rules, f"no rule hands {name} its params"
 
 
 def test_the_example_diff_touches_schema_config_and_the_command_only():
