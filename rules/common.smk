@@ -340,7 +340,8 @@ def block_params(command, **given):
 
 def cli_params(command, **given):
     """Params of a job of CLI `command` that reads config keys, as `**cli_params(command)`:
-    `cfg` (block_params, shell `--params {params.cfg:q}`) and `code` (the command's code hash)."""
+    `cfg` (block_params, shell `--params {params.cfg:q}`) and `code` (the command's code hash).
+    """
     return {"cfg": block_params(command, **given), "code": code(command)}
 
 
