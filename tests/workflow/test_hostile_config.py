@@ -388,7 +388,7 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
     assert [a.domains for a in parsed if a.command == "sample-subset" and a.domains and len(a.domains) > 1] == [
         [dash, "shakespeare"]
     ]
-    assert by["eval leaderboard"].primary == dash == by["eval leaderboard"].metrics[0]
+    assert by["eval leaderboard"].params.primary == dash == by["eval leaderboard"].metrics[0]
     assert by["ablation partition"].params.column == dash  # the config keys arrive as one JSON object
     assert by["select external-scores"].score_column == dash
     assert by["eval harness"].params.harness_limit == 5 and by["audit verify"].strict is True
