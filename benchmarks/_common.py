@@ -36,7 +36,13 @@ def time_fn(fn, device: torch.device, warmup: int = 2, repeat: int = 5) -> dict:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "n": len(times),
+        "times_s": times,  # in run order: a slow first pass (allocator growth, compile) shows here
+    }
 
 
 def environment(device: torch.device) -> dict:

@@ -194,6 +194,8 @@ def main() -> None:
         help="warm (b) up with one untimed run over all n (the caching allocator then holds its full-size "
         "blocks, as in a pool-sized run); else the warm-up is one batch and a first timed run pays the growth",
     )
+    ap.add_argument("--ref-n", type=int, default=None, help="examples the loop (a) runs over (default n)")
+    ap.add_argument("--skip-vmap", action="store_true", help="time hooks and the loop only")
     ap.add_argument("--json", default=None, help="also write the rows document (benchmarks/run.py) here")
     args = ap.parse_args()
     device = torch.device("cpu" if args.cpu or args.quick or not torch.cuda.is_available() else "cuda")
@@ -258,6 +260,21 @@ def main() -> None:
     def ref(sel=ids):
         return less_loop(model, store, sel, names, projector, m, v, seq, device, amp)
 
+    ref_ids = ids[: args.ref_n or n]
+    alloc = []  # the caching allocator after each timed pass of (b): does a pass still grow it?
+
+    def ours_timed():
+        out = ours()
+        if device.type == "cuda":
+            st = torch.cuda.memory_stats(device)
+            alloc.append(
+                {
+                    k: st.get(k, 0)
+                    for k in ("num_device_alloc", "num_device_free", "num_alloc_retries", "reserved_bytes.all.peak")
+                }
+            )
+        return out
+
     # warm-up on a few examples (kernels, allocator), then the timed runs over all n; the
     # projection is warmed at every row count the timed runs use (torch.compile specialises on it)
     for rows in sorted({16, project_batch, n % project_batch or project_batch, n % 16 or 16}):
@@ -266,15 +283,21 @@ def main() -> None:
     ours(ids if args.warmup_full else ids[: min(batch, n)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t_ours = time_fn(ours, device, warmup=0, repeat=repeat)
+    t_ours = time_fn(ours_timed, device, warmup=0, repeat=repeat)
     peak_ours = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    ours(ids if args.warmup_full else ids[: min(batch, n)], method="vmap")
-    t_vmap = time_fn(lambda: ours(method="vmap"), device, warmup=0, repeat=repeat)
-    t_ref = time_fn(ref, device, warmup=0, repeat=repeat)
-    feats_b, feats_a, feats_v = ours(), ref(), ours(method="vmap")
+    if args.skip_vmap:
+        t_vmap = None
+    else:
+        ours(ids if args.warmup_full else ids[: min(batch, n)], method="vmap")
+        t_vmap = time_fn(lambda: ours(method="vmap"), device, warmup=0, repeat=repeat)
+    t_ref = time_fn(lambda: ref(ref_ids), device, warmup=0, repeat=repeat)
+    feats_b, feats_a = ours(ref_ids), ref(ref_ids)
+    feats_v = feats_b if args.skip_vmap else ours(ref_ids, method="vmap")
     cos = (feats_a.double() * feats_b.double()).sum(1)
     cos_v = (feats_a.double() * feats_v.double()).sum(1)
-    rate_a, rate_b, rate_v = n / t_ref["median_s"], n / t_ours["median_s"], n / t_vmap["median_s"]
+    rate_a, rate_b = len(ref_ids) / t_ref["median_s"], n / t_ours["median_s"]
+    rate_v = n / t_vmap["median_s"] if t_vmap else float("nan")
+    first_b = n / t_ours["times_s"][0]
 
     # breakdown: gradients alone (ours), and one projection call at both group sizes
     b0 = {k: t.to(device) for k, t in collate(store, ids[:batch], seq, PAD).items()}
@@ -305,7 +328,13 @@ def main() -> None:
             "compiled": projector.compiled,
         },
         "n_examples": n,
-        "a_less_loop": {"examples_per_s": rate_a, "timing": t_ref, "group": 16, "attention": "sdpa"},
+        "a_less_loop": {
+            "examples_per_s": rate_a,
+            "timing": t_ref,
+            "n": len(ref_ids),
+            "group": 16,
+            "attention": "sdpa",
+        },
         "b_ours": {
             "examples_per_s": rate_b,
             "timing": t_ours,
@@ -313,6 +342,9 @@ def main() -> None:
             "project_batch": project_batch,
             "method": "hooks (one batched backward)",
             "peak_gpu_mem_mb": peak_ours,
+            "first_pass_examples_per_s": first_b,
+            "allocator_after_each_pass": alloc,
+            "warmup": "one untimed pass over all n" if args.warmup_full else "one batch",
         },
         "b_ours_vmap": {
             "examples_per_s": rate_v,
@@ -345,6 +377,13 @@ def main() -> None:
                 "reference": f"{rate_a:.2f} (LESS loop: batch 1, backward, project 16 at a time)",
                 "ratio": f"{rate_b / rate_a:.1f}x",
                 "limit": f"cosine min {float(cos.min()):.5f} (≥ 0.999: {'ok' if cos.min() >= 0.999 else 'FAIL'})",
+            },
+            {
+                "figure": "hooks, each timed pass (examples/s, run order)",
+                "ours": ", ".join(f"{n / t:.1f}" for t in t_ours["times_s"]),
+                "reference": "",
+                "ratio": f"first {first_b / rate_a:.1f}x",
+                "limit": "",
             },
             {
                 "figure": "same, vmap(grad) instead of hooks",
