@@ -69,6 +69,7 @@ SMOKE = {
 def prepare(spec: dict, d: Path) -> dict[str, str]:
     """Ingest, tokenizer, one token shard, examples and the train ids (via the CLI), once."""
     from winnow.cli import main as cli
+    from winnow.params import schema_params
 
     p = {k: str(d / v) for k, v in {
         "docs": "docs.parquet", "rejects": "rejects.parquet", "ingest": "ingest.json", "tok": "tok/tokenizer.json",
@@ -78,10 +79,12 @@ def prepare(spec: dict, d: Path) -> dict[str, str]:
     if Path(p["ids"]).exists():
         return p
     d.mkdir(parents=True, exist_ok=True)
-    cli(["data", "ingest", "--inputs", spec["corpus"], "--id-field", spec["id_field"], "--docs", p["docs"],
-         "--rejects", p["rejects"], "--manifest", p["ingest"]])  # fmt: skip
-    cli(["data", "tokenizer", "--docs", p["docs"], "--vocab-size", str(spec["vocab"]), "--out", p["tok"]])
-    one_block = ["--shards-per-block", "1", "--num-shards", "1", "--seq-len", str(spec["seq_len"])]
+    cli(["data", "ingest", "--inputs", spec["corpus"], "--params", schema_params("data ingest", id_field=spec["id_field"]),
+         "--docs", p["docs"], "--rejects", p["rejects"], "--manifest", p["ingest"]])  # fmt: skip
+    cli(["data", "tokenizer", "--docs", p["docs"], "--params", schema_params("data tokenizer", vocab_size=spec["vocab"]),
+         "--out", p["tok"]])  # fmt: skip
+    layout = {"shards_per_block": 1, "num_shards": 1, "seq_len": spec["seq_len"]}
+    one_block = ["--params", schema_params("data tokenize", **layout)]
     cli(["data", "tokenize", "--docs", p["docs"], "--tokenizer", p["tok"], "--block", "0", *one_block,
          "--out", p["block"]])  # fmt: skip
     cli(["data", "merge-examples", "--blocks", p["block"], "--tokenizer", p["tok"], *one_block,

@@ -152,12 +152,6 @@ NUM_SHARDS = config["tokenize"]["num_shards"]
 # Jobs work on blocks of shards (tokenize, score_pool), so the DAG grows with blocks, not shards.
 SHARDS_PER_BLOCK = config["tokenize"].get("shards_per_block") or -(-NUM_SHARDS // 64)
 BLOCKS = list(range(num_blocks(NUM_SHARDS, SHARDS_PER_BLOCK)))
-# The token store's layout, params of its writer (tokenize) and its reader (merge_examples) alike.
-TOKEN_LAYOUT = {
-    "num_shards": NUM_SHARDS,
-    "shards_per_block": SHARDS_PER_BLOCK,
-    "seq_len": config["tokenize"]["seq_len"],
-}
 # Jobs that gather every block (merge_examples, merge_scores) name each one on their command line;
 # past ~1,000 blocks that line nears the kernel's 128 KiB limit on one argument.
 if len(BLOCKS) > 1000:
@@ -411,24 +405,16 @@ def spec_select_args(spec, key, seed=None):
     ]
 
 
-def tokenizer_args(wildcards):
-    """Arguments of `data tokenizer` (a list, quoted by the rule; the path as --local=PATH)."""
+def tokenizer_local(wildcards):
+    """`--local=PATH` of `data tokenizer` when tokenizer.kind is local (a list, quoted by the rule)."""
     tok = config["tokenizer"]
-    if tok.get("kind", "bpe") == "local":
-        if not tok.get("path"):
-            raise ValueError(
-                "config key tokenizer.path is required when tokenizer.kind is local"
-            )
-        trust = ["--trust-remote-code"] if tok.get("trust_remote_code") else []
-        return [f"--local={tok['path']}", *trust]
-    return [
-        "--vocab-size",
-        tok.get("vocab_size", 8192),
-        "--min-frequency",
-        tok.get("min_frequency", 2),
-        "--max-train-chars",
-        tok.get("max_train_chars", 20000000),
-    ]
+    if tok.get("kind", "bpe") != "local":
+        return []
+    if not tok.get("path"):
+        raise ValueError(
+            "config key tokenizer.path is required when tokenizer.kind is local"
+        )
+    return [f"--local={tok['path']}"]
 
 
 def model_trust():
@@ -451,34 +437,15 @@ def corpus_inputs():
     return [i if isinstance(i, str) else i["path"] for i in config["corpus"]["inputs"]]
 
 
-def ingest_args(wildcards):
-    """Arguments of `data ingest` (a list, quoted by the rule): field names and domains are free
-    strings, passed as --opt=value (a value that starts with '-' is still a value)."""
-    c = config["corpus"]
-    forced = {
-        i["path"]: {k: v for k, v in i.items() if k != "path"}
-        for i in c["inputs"]
-        if not isinstance(i, str)
-    }
-    fractions = c.get("split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05})
-    args = [
-        f"--text-field={c.get('text_field', 'text')}",
-        "--max-chars",
-        c.get("max_chars", 1000000),
-        "--split-seed",
-        c.get("split_seed", 0),
-        "--split-fractions",
-        as_json(fractions),
-    ]
-    if c.get("domain_field"):
-        args.append(f"--domain-field={c['domain_field']}")
-    if c.get("id_field"):
-        args.append(f"--id-field={c['id_field']}")
-    if c.get("default_domain"):
-        args.append(f"--default-domain={c['default_domain']}")
-    if forced:
-        args += ["--input-options", as_json(forced)]
-    return args
+def input_options(wildcards):
+    """The split and/or domain corpus.inputs' object entries force on their records, as JSON."""
+    return as_json(
+        {
+            i["path"]: {k: v for k, v in i.items() if k != "path"}
+            for i in config["corpus"]["inputs"]
+            if not isinstance(i, str)
+        }
+    )
 
 
 def train_config():

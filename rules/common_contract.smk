@@ -39,10 +39,8 @@ def _tokens_match_config(manifest):
         return made.get("local") not in (None, "") and Path(made["local"]) == Path(
             tok["path"]
         )
-    want = {  # the defaults of tokenizer_args
-        "vocab_size": tok.get("vocab_size", 8192),
-        "min_frequency": tok.get("min_frequency", 2),
-        "max_train_chars": tok.get("max_train_chars", 20000000),
+    want = {  # what `data tokenizer` reads (winnow.params), defaults filled by the schema
+        k: tok[k] for k in ("vocab_size", "min_frequency", "max_train_chars")
     }
     return made.get("local") is None and all(made.get(k) == v for k, v in want.items())
 

@@ -18,12 +18,12 @@ rule ingest:
     conda:
         ENV
     params:
-        args=ingest_args,
+        **cli_params("data ingest"),
+        input_options=input_options,
         failed_rejects="results/{run}/logs/ingest-rejects.parquet",
-        code=code("data ingest"),
     shell:
-        "python -m winnow data ingest --inputs {input:q} {params.args:q}"
-        " --docs {output.docs:q} --rejects {output.rejects:q} --manifest {output.manifest:q}"
+        "python -m winnow data ingest --inputs {input:q} --params {params.cfg:q}"
+        " --input-options {params.input_options:q} --docs {output.docs:q} --rejects {output.rejects:q} --manifest {output.manifest:q}"
         " --failed-rejects {params.failed_rejects:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -41,10 +41,11 @@ rule tokenizer:
     conda:
         ENV
     params:
-        args=tokenizer_args,
-        code=code("data tokenizer"),
+        **cli_params("data tokenizer"),
+        local=tokenizer_local,
     shell:
-        "python -m winnow data tokenizer --docs {input.docs:q} {params.args:q} --out {output:q}"
+        "python -m winnow data tokenizer --docs {input.docs:q} {params.local:q} --params {params.cfg:q}"
+        " --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -63,12 +64,10 @@ rule tokenize:
     conda:
         ENV
     params:
-        **TOKEN_LAYOUT,
-        code=code("data tokenize"),
+        **cli_params("data tokenize", shards_per_block=SHARDS_PER_BLOCK),
     shell:
         "python -m winnow data tokenize --docs {input.docs:q} --tokenizer {input.tokenizer:q}"
-        " --block {wildcards.block:q} --shards-per-block {params.shards_per_block:q}"
-        " --num-shards {params.num_shards:q} --seq-len {params.seq_len:q} --out {output:q}"
+        " --block {wildcards.block:q} --params {params.cfg:q} --out {output:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -86,12 +85,10 @@ rule merge_examples:
     conda:
         ENV
     params:
-        **TOKEN_LAYOUT,
-        code=code("data merge-examples"),
+        **cli_params("data merge-examples", shards_per_block=SHARDS_PER_BLOCK),
     shell:
         "python -m winnow data merge-examples --blocks {input.blocks:q} --tokenizer {input.tokenizer:q}"
-        " --num-shards {params.num_shards:q} --shards-per-block {params.shards_per_block:q}"
-        " --seq-len {params.seq_len:q} --out {output.examples:q} --manifest {output.manifest:q}"
+        " --params {params.cfg:q} --out {output.examples:q} --manifest {output.manifest:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
 

@@ -18,7 +18,11 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any, ClassVar
+
+# The workflow config's schema (the checkout's; the package is installed from it in place).
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +143,27 @@ def command_params(config: dict, name: str, **given: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def schema_params(name: str, **given: Any) -> str:
+    """``--params`` of command ``name`` for a caller without a workflow config (a test, a benchmark,
+    a command run by hand): each key's default from the workflow schema, ``given`` overriding."""
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    cls = COMMANDS[name]
+    value = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            value[f.name] = given[f.name]
+            continue
+        node = schema
+        for part in cls.config_key(f).split("."):
+            node = node.get("properties", {}).get(part, {})
+        if "default" not in node:
+            raise KeyError(f"{name}: config key {cls.config_key(f)} has no schema default; give {f.name}=")
+        value[f.name] = node["default"]
+    return json.dumps(cls.from_dict(value).as_dict(), sort_keys=True, separators=(",", ":"))
+
+
 def add_params(p: argparse.ArgumentParser, name: str) -> None:
     """``--params``: the command's config keys as one JSON object (the rule's ``block_params``)."""
     cls = COMMANDS[name]
@@ -152,6 +177,39 @@ def add_params(p: argparse.ArgumentParser, name: str) -> None:
 
 
 # ---- the commands' params ------------------------------------------------------------------------
+
+
+@command("data ingest", "corpus")
+class IngestParams(Params):
+    text_field: str
+    domain_field: str | None
+    id_field: str | None
+    default_domain: str | None
+    max_chars: int
+    split_seed: int
+    split_fractions: dict
+
+
+@command("data tokenizer", "tokenizer")
+class TokenizerParams(Params):
+    vocab_size: int
+    min_frequency: int
+    max_train_chars: int
+    trust_remote_code: bool
+
+
+@command("data tokenize", "tokenize")
+class TokenizeParams(Params):
+    """The token store's layout: its writer (tokenize) and its reader (merge-examples) read the same keys."""
+
+    seq_len: int
+    num_shards: int
+    shards_per_block: int
+
+
+@command("data merge-examples", "tokenize")
+class MergeExamplesParams(TokenizeParams):
+    pass
 
 
 @command("mates pools", "mates")

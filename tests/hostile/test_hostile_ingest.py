@@ -19,6 +19,7 @@ from _hostile import ROOT
 
 from winnow.data.ingest import IngestOptions, ingest, split_of
 from winnow.io.tables import REJECTS, read_table
+from winnow.params import schema_params
 
 FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
@@ -110,6 +111,7 @@ def _cli_ingest(tmp_path: Path, inputs: list[Path], *extra: str) -> tuple[subpro
     out = tmp_path / "out"
     paths = {k: out / f"{k}.{ext}" for k, ext in (("docs", "parquet"), ("rejects", "parquet"), ("manifest", "json"))}
     cmd = [sys.executable, "-m", "winnow", "data", "ingest", "--inputs", *map(str, inputs), *extra]
+    cmd += ["--params", schema_params("data ingest")]
     for k, p in paths.items():
         cmd += [f"--{k}", str(p)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HOME": str(tmp_path / "hf")}

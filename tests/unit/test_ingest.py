@@ -18,6 +18,7 @@ from _tiny import offline_env
 
 from winnow.data.ingest import RAW_KEEP, REASONS, IngestOptions, content_id, ingest, render_messages, split_of
 from winnow.io.tables import DOCS, REJECTS, read_table
+from winnow.params import schema_params
 
 MAX_CHARS = 5000
 OPTS = dict(id_field="id", max_chars=MAX_CHARS, split_seed=3)
@@ -400,8 +401,10 @@ def test_cli_ingest_writes_outputs_and_sidecars(tmp_path, monkeypatch):
     out = tmp_path / "out"
     docs, rejects, manifest = out / "docs.parquet", out / "rejects.parquet", out / "manifest.json"
     cmd = [
-        sys.executable, "-m", "winnow", "data", "ingest", "--inputs", str(src), "--id-field", "id",
-        "--max-chars", str(MAX_CHARS), "--split-seed", "3", "--split-fractions", '{"train": 0.5, "val": 0.25, "test": 0.25}',
+        sys.executable, "-m", "winnow", "data", "ingest", "--inputs", str(src), "--params", schema_params(
+            "data ingest", id_field="id", max_chars=MAX_CHARS, split_seed=3,
+            split_fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+        ),
         "--docs", str(docs), "--rejects", str(rejects), "--manifest", str(manifest),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}

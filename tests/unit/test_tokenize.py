@@ -16,6 +16,7 @@ from _tiny import offline_env
 from winnow.data.tokenize import ID_STRIDE, make_example_id, shard_of, tokenize_shard
 from winnow.data.tokenizer import EOS, load, train_bpe
 from winnow.io.tables import DOCS, EXAMPLES
+from winnow.params import schema_params
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "default_corpus" / "corpus.parquet"
@@ -335,7 +336,7 @@ def test_blocks_of_shards_through_the_cli_equal_tokenize_shard(docs, tok, tok_di
 
     docs_path = tmp_path / "docs.parquet"
     write_table(docs_path, docs, DOCS)
-    common = ["--shards-per-block", "2", "--num-shards", str(NUM_SHARDS), "--seq-len", str(SEQ_LEN)]
+    common = ["--params", schema_params("data tokenize", shards_per_block=2, num_shards=NUM_SHARDS, seq_len=SEQ_LEN)]
     blocks = [tmp_path / "tokens" / f"block-{b}" for b in (0, 1)]  # shards {0, 1} and {2}
     for b, out in enumerate(blocks):
         cli(["data", "tokenize", "--docs", str(docs_path), "--tokenizer", str(tok_dir / "tokenizer.json"),

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from winnow.cli import main as cli
+from winnow.params import schema_params
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"hidden_size": 48, "num_layers": 2, "num_heads": 2, "intermediate_size": 96, "max_position_embeddings": 64}
@@ -62,8 +63,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
             "ingest",
             "--inputs",
             str(corpus),
-            "--id-field",
-            "id",
+            "--params",
+            schema_params("data ingest", id_field="id"),
             "--docs",
             str(p["docs"]),
             "--rejects",
@@ -78,10 +79,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
             "tokenizer",
             "--docs",
             str(p["docs"]),
-            "--vocab-size",
-            "512",
-            "--max-train-chars",
-            "300000",
+            "--params",
+            schema_params("data tokenizer", vocab_size=512, max_train_chars=300000),
             "--out",
             str(p["tok"]),
         ]
@@ -96,12 +95,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
             str(p["tok"]),
             "--block",
             "0",
-            "--shards-per-block",
-            "1",
-            "--num-shards",
-            "1",
-            "--seq-len",
-            "64",
+            "--params",
+            schema_params("data tokenize", shards_per_block=1, num_shards=1, seq_len=64),
             "--out",
             str(p["block"]),
         ]
@@ -112,14 +107,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
             "merge-examples",
             "--blocks",
             str(p["block"]),
-            "--shards-per-block",
-            "1",
-            "--num-shards",
-            "1",
+            "--params",
+            schema_params("data merge-examples", shards_per_block=1, num_shards=1, seq_len=64),
             "--tokenizer",
             str(p["tok"]),
-            "--seq-len",
-            "64",
             "--out",
             str(p["examples"]),
             "--manifest",

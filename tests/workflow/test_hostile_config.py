@@ -378,7 +378,7 @@ def test_every_command_parses_and_hostile_values_arrive_as_they_are(tmp_path: Pa
         assert stop.value.code == 0, cmd
     by = {f"{a.group} {a.command}": a for a in parsed}
     assert len(commands) > 100 and len(by) >= 35, sorted(by)
-    ingest = by["data ingest"]
+    ingest = by["data ingest"].params
     assert (ingest.text_field, ingest.domain_field, ingest.id_field, ingest.default_domain) == (
         dash,
         f"-{dash}",

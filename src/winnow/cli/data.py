@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winnow.cli._common import SCHEMA, add_args, add_threads, add_tokenizer, config_help, json_arg, sidecars
+from winnow.cli._common import SCHEMA, add_args, add_threads, add_tokenizer, json_arg, sidecars
 from winnow.io.atomic import write_json
 from winnow.params import add_params
 
@@ -31,29 +31,13 @@ def _add_ingest(sub) -> None:
         p,
         """
         --inputs+          raw corpus files (corpus.inputs): JSONL, parquet, ...
-        --id-field?        record field holding the doc id (corpus.id_field); default: a content hash
-        --default-domain?  domain of records without one (corpus.default_domain); default: the input's file stem
         --docs             DOCS parquet written: the accepted documents with their split
         --rejects          REJECTS parquet written: unusable records and why
         --manifest         ingest.json written: counts per input, split and domain
         --failed-rejects?  where the rejects also go when no document is accepted (a place the workflow keeps after a failed job, which loses its outputs)
         """,
     )
-    p.add_argument("--text-field", default="text", help="record field holding the text (corpus.text_field)")
-    p.add_argument("--domain-field", default="domain", help="record field holding the domain (corpus.domain_field)")
-    p.add_argument(
-        "--max-chars",
-        type=int,
-        default=1_000_000,
-        help="longer documents are rejected, in characters (corpus.max_chars)",
-    )
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (corpus.split_seed)")
-    p.add_argument(
-        "--split-fractions",
-        type=json_arg,
-        default={"train": 0.9, "val": 0.05, "test": 0.05},
-        help=config_help("corpus.split_fractions", ' ({"train", "val", "test"}, each 0-1)'),
-    )
+    add_params(p, "data ingest")
     p.add_argument(
         "--input-options",
         type=json_arg,
@@ -71,25 +55,11 @@ def _add_tokenizer(sub) -> None:
         p,
         """
         --docs    DOCS parquet; the BPE is trained on its train split
-        --local?  a local HF tokenizer folder to use instead (tokenizer.path)
+        --local?  a local HF tokenizer folder to use instead (tokenizer.path); its own Python code runs only with trust_remote_code in --params
         --out     output tokenizer.json (its folder holds the HF files)
         """,
     )
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (tokenizer.vocab_size)")
-    p.add_argument(
-        "--min-frequency", type=int, default=2, help="least count of a merged pair (tokenizer.min_frequency)"
-    )
-    p.add_argument(
-        "--max-train-chars",
-        type=int,
-        default=20_000_000,
-        help="cap on training text, in characters (tokenizer.max_train_chars)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let the --local tokenizer's own Python code run (tokenizer.trust_remote_code; off by default)",
-    )
+    add_params(p, "data tokenizer")
     add_threads(p)
     p.set_defaults(func=tokenizer)
 
@@ -101,12 +71,11 @@ def _add_tokenize(sub) -> None:
         """
         --docs         DOCS parquet (data/docs.parquet)
         --block:int    index of the block of shards to write (0-based)
-        --seq-len:int  tokens per example (tokenize.seq_len)
         --out          the block's folder: tokens-{shard}.bin, examples-{shard}.parquet
         """,
     )
     add_tokenizer(p)
-    _add_layout(p)
+    add_params(p, "data tokenize")
     add_threads(p)
     p.set_defaults(func=tokenize)
 
@@ -117,12 +86,11 @@ def _add_merge_examples(sub) -> None:
         p,
         """
         --blocks+      the block folders written by `data tokenize`
-        --seq-len:int  tokens per example (tokenize.seq_len)
         --out          EXAMPLES parquet written: every example of every shard
         --manifest     manifest.json written: seq_len, dtype, ids, shard layout
         """,
     )
-    _add_layout(p)
+    add_params(p, "data merge-examples")
     add_tokenizer(p)
     add_threads(p)
     p.set_defaults(func=merge_examples)
@@ -196,32 +164,12 @@ def _add_eval_tasks(sub) -> None:
     p.set_defaults(func=eval_tasks)
 
 
-def _add_layout(p) -> None:
-    """How the token shards are grouped into blocks (one folder per block)."""
-    add_args(
-        p,
-        """
-        --shards-per-block:int  token shards in one block (folder)
-        --num-shards:int        token shards of the whole corpus (tokenize.num_shards)
-        """,
-    )
-
-
 def ingest(args) -> None:
     from winnow.data.ingest import EmptyCorpusError, IngestOptions
     from winnow.data.ingest import ingest as run
     from winnow.io.tables import DOCS, REJECTS, write_table
 
-    opts = IngestOptions(
-        text_field=args.text_field,
-        domain_field=args.domain_field,
-        id_field=args.id_field,
-        default_domain=args.default_domain,
-        max_chars=args.max_chars,
-        split_seed=args.split_seed,
-        split_fractions=args.split_fractions,
-        per_input=args.input_options,
-    )
+    opts = IngestOptions(**args.params.as_dict(), per_input=args.input_options)
     try:
         res = run(args.inputs, opts)
     except EmptyCorpusError as err:
@@ -243,30 +191,29 @@ def ingest(args) -> None:
         res.manifest["rejected"],
         res.manifest["reasons"],
     )
-    sidecars(args, "data ingest", [args.docs, args.rejects, args.manifest], args.inputs, seed=args.split_seed)
+    sidecars(args, "data ingest", [args.docs, args.rejects, args.manifest], args.inputs, seed=args.params.split_seed)
 
 
 def tokenizer(args) -> None:
     from winnow.data import tokenizer as tk
     from winnow.io.tables import DOCS, read_table
 
+    cfg = args.params
     out_dir = Path(args.out).parent
     if args.local:
-        tk.copy_local(args.local, out_dir, trust_remote_code=args.trust_remote_code)
+        tk.copy_local(args.local, out_dir, trust_remote_code=cfg.trust_remote_code)
         inputs = [args.local]
     else:
         docs = read_table(args.docs, DOCS)
         train = [t for t, s in zip(docs["text"].to_pylist(), docs["split"].to_pylist()) if s == "train"]
-        budget, texts = args.max_train_chars, []
+        budget, texts = cfg.max_train_chars, []
         for t in train:  # docs order is deterministic, so is the prefix we train on
             if budget <= 0:
                 break
             texts.append(t)
             budget -= len(t)
-        log.info(
-            "training BPE (vocab %d) on %d train docs, %d chars", args.vocab_size, len(texts), sum(map(len, texts))
-        )
-        tk.train_bpe(texts, args.vocab_size, out_dir, args.min_frequency)
+        log.info("training BPE (vocab %d) on %d train docs, %d chars", cfg.vocab_size, len(texts), sum(map(len, texts)))
+        tk.train_bpe(texts, cfg.vocab_size, out_dir, cfg.min_frequency)
         inputs = [args.docs]
     if not Path(args.out).exists():
         raise FileNotFoundError(f"{args.out} was not written by the tokenizer")
@@ -280,18 +227,19 @@ def tokenize(args) -> None:
     from winnow.io.tables import DOCS, EXAMPLES, read_table, write_table
     from winnow.provenance import inputs_sha256
 
-    shards = block_shards(args.block, args.shards_per_block, args.num_shards)
+    cfg = args.params
+    shards = block_shards(args.block, cfg.shards_per_block, cfg.num_shards)
     tok = load(Path(args.tokenizer).parent)
     docs = read_table(args.docs, DOCS)
     # One pass assigns every doc its shard; each shard then tokenizes only its own rows.
-    doc_shard = np.fromiter((shard_of(d, args.num_shards) for d in docs["doc_id"].to_pylist()), np.int64, docs.num_rows)
+    doc_shard = np.fromiter((shard_of(d, cfg.num_shards) for d in docs["doc_id"].to_pylist()), np.int64, docs.num_rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(len(tok))
     hashes = inputs_sha256([args.docs, args.tokenizer])  # once for the block's 2 × shards artifacts
     for shard in shards:
         rows = docs.take(np.flatnonzero(doc_shard == shard))
-        tokens, examples, stats = tokenize_shard(rows, tok, shard, args.num_shards, args.seq_len)
+        tokens, examples, stats = tokenize_shard(rows, tok, shard, cfg.num_shards, cfg.seq_len)
         paths = [out / f"tokens-{shard}.bin", out / f"examples-{shard}.parquet"]
         write_shard(paths[0], tokens, dtype)
         write_table(paths[1], examples, EXAMPLES)
@@ -310,13 +258,14 @@ def merge_examples(args) -> None:
     from winnow.io.tables import EXAMPLES, read_table, write_table
     from winnow.provenance import file_sha256
 
+    cfg = args.params
     blocks = {int(Path(b).name.removeprefix("block-")): Path(b) for b in args.blocks}
-    if sorted(blocks) != list(range(num_blocks(args.num_shards, args.shards_per_block))):
-        raise ValueError(f"--blocks must name blocks 0..{num_blocks(args.num_shards, args.shards_per_block) - 1}")
+    if sorted(blocks) != list(range(num_blocks(cfg.num_shards, cfg.shards_per_block))):
+        raise ValueError(f"--blocks must name blocks 0..{num_blocks(cfg.num_shards, cfg.shards_per_block) - 1}")
     paths = [
         blocks[b] / f"examples-{s}.parquet"
         for b in sorted(blocks)
-        for s in block_shards(b, args.shards_per_block, args.num_shards)
+        for s in block_shards(b, cfg.shards_per_block, cfg.num_shards)
     ]
     tables = [read_table(p, EXAMPLES) for p in paths]
     merged = pa.concat_tables(tables).sort_by("example_id")
@@ -329,7 +278,7 @@ def merge_examples(args) -> None:
     manifest = {
         "examples": merged.num_rows,
         "tokens": int(length.sum()),
-        "seq_len": args.seq_len,
+        "seq_len": cfg.seq_len,
         "dtype": token_dtype(len(tok)).str,
         "vocab_size": len(tok),
         "eos_token_id": tok.eos_token_id,
@@ -337,7 +286,7 @@ def merge_examples(args) -> None:
         "tokenizer_sha256": file_sha256(args.tokenizer),
         "chunking": "per document: tokens + eos, cut every seq_len tokens; pieces < 2 tokens dropped",
         "shards": {int(t["shard"][0].as_py()): t.num_rows for t in tables if t.num_rows},
-        "layout": layout_entry(BLOCK_LAYOUT, args.shards_per_block, args.num_shards),
+        "layout": layout_entry(BLOCK_LAYOUT, cfg.shards_per_block, cfg.num_shards),
         "splits": dict(sorted(Counter(merged["split"].to_pylist()).items())),
         "domains": dict(sorted(Counter(merged["domain"].to_pylist()).items())),
         # examples per split and domain: what the data contract checks subset sizes against
