@@ -326,7 +326,7 @@ def main() -> None:
         "projector": {
             "d": d,
             "mode": projector.mode,
-            "block_rows": projector.block_rows,
+            "block_rows": projector.rows_per_block(device),
             "cache_build_s": t_cache,
             "compute_dtype": compute_dtype,
             "compiled": projector.compiled,

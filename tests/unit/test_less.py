@@ -224,6 +224,11 @@ def test_projector_matrix_is_pinned_balanced_and_block_independent():
     torch.testing.assert_close(p.matrix(13, 40), full[13:40], rtol=0, atol=0)
     q = RademacherProjector(300, 100, seed=0, block_rows=300)
     assert torch.equal(q.matrix(), full)
+    # a GPU materialises 8x larger blocks by default (its launches, not its math, bound small ones);
+    # a given block_rows holds everywhere
+    r = RademacherProjector(10**6, 8192)
+    assert r.rows_per_block("cuda") == 8 * r.rows_per_block("cpu") == 8 * 4096
+    assert p.rows_per_block("cuda") == p.rows_per_block("cpu") == 7
     assert not torch.equal(RademacherProjector(300, 100, seed=1).matrix(), full)
     big = RademacherProjector(2048, 512, seed=3).matrix().double()
     assert abs(float(big.mean())) < 0.01

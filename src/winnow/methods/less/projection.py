@@ -71,7 +71,7 @@ class RademacherProjector:
       - else packed bits (n_in·d/8 bytes) when that is ≤ ``bits_cache_bytes`` (default 8 GiB),
         unpacked to ±1 block by block per call;
       - else regenerated block by block per call (hash + unpack).
-    ``block_rows`` rows of R are materialised at a time (default: ~2²⁵ entries per block). In the
+    ``block_rows`` rows of R are materialised at a time (default: :meth:`rows_per_block`). In the
     last two modes each call pays for materialising all of R once, whatever the batch, so project
     many examples per call; the first call also builds the bit cache and compiles (timings:
     benchmarks/bench_less.py).
@@ -97,7 +97,8 @@ class RademacherProjector:
             raise ValueError(f"n_in and d must be positive, got {n_in}, {d}")
         self.n_in, self.d, self.seed = int(n_in), int(d), int(seed)
         self.words = -(-self.d // 32)  # hash words per row
-        self.block_rows = int(block_rows) if block_rows else max(1, (1 << 25) // (self.words * 32))
+        self._given_rows = int(block_rows) if block_rows else None
+        self.block_rows = self.rows_per_block("cpu")
         self.cache_bytes, self.bits_cache_bytes = int(cache_bytes), int(bits_cache_bytes)
         self.compute_dtype = compute_dtype
         self.compile = compile
@@ -106,6 +107,16 @@ class RademacherProjector:
         self._k2 = _fmix32(((s >> 32) ^ 0x7F4A7C15) ^ _fmix32(self._k1 ^ 0x85EBCA77))
         self._cache: dict[tuple, tuple[str, torch.Tensor | None]] = {}
         self._fns: dict[tuple, object] = {}
+
+    def rows_per_block(self, device) -> int:
+        """Rows of R materialised at a time: ``block_rows`` if given, else ~2²⁵ entries on a CPU and
+        ~2²⁸ on a GPU. On a GPU each block is a few kernel launches of microseconds' work at 2²⁵
+        (1,729 blocks at LESS's size): the host's launch rate, not the GPU, set the projection's
+        time and it varied with the host; 2²⁸ (0.5 GB of bf16 signs) leaves 217 blocks."""
+        if self._given_rows:
+            return self._given_rows
+        entries = 1 << (28 if torch.device(device).type == "cuda" else 25)
+        return max(1, entries // (self.words * 32))
 
     @property
     def mode(self) -> str:
@@ -168,15 +179,16 @@ class RademacherProjector:
         if key not in self._cache:
             mode = self.mode
             held = None
+            rows = self.rows_per_block(device)
             if mode == "dense":
                 held = torch.empty(self.n_in, self.d, dtype=self.compute_dtype, device=device)
-                for r0 in range(0, self.n_in, self.block_rows):
-                    r1 = min(r0 + self.block_rows, self.n_in)
+                for r0 in range(0, self.n_in, rows):
+                    r1 = min(r0 + rows, self.n_in)
                     held[r0:r1] = self.matrix(r0, r1, device, self.compute_dtype)
             elif mode == "bits":
                 held = torch.empty(self.n_in, 4 * self.words, dtype=torch.uint8, device=device)
-                for r0 in range(0, self.n_in, self.block_rows):
-                    r1 = min(r0 + self.block_rows, self.n_in)
+                for r0 in range(0, self.n_in, rows):
+                    r1 = min(r0 + rows, self.n_in)
                     held[r0:r1] = self._bytes(r0, r1, device)
             self._cache[key] = (mode, held)
         return self._cache[key]
@@ -202,8 +214,9 @@ class RademacherProjector:
             if mode == "dense":
                 out += xc @ held
             else:
-                for r0 in range(0, self.n_in, self.block_rows):
-                    r1 = min(r0 + self.block_rows, self.n_in)
+                rows = self.rows_per_block(device)
+                for r0 in range(0, self.n_in, rows):
+                    r1 = min(r0 + rows, self.n_in)
                     if mode == "bits":
                         block = self._unpack(held[r0:r1], self.compute_dtype)
                     else:
