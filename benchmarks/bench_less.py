@@ -160,6 +160,19 @@ def less_loop(model, store, ids, names, projector, m, v, seq, device, amp, group
     return proj / proj.norm(dim=1, keepdim=True)
 
 
+def profile_pass(fn, device: torch.device, trace: Path) -> None:
+    """One call of ``fn`` under torch.profiler: prints the ops by self host time and writes a Chrome trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        fn()
+        sync(device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    prof.export_chrome_trace(str(trace))
+    print(f"trace: {trace}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke run, < 1 min)")
@@ -196,6 +209,12 @@ def main() -> None:
     )
     ap.add_argument("--ref-n", type=int, default=None, help="examples the loop (a) runs over (default n)")
     ap.add_argument("--skip-vmap", action="store_true", help="time hooks and the loop only")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed passes, one more pass of (b) under torch.profiler: the top ops by host "
+        "time (where a pass's GPU-idle time goes) and a Chrome trace beside the result JSON",
+    )
     ap.add_argument("--json", default=None, help="also write the rows document (benchmarks/run.py) here")
     args = ap.parse_args()
     device = torch.device("cpu" if args.cpu or args.quick or not torch.cuda.is_available() else "cuda")
@@ -285,6 +304,8 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     t_ours = time_fn(ours_timed, device, warmup=0, repeat=repeat)
     peak_ours = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if args.profile:
+        profile_pass(ours, device, Path(args.json or "bench_less.json").with_suffix(".trace.json"))
     if args.skip_vmap:
         t_vmap = None
     else:

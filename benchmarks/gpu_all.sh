@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 benches=${*:-train scorer pds less mates}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 for b in $benches; do
-  script=$(echo $b | sed -E "s/(16|MA|512|512r2|c|R3)$//")
+  script=$(echo $b | sed -E "s/(16|MA|512|512r2|c)$//")
   case $b in
     # session 5 (H200): causal SDPA under compile; the previous path and the fused head side by side
     trainV) script=train; args="--variants plain,fused" ;;
@@ -23,6 +23,7 @@ for b in $benches; do
     # issue 21: three timed passes after a one-batch warm-up, each pass's rate and the allocator's
     # growth recorded; the loop over 240 of the 480 examples (its rate is per example)
     lessR3) script=less; args="--batch 96 --project-batch 480 --n 480 --repeat 3 --skip-vmap --ref-n 240" ;;
+    lessR3P) script=less; args="--batch 96 --project-batch 480 --n 480 --repeat 3 --skip-vmap --ref-n 240 --profile" ;;
     lessB96w) script=less; args="--batch 96 --project-batch 480 --n 480 --repeat 1 --warmup-full" ;;
     scorerP) script=scorer; args="--batches 4 --skip-eager --profile" ;;
     pdsW) script=pds; args="--proxy 64 --micro 64 --loop 8 --workflow --workflow-precision bf16,model" ;;
