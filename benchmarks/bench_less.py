@@ -28,6 +28,8 @@ r=128 the LoRA has P ≈ 7.1M values, so R has 5.8·10¹⁰ entries and is held 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import sys
 import tempfile
 import time
@@ -160,6 +162,33 @@ def less_loop(model, store, ids, names, projector, m, v, seq, device, amp, group
     return proj / proj.norm(dim=1, keepdim=True)
 
 
+class GcClock:
+    """Python's garbage collections during a block: count per generation and seconds (host time in
+    which the GPU may wait: a full collection walks every live object of the process)."""
+
+    def __init__(self):
+        self._t0 = 0.0
+        self._now = None
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase, info):
+        if self._now is None:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self._now["seconds"] += time.perf_counter() - self._t0
+            self._now[f"gen{info['generation']}"] += 1
+
+    @contextlib.contextmanager
+    def counting(self):
+        self._now = {"gen0": 0, "gen1": 0, "gen2": 0, "seconds": 0.0}
+        try:
+            yield self._now
+        finally:
+            self._now = None
+
+
 def profile_pass(fn, device: torch.device, trace: Path) -> None:
     """One call of ``fn`` under torch.profiler: prints the ops by self host time and writes a Chrome trace."""
     from torch.profiler import ProfilerActivity, profile
@@ -281,12 +310,16 @@ def main() -> None:
 
     ref_ids = ids[: args.ref_n or n]
     alloc = []  # the caching allocator after each timed pass of (b): does a pass still grow it?
+    gc_clock = GcClock()
 
     def ours_timed():
-        out = ours()
+        with gc_clock.counting() as pass_gc:
+            out = ours()
+            sync(device)
+        alloc.append({"gc": pass_gc})
         if device.type == "cuda":
             st = torch.cuda.memory_stats(device)
-            alloc.append(
+            alloc[-1].update(
                 {
                     k: st.get(k, 0)
                     for k in ("num_device_alloc", "num_device_free", "num_alloc_retries", "reserved_bytes.all.peak")
@@ -409,9 +442,9 @@ def main() -> None:
                 "limit": f"cosine min {float(cos.min()):.5f} (≥ 0.999: {'ok' if cos.min() >= 0.999 else 'FAIL'})",
             },
             {
-                "figure": "hooks, each timed pass (examples/s, run order)",
+                "figure": "hooks, each timed pass (examples/s, run order); Python GC in each (s, full collections)",
                 "ours": ", ".join(f"{n / t:.1f}" for t in t_ours["times_s"]),
-                "reference": "",
+                "reference": "; ".join(f"{a['gc']['seconds']:.2f} s, {a['gc']['gen2']}" for a in alloc),
                 "ratio": f"first {first_b / rate_a:.1f}x",
                 "limit": "",
             },
