@@ -45,6 +45,15 @@ def _example_grads(model, batch: Batch, names, method: str, chunk_size, amp, dev
         raise ValueError(f"method {method!r}: 'hooks' or 'vmap'")
 
 
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch on ``device``. On CUDA from pinned memory without blocking: a copy from pageable
+    memory first waits for the GPU's queue to drain, so every batch's host work (collate, launches,
+    a garbage collection) would leave the GPU idle instead of overlapping the previous batch."""
+    if device.type != "cuda":
+        return {k: t.to(device) for k, t in batch.items()}
+    return {k: t.pin_memory().to(device, non_blocking=True) for k, t in batch.items()}
+
+
 def _normalised_projection(projector: RademacherProjector, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows of x projected and L2-normalised (b, d), their norms before (b,))``, on the CPU."""
     proj = projector.project(x)
@@ -115,7 +124,7 @@ def featurize(
     with eval_mode(model, eager=method == "vmap"):  # once, not per batch
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
-            batch = {k: t.to(device) for k, t in collate(store, chunk, seq_len, pad_id).items()}
+            batch = _to_device(collate(store, chunk, seq_len, pad_id), device)
             g = _example_grads(model, batch, names, method, chunk_size, amp, device)
             if kind == "adam":
                 g = adam_features(g, m, v, betas[0], betas[1], eps)
