@@ -119,3 +119,18 @@ def test_the_example_diff_touches_schema_config_and_the_command_only():
         "src/winnow/params.py",
         "workflow/schemas/config.schema.yaml",
     ]
+
+
+def test_schema_params_takes_each_default_from_the_schema_and_checks_what_is_given():
+    """Callers without a workflow config (tests, benchmarks) get the schema's defaults, not a copy."""
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    corpus = schema["properties"]["corpus"]["properties"]
+    got = json.loads(P.schema_params("data ingest", id_field="id"))
+    assert got["id_field"] == "id"
+    assert {k: got[k] for k in ("max_chars", "split_fractions", "domain_field")} == {
+        k: corpus[k]["default"] for k in ("max_chars", "split_fractions", "domain_field")
+    }
+    with pytest.raises(KeyError, match="tokenize.seq_len has no schema default"):
+        P.schema_params("data tokenize", num_shards=1, shards_per_block=1)
+    with pytest.raises(ValueError, match="'vocab_size' .*tokenizer.vocab_size.* must be"):
+        P.schema_params("data tokenizer", vocab_size="big")
