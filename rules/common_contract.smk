@@ -39,11 +39,8 @@ def _tokens_match_config(manifest):
         return made.get("local") not in (None, "") and Path(made["local"]) == Path(
             tok["path"]
         )
-    want = (
-        {  # what `data tokenizer` reads (winnow.params), defaults filled by the schema
-            k: tok[k] for k in ("vocab_size", "min_frequency", "max_train_chars")
-        }
-    )
+    # what `data tokenizer` reads (winnow.params), its defaults filled in by the schema
+    want = {k: tok[k] for k in ("vocab_size", "min_frequency", "max_train_chars")}
     return made.get("local") is None and all(made.get(k) == v for k, v in want.items())
 
 

@@ -23,7 +23,8 @@ rule ingest:
         failed_rejects="results/{run}/logs/ingest-rejects.parquet",
     shell:
         "python -m winnow data ingest --inputs {input:q} --params {params.cfg:q}"
-        " --input-options {params.input_options:q} --docs {output.docs:q} --rejects {output.rejects:q} --manifest {output.manifest:q}"
+        " --input-options {params.input_options:q} --docs {output.docs:q}"
+        " --rejects {output.rejects:q} --manifest {output.manifest:q}"
         " --failed-rejects {params.failed_rejects:q} --threads {threads:q} > {log:q} 2>&1"
 
 
@@ -44,9 +45,8 @@ rule tokenizer:
         **cli_params("data tokenizer"),
         local=tokenizer_local,
     shell:
-        "python -m winnow data tokenizer --docs {input.docs:q} {params.local:q} --params {params.cfg:q}"
-        " --out {output:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
+        "python -m winnow data tokenizer --docs {input.docs:q} {params.local:q}"
+        " --params {params.cfg:q} --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # One block of packed token shards and their examples, in one folder: tokens-{shard}.bin and
