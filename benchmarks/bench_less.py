@@ -197,9 +197,12 @@ def profile_pass(fn, device: torch.device, trace: Path) -> None:
     with profile(activities=acts, record_shapes=False) as prof:
         fn()
         sync(device)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    print(table)
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    trace.with_suffix(".txt").write_text(table)
     prof.export_chrome_trace(str(trace))
-    print(f"trace: {trace}")
+    print(f"trace: {trace} (table: {trace.with_suffix('.txt')})")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_preset.sh wheels  # here: downloads the pinned wheels below into .whl
 #   bash benchmarks/gpu_preset.sh setup   # carry .whl: installs the wheels into /tmp/site (see below)
+#   bash benchmarks/gpu_preset.sh less    # after setup: LESS features in two processes, profiled
 #   bash benchmarks/gpu_preset.sh run     # carry data/large_corpus: starts or follows the run
 #
 # The device image has PyTorch but not Snakemake, datasets, lm-eval (nor our transformers/peft
@@ -83,6 +84,18 @@ for m in ("snakemake", "datasets", "lm_eval", "transformers", "peft", "pyarrow",
     print(m, getattr(mod, "__version__", "?"), mod.__file__)
 PY
   nproc; free -g | head -2
+  ;;
+less)
+  # issue 21 item 4: LESS features in a first and a second process on the same machine (the
+  # slow mode seen in later processes), each pass profiled, with a 10 Hz GPU trace; before `run`
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu --format=csv -lms 100 \
+    >"$OUT/smi_less.csv" 2>&1 &
+  smi=$!
+  for i in 1 2; do
+    OUT=$OUT/less$i bash benchmarks/gpu_all.sh lessR3P >"$OUT/less$i.log" 2>&1
+    grep -E "^\| (LESS Adam|hooks, each)|done in|Error" "$OUT/less$i.log"
+  done
+  kill "$smi"
   ;;
 run)
   test -f data/large_corpus/corpus.parquet || { echo "no corpus carried"; exit 1; }
