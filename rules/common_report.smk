@@ -28,13 +28,6 @@ def run_status_groups():
     return groups
 
 
-if REPORTING:
-    # read by report/workflow.rst; set after validation, and no job runs while reporting
-    config["_run_status"] = run_status.rst(
-        run_status.status(run_status_groups(), lambda f: Path(f).exists())
-    )
-
-
 # ---- the report (rules/report.smk) -------------------------------------------------------------
 def report_plot_inputs(wildcards):
     """Every pretraining selection and score table of the configured methods, and MATES's stage evals."""
@@ -106,3 +99,10 @@ def report_targets():
     if "mates" in config["methods"]:
         plots.append("mates_stages.png")
     return [f"results/{RUN}/report/{p}" for p in plots]
+
+
+if REPORTING:
+    # read by report/workflow.rst; set after validation, and no job runs while reporting
+    config["_run_status"] = run_status.rst(
+        run_status.status(run_status_groups(), lambda f: Path(f).exists())
+    )
