@@ -173,6 +173,7 @@ def main() -> None:
     one_env = dict(env, CUDA_VISIBLE_DEVICES="" if args.smoke else "0")
     two_env = dict(env, CUDA_VISIBLE_DEVICES="" if args.smoke else "0,1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun += ["--local-addr", "127.0.0.1"]  # not the host's FQDN, which may not resolve to this host
     half = max(1, spec["train"]["micro_batch_size"] // 2)
     one = run("1 GPU ", [*me, "--out", str(base / "one")], one_env, base / "one")
     two = run("2 GPUs", [*torchrun[:1], *torchrun[1:], *me[1:], "--out", str(base / "two")], two_env, base / "two")

@@ -92,6 +92,8 @@ def test_torchrun_command_is_standalone_one_process_per_gpu():
         "--standalone",
         "--nproc_per_node",
         "2",
+        "--local-addr",
+        "127.0.0.1",
         "-m",
         "winnow",
         "train",
@@ -122,17 +124,19 @@ def test_relaunch_execs_torchrun_with_the_same_arguments(monkeypatch):
     train.relaunch_under_torchrun(args)
     ((path, argv),) = calls
     assert path == sys.executable
-    assert argv[:8] == [
+    assert argv[:10] == [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node",
         "2",
+        "--local-addr",
+        "127.0.0.1",
         "-m",
         "winnow",
     ]
-    assert _parser().parse_args(argv[8:]).__dict__ == {**vars(args), "log_level": "INFO"}
+    assert _parser().parse_args(argv[10:]).__dict__ == {**vars(args), "log_level": "INFO"}
 
 
 def test_two_visible_devices_train_with_two_ddp_processes(data, tmp_path):  # noqa: F811
@@ -142,7 +146,11 @@ def test_two_visible_devices_train_with_two_ddp_processes(data, tmp_path):  # no
     env = dict(_env(tmp_path), CUDA_VISIBLE_DEVICES="0,1")
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
-        _train_cmd(data, out, _train_cfg(steps=4, ckpt_every=100)), env=env, capture_output=True, text=True
+        _train_cmd(data, out, _train_cfg(steps=4, ckpt_every=100)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a rendezvous that cannot connect waits forever: fail instead
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting 2 DDP processes under torchrun" in proc.stderr

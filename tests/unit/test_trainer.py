@@ -246,7 +246,7 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     # torchrun runs `python -m winnow` when given `-m`; drop our own interpreter from the command.
     cmd = _train_cmd(data, two, cfg, launcher=launcher)
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((two / "model/trainer_state.json").read_text())
     assert state["summary"]["world_size"] == 2

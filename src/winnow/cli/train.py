@@ -85,8 +85,11 @@ def processes_to_launch(gpus: int | None, environ=os.environ) -> int:
 
 
 def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m winnow <argv>``: one
-    node, a free rendezvous port (so two such jobs on one node do not collide)."""
+    """``python -m torch.distributed.run --standalone --nproc_per_node N --local-addr 127.0.0.1 -m
+    winnow <argv>``: one node, a free rendezvous port (so two such jobs on one node do not collide).
+
+    ``--local-addr``: without it the workers reach rank 0 at the host's FQDN, and where that name
+    resolves to an address the host cannot reach (containers, CI sandboxes) they wait forever."""
     return [
         python,
         "-m",
@@ -94,6 +97,8 @@ def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) 
         "--standalone",
         "--nproc_per_node",
         str(nproc),
+        "--local-addr",
+        "127.0.0.1",
         "-m",
         "winnow",
         *argv,
