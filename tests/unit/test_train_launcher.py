@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 import pytest
-from test_trainer import _env, _train_cfg, _train_cmd, data  # noqa: F401 - `data` is a fixture
+from test_trainer import _env, _train_cfg, _train_cmd, data, run_ddp  # noqa: F401 - `data` is a fixture
 
 from winnow.cli import train
 
@@ -145,13 +144,7 @@ def test_two_visible_devices_train_with_two_ddp_processes(data, tmp_path):  # no
     out = tmp_path / "two"
     env = dict(_env(tmp_path), CUDA_VISIBLE_DEVICES="0,1")
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(
-        _train_cmd(data, out, _train_cfg(steps=4, ckpt_every=100)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,  # a rendezvous that cannot connect waits forever: fail instead
-    )
+    proc = run_ddp(_train_cmd(data, out, _train_cfg(steps=4, ckpt_every=100)), env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting 2 DDP processes under torchrun" in proc.stderr
     state = json.loads((out / "model/trainer_state.json").read_text())

@@ -168,6 +168,22 @@ def _env(tmp: Path) -> dict:
     return env
 
 
+def run_ddp(cmd: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a multi-process (torchrun) command in its own process group; past ``timeout`` seconds kill
+    the whole group (torchrun's workers too) and fail with the output so far: a rendezvous that
+    cannot connect waits forever, and CI should learn where, not run out of time."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:8])} ... still running after {timeout} s; stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
@@ -246,7 +262,7 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     # torchrun runs `python -m winnow` when given `-m`; drop our own interpreter from the command.
     cmd = _train_cmd(data, two, cfg, launcher=launcher)
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    proc = run_ddp(cmd, _env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((two / "model/trainer_state.json").read_text())
     assert state["summary"]["world_size"] == 2
@@ -441,9 +457,7 @@ def test_two_process_ddp_with_a_partial_epoch_batch_matches_one_process(data, tm
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_train_cmd(few, one, cfg), check=True, env=_env(tmp_path), capture_output=True)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    proc = subprocess.run(
-        _train_cmd(few, two, cfg, launcher=launcher), env=_env(tmp_path), capture_output=True, text=True, timeout=300
-    )
+    proc = run_ddp(_train_cmd(few, two, cfg, launcher=launcher), _env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a_state, b_state = (json.loads((d / "model/trainer_state.json").read_text()) for d in (one, two))
     assert b_state["summary"]["world_size"] == 2
