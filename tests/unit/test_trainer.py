@@ -171,7 +171,7 @@ def _env(tmp: Path) -> dict:
 def run_ddp(cmd: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a multi-process (torchrun) command in its own process group; past ``timeout`` seconds kill
     the whole group (torchrun's workers too) and fail with the output so far: a rendezvous that
-    cannot connect waits forever, and CI should learn where, not run out of time."""
+    cannot connect hangs, and CI should learn where, not run out of time."""
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

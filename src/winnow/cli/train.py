@@ -89,7 +89,7 @@ def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) 
     winnow <argv>``: one node, a free rendezvous port (so two such jobs on one node do not collide).
 
     ``--local-addr``: without it the workers reach rank 0 at the host's FQDN, and where that name
-    resolves to an address the host cannot reach (containers, CI sandboxes) they wait forever."""
+    resolves to an address the host cannot reach (containers, CI sandboxes) they hang instead."""
     return [
         python,
         "-m",
