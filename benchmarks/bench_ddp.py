@@ -160,6 +160,8 @@ def main() -> None:
 
     import torch
 
+    from winnow.cli.train import torchrun_launcher
+
     spec = SMOKE if args.smoke else GPU
     if not args.smoke and torch.cuda.device_count() < 2:
         raise SystemExit(f"needs 2 GPUs, found {torch.cuda.device_count()} (use --smoke for the CPU check)")
@@ -172,11 +174,10 @@ def main() -> None:
     me += ["--smoke"] if args.smoke else []
     one_env = dict(env, CUDA_VISIBLE_DEVICES="" if args.smoke else "0")
     two_env = dict(env, CUDA_VISIBLE_DEVICES="" if args.smoke else "0,1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    torchrun += ["--local-addr", "127.0.0.1"]  # not the host's FQDN, which may not resolve to this host
+    torchrun = torchrun_launcher(2)  # what `winnow train lm` launches, with this script as the program
     half = max(1, spec["train"]["micro_batch_size"] // 2)
     one = run("1 GPU ", [*me, "--out", str(base / "one")], one_env, base / "one")
-    two = run("2 GPUs", [*torchrun[:1], *torchrun[1:], *me[1:], "--out", str(base / "two")], two_env, base / "two")
+    two = run("2 GPUs", [*torchrun, *me[1:], "--out", str(base / "two")], two_env, base / "two")
     ref = run(
         f"1 GPU, micro-batch {half}",
         [*me, "--out", str(base / "ref"), "--micro-batch", str(half)],

@@ -84,9 +84,9 @@ def processes_to_launch(gpus: int | None, environ=os.environ) -> int:
     return n if n > 1 else 0
 
 
-def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N --local-addr 127.0.0.1 -m
-    winnow <argv>``: one node, a free rendezvous port (so two such jobs on one node do not collide).
+def torchrun_launcher(nproc: int, python: str = sys.executable) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N --local-addr 127.0.0.1``: one
+    node, a free rendezvous port (so two such jobs on one node do not collide); the program follows.
 
     ``--local-addr``: without it the workers reach rank 0 at the host's FQDN, and where that name
     resolves to an address the host cannot reach (containers, CI sandboxes) they hang instead."""
@@ -99,10 +99,12 @@ def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) 
         str(nproc),
         "--local-addr",
         "127.0.0.1",
-        "-m",
-        "winnow",
-        *argv,
     ]
+
+
+def torchrun_command(nproc: int, argv: list[str], python: str = sys.executable) -> list[str]:
+    """``torchrun_launcher(nproc) -m winnow <argv>``."""
+    return [*torchrun_launcher(nproc, python), "-m", "winnow", *argv]
 
 
 def lm_argv(args) -> list[str]:
